@@ -1,0 +1,224 @@
+//! The YAML schema. Every struct denies unknown fields so a typo is an error, not a silent
+//! default. Semantic checks (names that must exist, regexes that must compile) happen when the
+//! runtime is built from these structs.
+
+use super::duration::Dur;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub listeners: Vec<Listener>,
+    pub trusted_proxies: Vec<String>,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    /// How long a stopping process keeps serving before it shuts its runtimes down.
+    pub grace_period: Dur,
+    /// How long runtimes get to finish in-flight work once shutdown starts.
+    pub shutdown_timeout: Dur,
+    /// File the error log goes to (stderr when unset).
+    pub error_log: Option<String>,
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Idle upstream connections kept for reuse, across all upstreams.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pid_file: "/run/portico/portico.pid".into(),
+            upgrade_sock: "/run/portico/upgrade.sock".into(),
+            grace_period: Dur::secs(5),
+            shutdown_timeout: Dur::secs(10),
+            error_log: None,
+            log_level: "info".into(),
+            upstream_keepalive_pool_size: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `IP:PORT` to listen on.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Where the consistent-hash key comes from: `header:NAME`, `cookie:NAME`, `query:NAME`,
+    /// `path` or `client_ip`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Reuse upstream connections between requests.
+    #[serde(default = "yes")]
+    pub keepalive: bool,
+    /// Further targets tried after a failed connect, each a different target.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_retries() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `IP:PORT` or `HOST:PORT` (names are resolved when the config is loaded).
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    Random,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    /// HTTP checks: the path requested with GET.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// HTTP checks: the Host header sent (the upstream name by default).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// HTTP checks: statuses that pass, `"200"` or a range `"200-399"`.
+    #[serde(default)]
+    pub expected_status: Option<String>,
+    #[serde(default = "default_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    /// Consecutive passes that bring a target back.
+    #[serde(default = "one")]
+    pub healthy_threshold: usize,
+    /// Consecutive failures that take a target out.
+    #[serde(default = "one")]
+    pub unhealthy_threshold: usize,
+}
+
+fn default_interval() -> Dur {
+    Dur::secs(5)
+}
+fn default_check_timeout() -> Dur {
+    Dur::secs(1)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub connect: Dur,
+    /// Longest wait for the next bytes of the upstream's response.
+    pub read: Dur,
+    pub write: Dur,
+    /// How long an unused upstream connection is kept for reuse.
+    pub idle: Dur,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Dur::secs(3),
+            read: Dur::secs(60),
+            write: Dur::secs(60),
+            idle: Dur::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    /// Higher goes first; routes of equal priority are tried in file order.
+    #[serde(default)]
+    pub priority: i32,
+    pub upstream: String,
+    /// Remove the matched prefix (prefix routes only) before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the matched part of the path; with `path_regex`, `$1`/`$name` are captures.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Forward the client's Host header instead of the target address.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Host header sent upstream.
+    #[serde(default)]
+    pub host_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Exact names or `*.example.com` wildcards; empty matches any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub path_exact: Option<String>,
+    /// Matches the path itself and anything below it (`/api` matches `/api` and `/api/x`,
+    /// not `/apix`); a prefix ending in `/` matches any path starting with it.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    /// Empty matches every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    /// Exact value required; when absent the header only has to be present.
+    #[serde(default)]
+    pub value: Option<String>,
+}

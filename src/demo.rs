@@ -1,0 +1,200 @@
+//! `portico demo`: three small example services (orders, users, products) on loopback and
+//! the gateway in front of them, configured by `conf/demo.yaml`.
+
+use crate::config::{self, Config, ConfigError};
+use crate::runtime::{self, Runtime};
+use async_trait::async_trait;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::services::listening::Service;
+use pingora_core::services::ServiceWithDependents;
+use serde_json::{json, Value};
+use std::net::TcpListener;
+
+/// The demo config, built into the binary so `portico demo` works from any directory.
+pub const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
+
+/// The example services, by the upstream name that routes to them.
+pub const SERVICES: [&str; 3] = ["orders", "users", "products"];
+
+struct ExampleService {
+    kind: &'static str,
+    /// Which instance answered, so load balancing is visible in the output.
+    instance: String,
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Vec<u8>> {
+    let bytes = body.to_string().into_bytes();
+    let mut resp = Response::new(Vec::new());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    *resp.body_mut() = bytes;
+    resp
+}
+
+fn catalogue(kind: &str) -> Value {
+    match kind {
+        "orders" => json!([
+            {"id": 1, "user_id": 1, "product_id": 2, "quantity": 1, "status": "shipped"},
+            {"id": 2, "user_id": 2, "product_id": 1, "quantity": 3, "status": "pending"},
+        ]),
+        "users" => json!([
+            {"id": 1, "name": "Ada", "email": "ada@example.com"},
+            {"id": 2, "name": "Linus", "email": "linus@example.com"},
+        ]),
+        _ => json!([
+            {"id": 1, "name": "Keyboard", "price_cents": 4900},
+            {"id": 2, "name": "Monitor", "price_cents": 18900},
+        ]),
+    }
+}
+
+#[async_trait]
+impl ServeHttp for ExampleService {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            if body.len() + chunk.len() > 64 * 1024 {
+                return json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    json!({"error": "body over 64 KiB"}),
+                );
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let served_by = json!({"service": self.kind, "instance": self.instance});
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match (method.as_str(), segments.as_slice()) {
+            ("GET", ["health"]) => json_response(StatusCode::OK, json!({"status": "ok"})),
+            ("GET", [k]) if *k == self.kind => json_response(
+                StatusCode::OK,
+                json!({"served_by": served_by, "items": catalogue(self.kind)}),
+            ),
+            ("GET", [k, id]) if *k == self.kind => {
+                let item = id.parse::<u64>().ok().and_then(|id| {
+                    catalogue(self.kind)
+                        .as_array()
+                        .and_then(|items| items.iter().find(|i| i["id"] == id).cloned())
+                });
+                match item {
+                    Some(item) => json_response(
+                        StatusCode::OK,
+                        json!({"served_by": served_by, "item": item}),
+                    ),
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        json!({"served_by": served_by, "error": format!("no {} {id}", self.kind)}),
+                    ),
+                }
+            }
+            ("POST", [k]) if *k == self.kind => {
+                let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                json_response(
+                    StatusCode::CREATED,
+                    json!({"served_by": served_by, "created": sent}),
+                )
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                json!({"served_by": served_by, "error": format!("{} has no {method} {path}", self.kind)}),
+            ),
+        }
+    }
+}
+
+/// A loopback port that is free right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The demo, ready to run: its runtime and its example services.
+pub struct Demo {
+    pub runtime: Runtime,
+    pub services: Vec<Box<dyn ServiceWithDependents>>,
+    pub gateway: String,
+}
+
+/// Build the demo from `yaml`. With `free_ports`, the gateway and each example service
+/// listen on ports the OS has free instead of those written in the file.
+pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigError> {
+    let (mut cfg, positions, unparsed): (Config, _, _) = config::parse(file, yaml)?;
+    let err = |message: String| ConfigError {
+        file: file.to_string(),
+        faults: vec![config::Fault::new("", message)],
+    };
+    if free_ports {
+        for l in &mut cfg.listeners {
+            let port = free_port().map_err(|e| err(format!("no free port: {e}")))?;
+            l.address = format!("127.0.0.1:{port}");
+        }
+    }
+    let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
+    for upstream in cfg.upstreams.iter_mut() {
+        let Some(kind) = SERVICES.iter().find(|s| **s == upstream.name) else {
+            continue;
+        };
+        for (i, target) in upstream.targets.iter_mut().enumerate() {
+            if free_ports {
+                let port = free_port().map_err(|e| err(format!("no free port: {e}")))?;
+                target.address = format!("127.0.0.1:{port}");
+            }
+            let app = ExampleService {
+                kind,
+                instance: format!("{kind}-{}", i + 1),
+            };
+            let mut svc = Service::new(format!("demo {kind}-{}", i + 1), app);
+            svc.add_tcp(&target.address);
+            services.push(Box::new(svc));
+        }
+    }
+    // The demo never daemonizes or upgrades, but keep its files out of /run.
+    let dir = std::env::temp_dir().join(format!("portico-demo-{}", std::process::id()));
+    cfg.server.pid_file = dir.join("portico.pid").display().to_string();
+    cfg.server.upgrade_sock = dir.join("upgrade.sock").display().to_string();
+    let gateway = cfg
+        .listeners
+        .first()
+        .map(|l| l.address.clone())
+        .unwrap_or_default();
+    let runtime = runtime::build(&cfg, &unparsed.upstreams).map_err(|faults| {
+        ConfigError {
+            file: file.to_string(),
+            faults,
+        }
+        .locate(&positions)
+    })?;
+    Ok(Demo {
+        runtime,
+        services,
+        gateway,
+    })
+}
+
+/// What the demo prints for a newcomer to try.
+pub fn instructions(gateway: &str) -> String {
+    let g = format!("http://{gateway}");
+    format!(
+        "\
+Portico demo: the gateway listens on {g} in front of three example services.
+Try these in another terminal:
+
+  curl -s {g}/api/orders            # orders: two instances, round robin (see served_by.instance)
+  curl -s {g}/api/orders/1          # /api prefix stripped: the service sees /orders/1
+  curl -s -X POST {g}/api/orders -H 'content-type: application/json' -d '{{\"product_id\": 2}}'
+  curl -s {g}/api/users/2           # users
+  curl -s -H 'x-user: ada' {g}/api/products   # products: consistent hashing on x-user
+  curl -s -i -X DELETE {g}/api/users/1         # 405 with an Allow header
+  curl -s -i {g}/nowhere                       # 404 as JSON, with a request id
+
+Every answer carries X-Request-Id; upstreams also receive X-Forwarded-For and Forwarded.
+Press Ctrl-C to stop.
+"
+    )
+}

@@ -1,0 +1,203 @@
+//! What a proxy must change in the headers it forwards: X-Forwarded-*, Forwarded (RFC 7239)
+//! and hop-by-hop headers (RFC 9110 §7.6.1).
+
+use http::header::{HeaderMap, HeaderName, CONNECTION, UPGRADE};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::fmt::Write;
+use std::net::IpAddr;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const FORWARDED: &str = "forwarded";
+
+/// Hop-by-hop headers that never cross the proxy (Connection itself is handled apart).
+const HOP_BY_HOP: [&str; 6] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Headers named in `Connection`, which are hop-by-hop by declaration.
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| {
+            let t = t.trim();
+            if t.eq_ignore_ascii_case("close")
+                || t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("upgrade")
+            {
+                return None;
+            }
+            HeaderName::from_bytes(t.as_bytes()).ok()
+        })
+        .collect()
+}
+
+/// Drop hop-by-hop headers from a request going upstream. An upgrade request (WebSocket)
+/// keeps `Connection: upgrade` and `Upgrade`, which the upstream must see.
+pub fn strip_request_hop_headers(req: &mut RequestHeader, is_upgrade: bool, keepalive: bool) {
+    if req.headers.contains_key(CONNECTION) {
+        for name in connection_tokens(&req.headers) {
+            req.remove_header(&name);
+        }
+        req.remove_header(&CONNECTION);
+    }
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
+    if is_upgrade {
+        let _ = req.insert_header(CONNECTION, "upgrade");
+    } else {
+        req.remove_header(&UPGRADE);
+        if !keepalive {
+            let _ = req.insert_header(CONNECTION, "close");
+        }
+    }
+}
+
+/// Drop hop-by-hop headers from a response going to the client; Pingora writes the
+/// client-side `Connection` itself.
+pub fn strip_response_hop_headers(resp: &mut ResponseHeader) {
+    if resp.headers.contains_key(CONNECTION) {
+        for name in connection_tokens(&resp.headers) {
+            resp.remove_header(&name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+}
+
+/// The client as the upstream should see it.
+pub struct ClientInfo<'a> {
+    pub ip: Option<IpAddr>,
+    /// The direct peer is a trusted proxy, so headers it set are kept and appended to.
+    pub trusted: bool,
+    pub proto: &'static str,
+    pub host: Option<&'a str>,
+}
+
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut out = String::new();
+    for v in headers.get_all(name) {
+        let v = v.to_str().ok()?.trim();
+        if v.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(v);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Set X-Forwarded-For/-Proto/-Host and Forwarded. A client's own values survive only
+/// when the direct peer is a trusted proxy; otherwise they are replaced, never trusted.
+pub fn set_forwarded_headers(req: &mut RequestHeader, client: &ClientInfo) {
+    let ip = client.ip.map(|ip| ip.to_string());
+    let prior = |req: &RequestHeader, name| client.trusted.then(|| joined(&req.headers, name)).flatten();
+
+    if let Some(ip) = &ip {
+        let xff = match prior(req, X_FORWARDED_FOR) {
+            Some(p) => format!("{p}, {ip}"),
+            None => ip.clone(),
+        };
+        let _ = req.insert_header(X_FORWARDED_FOR, xff);
+    } else if !client.trusted {
+        req.remove_header(X_FORWARDED_FOR);
+    }
+
+    let proto = prior(req, X_FORWARDED_PROTO).unwrap_or_else(|| client.proto.to_string());
+    let _ = req.insert_header(X_FORWARDED_PROTO, proto);
+
+    match prior(req, X_FORWARDED_HOST).or_else(|| client.host.map(str::to_string)) {
+        Some(h) => {
+            let _ = req.insert_header(X_FORWARDED_HOST, h);
+        }
+        None => {
+            req.remove_header(X_FORWARDED_HOST);
+        }
+    }
+
+    let mut element = String::new();
+    match client.ip {
+        Some(IpAddr::V4(v4)) => {
+            let _ = write!(element, "for={v4}");
+        }
+        Some(IpAddr::V6(v6)) => {
+            let _ = write!(element, "for=\"[{v6}]\"");
+        }
+        None => element.push_str("for=unknown"),
+    }
+    if let Some(h) = client.host {
+        // A host is a token unless it holds a colon (port); quote it then.
+        if h.contains(':') {
+            let _ = write!(element, ";host=\"{h}\"");
+        } else {
+            let _ = write!(element, ";host={h}");
+        }
+    }
+    let _ = write!(element, ";proto={}", client.proto);
+    let forwarded = match prior(req, FORWARDED) {
+        Some(p) => format!("{p}, {element}"),
+        None => element,
+    };
+    let _ = req.insert_header(FORWARDED, forwarded);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req_with(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn get<'a>(r: &'a RequestHeader, n: &str) -> &'a str {
+        r.headers.get(n).unwrap().to_str().unwrap()
+    }
+
+    #[test]
+    fn untrusted_client_values_are_replaced() {
+        let mut r = req_with(&[("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=6.6.6.6")]);
+        let c = ClientInfo { ip: Some("10.1.1.1".parse().unwrap()), trusted: false, proto: "http", host: Some("a.com") };
+        set_forwarded_headers(&mut r, &c);
+        assert_eq!(get(&r, "x-forwarded-for"), "10.1.1.1");
+        assert_eq!(get(&r, "forwarded"), "for=10.1.1.1;host=a.com;proto=http");
+        assert_eq!(get(&r, "x-forwarded-host"), "a.com");
+    }
+
+    #[test]
+    fn trusted_proxy_values_are_appended() {
+        let mut r = req_with(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
+        let c = ClientInfo { ip: Some("::1".parse().unwrap()), trusted: true, proto: "http", host: Some("a.com:8080") };
+        set_forwarded_headers(&mut r, &c);
+        assert_eq!(get(&r, "x-forwarded-for"), "1.1.1.1, 2.2.2.2, ::1");
+        assert_eq!(get(&r, "x-forwarded-proto"), "https");
+        assert_eq!(get(&r, "forwarded"), "for=\"[::1]\";host=\"a.com:8080\";proto=http");
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut r = req_with(&[("connection", "keep-alive, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("te", "trailers"), ("x-keep", "1")]);
+        strip_request_hop_headers(&mut r, false, true);
+        assert!(r.headers.get("x-secret").is_none());
+        assert!(r.headers.get("keep-alive").is_none());
+        assert!(r.headers.get("te").is_none());
+        assert!(r.headers.get("connection").is_none());
+        assert_eq!(get(&r, "x-keep"), "1");
+    }
+}

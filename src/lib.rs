@@ -1,0 +1,15 @@
+//! Portico: an API gateway on Cloudflare's Pingora.
+//!
+//! A request flows through [`proxy::Gateway`], which looks everything up in an immutable
+//! [`runtime::Runtime`] built once from the YAML config ([`config`]).
+
+pub mod config;
+pub mod demo;
+pub mod error_response;
+pub mod forwarding;
+pub mod observe;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,149 @@
+//! The `portico` command line.
+
+use clap::{Args, Parser, Subcommand};
+use portico::server::StartMode;
+use portico::{demo, observe, runtime, server};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const DEFAULT_CONFIG: &str = "/etc/portico/portico.yaml";
+
+/// Portico, an API gateway on Cloudflare's Pingora.
+///
+/// Routes HTTP requests by host, path, method and headers to pools of upstream services,
+/// balancing them and checking their health, all from one YAML file.
+#[derive(Parser, Debug)]
+#[command(name = "portico", version, args_conflicts_with_subcommands = true)]
+#[command(after_help = "Start here: `portico demo`, then `portico check -c FILE` on your own config.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// With no subcommand, portico runs the gateway with these options.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Validate a config exactly as `run` would build it; print OK or every fault.
+    ///
+    /// Faults are printed one per line as FILE:LINE: YAML.PATH: message. Exit status is 0
+    /// when the config is good and 1 when it is not.
+    Check(ConfigArg),
+    /// Start three example services and the gateway in front of them, then print commands
+    /// to try.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConfigArg {
+    /// The YAML config file.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    conf: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The YAML config file.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    conf: PathBuf,
+    /// Fork into the background (writes server.pid_file).
+    #[arg(short, long)]
+    daemon: bool,
+    /// Take over the listening sockets of a running portico through server.upgrade_sock,
+    /// for a binary upgrade without downtime: start the new binary with -u, then send
+    /// SIGQUIT to the old one.
+    #[arg(short, long)]
+    upgrade: bool,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Use this config instead of the built-in conf/demo.yaml.
+    #[arg(short, long, value_name = "FILE")]
+    conf: Option<PathBuf>,
+    /// Listen on ports the OS has free instead of those in the config (8080, 9101-9105).
+    #[arg(long)]
+    free_ports: bool,
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let rt = match runtime::load(&args.conf) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = observe::logger::init(&rt.server.log_level, rt.server.error_log.as_deref()) {
+        eprintln!("cannot open the error log: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mode = StartMode {
+        upgrade: args.upgrade,
+        daemon: args.daemon,
+    };
+    log::info!(
+        "portico {} starting: {} routes, {} upstreams, listening on {:?}",
+        env!("CARGO_PKG_VERSION"),
+        rt.routes.len(),
+        rt.upstreams.len(),
+        rt.listeners
+    );
+    server::build(rt, mode, Vec::new()).run_forever()
+}
+
+fn check(args: ConfigArg) -> ExitCode {
+    match runtime::load(&args.conf) {
+        Ok(rt) => {
+            println!(
+                "OK: {} routes, {} upstreams, {} listeners",
+                rt.routes.len(),
+                rt.upstreams.len(),
+                rt.listeners.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    let (file, text) = match &args.conf {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (path.display().to_string(), t),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => ("conf/demo.yaml".to_string(), demo::DEMO_YAML.to_string()),
+    };
+    let d = match demo::prepare(&file, &text, args.free_ports) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = observe::logger::init(&d.runtime.server.log_level, None) {
+        eprintln!("cannot start logging: {e}");
+    }
+    println!("{}", demo::instructions(&d.gateway));
+    server::build(d.runtime, StartMode::default(), d.services).run_forever()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(a)) => run(a),
+        Some(Command::Check(a)) => check(a),
+        Some(Command::Demo(a)) => demo(a),
+    }
+}

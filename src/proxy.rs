@@ -1,0 +1,271 @@
+//! The one `ProxyHttp` implementation. It stays thin: each phase looks things up in the
+//! `Runtime` taken once per request, and calls the module that owns the concern.
+
+use crate::error_response;
+use crate::forwarding::{self, ClientInfo};
+use crate::observe::request_id;
+use crate::router::{normalize_host, RouteLookup};
+use crate::runtime::{HostPolicy, Runtime};
+use crate::upstream::Pool;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{HeaderValue, Uri};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// The gateway; `runtime` is swapped whole on reload.
+pub struct Gateway {
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        Gateway { runtime }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    /// The config this request started with; it finishes on it even across a reload.
+    rt: Arc<Runtime>,
+    route: Option<usize>,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    /// The target of the current attempt.
+    target: Option<SocketAddr>,
+    /// Targets whose connect failed, not to be tried again.
+    failed: Vec<SocketAddr>,
+    upstream_host: Option<HeaderValue>,
+}
+
+impl Ctx {
+    fn pool(&self) -> Option<&Pool> {
+        let route = &self.rt.routes[self.route?];
+        Some(&self.rt.upstreams[route.upstream])
+    }
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+fn select(pool: &Pool, session: &Session, ctx: &Ctx) -> Option<SocketAddr> {
+    let mut scratch = [0u8; 16];
+    let key = match &pool.hash_key {
+        Some(k) => k.extract(session.req_header(), ctx.client_ip, &mut scratch),
+        None => b"",
+    };
+    pool.select(key, &ctx.failed)
+}
+
+/// Status and message for an error that ended a request.
+fn describe(e: &Error, upstream: &str) -> (u16, String) {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(503) => (503, format!("no healthy target in upstream {upstream:?}")),
+        HTTPStatus(code) => (*code, e.reason_str().to_string()),
+        ConnectTimedout => (504, format!("connecting to upstream {upstream:?} timed out")),
+        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            (504, format!("upstream {upstream:?} timed out"))
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
+        | BindError | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert => (
+            502,
+            format!("could not connect to upstream {upstream:?}"),
+        ),
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, format!("upstream {upstream:?} failed")),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => (0, String::new()),
+                ReadTimedout => (408, "request timed out".into()),
+                _ => (400, "bad request".into()),
+            },
+            _ => (500, "internal error".into()),
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            rt: self.runtime.load_full(),
+            route: None,
+            request_id: String::new(),
+            client_ip: None,
+            target: None,
+            failed: Vec::new(),
+            upstream_host: None,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.request_id = match session
+            .req_header()
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| request_id::accept(v.as_bytes()))
+        {
+            Some(id) => id.to_string(),
+            None => request_id::next(),
+        };
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let host = request_host(req).map(normalize_host).unwrap_or_default();
+        let lookup = ctx
+            .rt
+            .router
+            .find(&host, &req.method, req.uri.path(), &req.headers);
+        match lookup {
+            RouteLookup::Found(i) => {
+                ctx.route = Some(i);
+                Ok(false)
+            }
+            RouteLookup::NotFound => {
+                error_response::send(session, 404, "no route matches this request", &ctx.request_id, &[])
+                    .await?;
+                Ok(true)
+            }
+            RouteLookup::MethodNotAllowed(methods) => {
+                let allow = methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let message = format!("method {} is not allowed here", req.method);
+                error_response::send(session, 405, &message, &ctx.request_id, &[("allow", &allow)])
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .pool()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
+        let Some(addr) = select(pool, session, ctx) else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
+        };
+        let (peer, host) = pool
+            .peer(&addr)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "selected target has no peer"))?;
+        ctx.upstream_host = Some(host.clone());
+        ctx.target = Some(addr);
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(t) = ctx.target.take() {
+            ctx.failed.push(t);
+        }
+        // Retry only while the budget lasts and another healthy target exists; nothing has
+        // reached the upstream yet, so any method is safe to retry.
+        let retry = ctx.pool().is_some_and(|pool| {
+            ctx.failed.len() <= pool.retries && select(pool, session, ctx).is_some()
+        });
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.map(|i| &ctx.rt.routes[i]) else {
+            return Ok(());
+        };
+        let client_req = session.req_header();
+        if let Some(path) = route.rewrite.apply(client_req.uri.path()) {
+            let target = match client_req.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
+            let uri = Uri::try_from(target)
+                .or_err(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI")?;
+            upstream.set_uri(uri);
+        }
+        let client_host = request_host(client_req).map(str::to_string);
+        match &route.host {
+            HostPolicy::Target => {
+                if let Some(h) = ctx.upstream_host.take() {
+                    upstream.insert_header(http::header::HOST, h)?;
+                }
+            }
+            HostPolicy::Client => {
+                if let Some(h) = &client_host {
+                    upstream.insert_header(http::header::HOST, h.as_str())?;
+                }
+            }
+            HostPolicy::Fixed(h) => upstream.insert_header(http::header::HOST, h.clone())?,
+        }
+        let keepalive = ctx.pool().is_none_or(|p| p.keepalive);
+        forwarding::strip_request_hop_headers(upstream, session.is_upgrade_req(), keepalive);
+        let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client = ClientInfo {
+            ip: ctx.client_ip,
+            trusted: ctx.client_ip.is_some_and(|ip| ctx.rt.is_trusted(ip)),
+            proto,
+            host: client_host.as_deref(),
+        };
+        forwarding::set_forwarded_headers(upstream, &client);
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        forwarding::strip_response_hop_headers(resp);
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let upstream = ctx.pool().map_or("", |p| p.name.as_str());
+        let (status, message) = describe(e, upstream);
+        if status > 0 && session.response_written().is_none() {
+            session.set_keepalive(None);
+            if let Err(we) = error_response::send(session, status, &message, &ctx.request_id, &[]).await {
+                log::debug!("could not send the {status} response: {we}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! The compiled config. Building a [`Runtime`] is the only way a config takes effect, and
+//! `portico check` builds exactly the same thing as `portico run`.
+
+use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
+use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
+use crate::upstream::hash_key::HashKey;
+use crate::upstream::health::{self, parse_status_range};
+use crate::upstream::{Pool, PoolOptions, TargetSpec};
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use regex::Regex;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How the path sent upstream is derived from the client's.
+#[derive(Debug)]
+pub enum Rewrite {
+    Keep,
+    /// Replace the matched prefix with `with` (empty for `strip_prefix`).
+    Prefix { prefix: String, with: String },
+    /// Replace the whole (exactly matched) path.
+    Exact(String),
+    /// Regex replacement with `$1`/`$name` captures of the route's path regex.
+    Regex { regex: Regex, template: String },
+}
+
+impl Rewrite {
+    /// The new path, or `None` when it stays as it is.
+    pub fn apply<'a>(&'a self, path: &'a str) -> Option<Cow<'a, str>> {
+        let out: Cow<str> = match self {
+            Rewrite::Keep => return None,
+            Rewrite::Prefix { prefix, with } => {
+                let rest = path.strip_prefix(prefix.as_str())?;
+                Cow::Owned(format!("{with}{rest}"))
+            }
+            Rewrite::Exact(to) => Cow::Borrowed(to.as_str()),
+            Rewrite::Regex { regex, template } => regex.replace(path, template.as_str()),
+        };
+        Some(match out {
+            o if o.is_empty() => Cow::Borrowed("/"),
+            o if !o.starts_with('/') => Cow::Owned(format!("/{o}")),
+            o => o,
+        })
+    }
+}
+
+/// Which Host header the upstream sees.
+#[derive(Debug)]
+pub enum HostPolicy {
+    /// The target address as written in the config.
+    Target,
+    /// The client's own Host header.
+    Client,
+    Fixed(HeaderValue),
+}
+
+#[derive(Debug)]
+pub struct RouteAction {
+    pub name: String,
+    /// Index into [`Runtime::upstreams`].
+    pub upstream: usize,
+    pub rewrite: Rewrite,
+    pub host: HostPolicy,
+}
+
+pub struct Runtime {
+    pub server: config::ServerSection,
+    pub listeners: Vec<SocketAddr>,
+    pub router: Router,
+    /// Same order as the config's routes; the router returns indexes into it.
+    pub routes: Vec<RouteAction>,
+    pub upstreams: Vec<Arc<Pool>>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Runtime {
+    /// Whether a peer at `ip` may tell us who the client is (X-Forwarded-For, Forwarded).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.upstreams.iter().find(|p| p.name == name)
+    }
+}
+
+/// Read, parse, validate and build the config at `path`.
+pub fn load(path: &Path) -> Result<Runtime, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        faults: vec![Fault::new("", format!("cannot read the config file: {e}"))],
+    })?;
+    load_str(&file, &text)
+}
+
+/// As [`load`], from text already read; `file` only names it in messages.
+pub fn load_str(file: &str, text: &str) -> Result<Runtime, ConfigError> {
+    let (cfg, positions, unparsed) = config::parse(file, text)?;
+    build(&cfg, &unparsed.upstreams).map_err(|faults| {
+        ConfigError {
+            file: file.to_string(),
+            faults,
+        }
+        .locate(&positions)
+    })
+}
+
+/// Build the runtime, or every fault found. `known_upstreams` are names of upstreams that
+/// failed to parse: routes naming them are not reported a second time.
+pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fault>> {
+    let mut faults = Vec::new();
+    check_server(&cfg.server, &mut faults);
+
+    let mut listeners = Vec::new();
+    if cfg.listeners.is_empty() {
+        faults.push(Fault::new("listeners", "at least one listener is needed"));
+    }
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}].address");
+        match l.address.parse::<SocketAddr>() {
+            Ok(a) if listeners.contains(&a) => {
+                faults.push(Fault::new(path, format!("{a} is listed twice")))
+            }
+            Ok(a) => listeners.push(a),
+            Err(_) => faults.push(Fault::new(
+                path,
+                format!("{:?} is not an IP:PORT address", l.address),
+            )),
+        }
+    }
+
+    let mut trusted_proxies = Vec::new();
+    for (i, t) in cfg.trusted_proxies.iter().enumerate() {
+        let net = t
+            .parse::<IpNet>()
+            .or_else(|_| t.parse::<IpAddr>().map(IpNet::from));
+        match net {
+            Ok(n) => trusted_proxies.push(n),
+            Err(_) => faults.push(Fault::new(
+                format!("trusted_proxies[{i}]"),
+                format!("{t:?} is not an IP address or CIDR block"),
+            )),
+        }
+    }
+
+    let mut upstreams = Vec::new();
+    let mut upstream_index = HashMap::new();
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        let path = format!("upstreams[{i}]");
+        if upstream_index.contains_key(u.name.as_str()) {
+            faults.push(Fault::new(
+                format!("{path}.name"),
+                format!("upstream name {:?} is used twice", u.name),
+            ));
+            continue;
+        }
+        if let Some(pool) = build_upstream(&path, u, &mut faults) {
+            upstream_index.insert(u.name.as_str(), upstreams.len());
+            upstreams.push(Arc::new(pool));
+        } else {
+            // Still known, so routes naming it are not reported too.
+            upstream_index.insert(u.name.as_str(), usize::MAX);
+        }
+    }
+
+    let mut matchers = Vec::new();
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if r.name.is_empty() {
+            faults.push(Fault::new(format!("{path}.name"), "a route needs a name"));
+        } else if !route_names.insert(r.name.as_str()) {
+            faults.push(Fault::new(
+                format!("{path}.name"),
+                format!("route name {:?} is used twice", r.name),
+            ));
+        }
+        let upstream = match upstream_index.get(r.upstream.as_str()) {
+            Some(&idx) => idx,
+            None => {
+                if !known_upstreams.contains(&r.upstream) {
+                    faults.push(Fault::new(
+                        format!("{path}.upstream"),
+                        format!("no upstream named {:?}", r.upstream),
+                    ));
+                }
+                usize::MAX
+            }
+        };
+        if let Some((matcher, action)) = build_route(&path, r, upstream, &mut faults) {
+            matchers.push(matcher);
+            routes.push(action);
+        }
+    }
+
+    if !faults.is_empty() {
+        return Err(faults);
+    }
+    let router = Router::new(matchers).map_err(|e| {
+        vec![Fault::new(
+            "routes",
+            format!("the route regexes together are too large: {e}"),
+        )]
+    })?;
+    Ok(Runtime {
+        server: cfg.server.clone(),
+        listeners,
+        router,
+        routes,
+        upstreams,
+        trusted_proxies,
+    })
+}
+
+fn check_server(s: &config::ServerSection, faults: &mut Vec<Fault>) {
+    if s.threads == 0 || s.threads > 1024 {
+        faults.push(Fault::new(
+            "server.threads",
+            format!("{} threads is not between 1 and 1024", s.threads),
+        ));
+    }
+    if !matches!(
+        s.log_level.as_str(),
+        "error" | "warn" | "info" | "debug" | "trace" | "off"
+    ) {
+        faults.push(Fault::new(
+            "server.log_level",
+            format!(
+                "unknown log level {:?}; use error, warn, info, debug, trace or off",
+                s.log_level
+            ),
+        ));
+    }
+    for (field, value) in [("pid_file", &s.pid_file), ("upgrade_sock", &s.upgrade_sock)] {
+        if value.is_empty() {
+            faults.push(Fault::new(format!("server.{field}"), "must not be empty"));
+        }
+    }
+}
+
+fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    if address.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+        return Err(format!("{address:?} is not HOST:PORT"));
+    }
+    match address.to_socket_addrs() {
+        Ok(addrs) => {
+            let v: Vec<_> = addrs.collect();
+            if v.is_empty() {
+                Err(format!("{address:?} resolves to no address"))
+            } else {
+                Ok(v)
+            }
+        }
+        Err(e) => Err(format!("cannot resolve {address:?}: {e}")),
+    }
+}
+
+fn positive(d: config::Dur, path: String, faults: &mut Vec<Fault>) {
+    if d.0.is_zero() {
+        faults.push(Fault::new(path, "must be longer than 0s"));
+    }
+}
+
+fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<Pool> {
+    let before = faults.len();
+    if u.name.is_empty() {
+        faults.push(Fault::new(format!("{path}.name"), "an upstream needs a name"));
+    }
+    if u.targets.is_empty() {
+        faults.push(Fault::new(
+            format!("{path}.targets"),
+            "the pool is empty; list at least one target",
+        ));
+    }
+    let mut targets: Vec<TargetSpec> = Vec::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        let tpath = format!("{path}.targets[{i}]");
+        if t.weight == 0 || t.weight > 100 {
+            faults.push(Fault::new(
+                format!("{tpath}.weight"),
+                format!("weight {} is not between 1 and 100", t.weight),
+            ));
+        }
+        let Ok(host) = HeaderValue::from_str(&t.address) else {
+            faults.push(Fault::new(format!("{tpath}.address"), "not a valid address"));
+            continue;
+        };
+        match resolve(&t.address) {
+            Ok(addrs) => {
+                for addr in addrs {
+                    if targets.iter().any(|x| x.addr == addr) {
+                        faults.push(Fault::new(
+                            format!("{tpath}.address"),
+                            format!("target {addr} is listed twice"),
+                        ));
+                    } else {
+                        targets.push(TargetSpec {
+                            addr,
+                            weight: t.weight,
+                            host: host.clone(),
+                        });
+                    }
+                }
+            }
+            Err(e) => faults.push(Fault::new(format!("{tpath}.address"), e)),
+        }
+    }
+
+    let hash_key = match (&u.hash_key, u.algorithm) {
+        (Some(spec), config::Algorithm::ConsistentHash) => match HashKey::parse(spec) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                faults.push(Fault::new(format!("{path}.hash_key"), e));
+                None
+            }
+        },
+        (None, config::Algorithm::ConsistentHash) => {
+            faults.push(Fault::new(
+                format!("{path}.hash_key"),
+                "consistent_hash needs a hash_key (header:NAME, cookie:NAME, query:NAME, path or client_ip)",
+            ));
+            None
+        }
+        (Some(_), _) => {
+            faults.push(Fault::new(
+                format!("{path}.hash_key"),
+                "hash_key only applies to algorithm: consistent_hash",
+            ));
+            None
+        }
+        (None, _) => None,
+    };
+
+    if let Some(hc) = &u.health_check {
+        check_health_config(&format!("{path}.health_check"), hc, faults);
+    }
+    let t = &u.timeouts;
+    positive(t.connect, format!("{path}.timeouts.connect"), faults);
+    positive(t.read, format!("{path}.timeouts.read"), faults);
+    positive(t.write, format!("{path}.timeouts.write"), faults);
+    if u.retries > 10 {
+        faults.push(Fault::new(
+            format!("{path}.retries"),
+            format!("{} retries is more than the 10 allowed", u.retries),
+        ));
+    }
+    if faults.len() > before {
+        return None;
+    }
+    let check = u
+        .health_check
+        .as_ref()
+        .map(|hc| (health::build(&u.name, hc), hc.interval.0));
+    let opts = PoolOptions {
+        connect_timeout: t.connect.0,
+        read_timeout: t.read.0,
+        write_timeout: t.write.0,
+        idle_timeout: t.idle.0,
+        keepalive: u.keepalive,
+        retries: u.retries,
+    };
+    Some(Pool::new(&u.name, targets, u.algorithm, hash_key, check, &opts))
+}
+
+fn check_health_config(path: &str, hc: &HealthCheck, faults: &mut Vec<Fault>) {
+    positive(hc.interval, format!("{path}.interval"), faults);
+    positive(hc.timeout, format!("{path}.timeout"), faults);
+    if hc.timeout > hc.interval {
+        faults.push(Fault::new(
+            format!("{path}.timeout"),
+            format!(
+                "timeout {} is longer than the interval {}",
+                hc.timeout, hc.interval
+            ),
+        ));
+    }
+    for (field, n) in [
+        ("healthy_threshold", hc.healthy_threshold),
+        ("unhealthy_threshold", hc.unhealthy_threshold),
+    ] {
+        if n == 0 || n > 100 {
+            faults.push(Fault::new(
+                format!("{path}.{field}"),
+                format!("{n} is not between 1 and 100"),
+            ));
+        }
+    }
+    match hc.kind {
+        config::CheckKind::Http => {
+            if let Some(p) = &hc.path {
+                if !p.starts_with('/') || http::uri::PathAndQuery::try_from(p.as_str()).is_err() {
+                    faults.push(Fault::new(
+                        format!("{path}.path"),
+                        format!("{p:?} is not a path starting with /"),
+                    ));
+                }
+            }
+            if let Some(h) = &hc.host {
+                if HeaderValue::from_str(h).is_err() || h.is_empty() {
+                    faults.push(Fault::new(format!("{path}.host"), "not a valid Host value"));
+                }
+            }
+            if let Some(s) = &hc.expected_status {
+                if let Err(e) = parse_status_range(s) {
+                    faults.push(Fault::new(format!("{path}.expected_status"), e));
+                }
+            }
+        }
+        config::CheckKind::Tcp => {
+            for (field, set) in [
+                ("path", hc.path.is_some()),
+                ("host", hc.host.is_some()),
+                ("expected_status", hc.expected_status.is_some()),
+            ] {
+                if set {
+                    faults.push(Fault::new(
+                        format!("{path}.{field}"),
+                        "only HTTP health checks have this; a TCP check only connects",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn check_host_pattern(h: &str) -> Result<String, String> {
+    let lower = h.to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with('.')
+        && normalize_host(name) == name;
+    if valid {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "{h:?} is not a host name or a *.example.com wildcard (no port, no scheme)"
+        ))
+    }
+}
+
+fn build_route(
+    path: &str,
+    r: &Route,
+    upstream: usize,
+    faults: &mut Vec<Fault>,
+) -> Option<(RouteMatcher, RouteAction)> {
+    let before = faults.len();
+    let m = &r.matcher;
+    let mpath = format!("{path}.match");
+    let mut hosts = Vec::new();
+    for (i, h) in m.hosts.iter().enumerate() {
+        match check_host_pattern(h) {
+            Ok(h) => hosts.push(h),
+            Err(e) => faults.push(Fault::new(format!("{mpath}.hosts[{i}]"), e)),
+        }
+    }
+    let given = [
+        m.path_exact.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        faults.push(Fault::new(
+            mpath.clone(),
+            "give only one of path_exact, path_prefix and path_regex",
+        ));
+    }
+    let slash = |field: &str, p: &str, faults: &mut Vec<Fault>| {
+        if !p.starts_with('/') {
+            faults.push(Fault::new(
+                format!("{mpath}.{field}"),
+                format!("{p:?} does not start with /"),
+            ));
+        }
+    };
+    let path_match = if let Some(p) = &m.path_exact {
+        slash("path_exact", p, faults);
+        PathMatch::Exact(p.clone())
+    } else if let Some(p) = &m.path_prefix {
+        slash("path_prefix", p, faults);
+        PathMatch::Prefix(p.clone())
+    } else if let Some(p) = &m.path_regex {
+        match Regex::new(p) {
+            Ok(re) => PathMatch::Regex(re),
+            Err(e) => {
+                faults.push(Fault::new(
+                    format!("{mpath}.path_regex"),
+                    format!("invalid regex: {}", e.to_string().replace('\n', " ")),
+                ));
+                PathMatch::Any
+            }
+        }
+    } else {
+        PathMatch::Any
+    };
+    let mut methods = Vec::new();
+    for (i, name) in m.methods.iter().enumerate() {
+        let upper = name.to_ascii_uppercase();
+        match Method::from_bytes(upper.as_bytes()) {
+            Ok(method) if !methods.contains(&method) => methods.push(method),
+            Ok(_) => faults.push(Fault::new(
+                format!("{mpath}.methods[{i}]"),
+                format!("{name} is listed twice"),
+            )),
+            Err(_) => faults.push(Fault::new(
+                format!("{mpath}.methods[{i}]"),
+                format!("{name:?} is not an HTTP method"),
+            )),
+        }
+    }
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let hpath = format!("{mpath}.headers[{i}]");
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            faults.push(Fault::new(
+                format!("{hpath}.name"),
+                format!("{:?} is not a valid header name", h.name),
+            ));
+            continue;
+        };
+        let value = match &h.value {
+            None => None,
+            Some(v) => match HeaderValue::from_str(v) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    faults.push(Fault::new(
+                        format!("{hpath}.value"),
+                        "not a valid header value",
+                    ));
+                    continue;
+                }
+            },
+        };
+        headers.push((name, value));
+    }
+
+    let rewrite = match (&r.rewrite, r.strip_prefix, &path_match) {
+        (Some(_), true, _) => {
+            faults.push(Fault::new(
+                format!("{path}.rewrite"),
+                "use either strip_prefix or rewrite, not both",
+            ));
+            Rewrite::Keep
+        }
+        (None, true, PathMatch::Prefix(p)) => Rewrite::Prefix {
+            prefix: p.clone(),
+            with: String::new(),
+        },
+        (None, true, _) => {
+            faults.push(Fault::new(
+                format!("{path}.strip_prefix"),
+                "strip_prefix needs match.path_prefix",
+            ));
+            Rewrite::Keep
+        }
+        (Some(to), false, PathMatch::Prefix(p)) => Rewrite::Prefix {
+            prefix: p.clone(),
+            with: to.clone(),
+        },
+        (Some(to), false, PathMatch::Exact(_)) => Rewrite::Exact(to.clone()),
+        (Some(to), false, PathMatch::Regex(re)) => Rewrite::Regex {
+            regex: re.clone(),
+            template: to.clone(),
+        },
+        (Some(_), false, PathMatch::Any) => {
+            faults.push(Fault::new(
+                format!("{path}.rewrite"),
+                "rewrite replaces the matched path: it needs path_exact, path_prefix or path_regex",
+            ));
+            Rewrite::Keep
+        }
+        (None, false, _) => Rewrite::Keep,
+    };
+    if let Some(to) = &r.rewrite {
+        let sample = to.replace('$', "");
+        if http::uri::PathAndQuery::try_from(format!("/{sample}").as_str()).is_err() || to.contains('?') {
+            faults.push(Fault::new(
+                format!("{path}.rewrite"),
+                format!("{to:?} is not a valid path (a query string is kept from the request)"),
+            ));
+        }
+    }
+    let host = match (&r.host_header, r.preserve_host) {
+        (Some(_), true) => {
+            faults.push(Fault::new(
+                format!("{path}.host_header"),
+                "use either preserve_host or host_header, not both",
+            ));
+            HostPolicy::Target
+        }
+        (Some(h), false) => match HeaderValue::from_str(h) {
+            Ok(v) if !h.is_empty() => HostPolicy::Fixed(v),
+            _ => {
+                faults.push(Fault::new(
+                    format!("{path}.host_header"),
+                    "not a valid Host value",
+                ));
+                HostPolicy::Target
+            }
+        },
+        (None, true) => HostPolicy::Client,
+        (None, false) => HostPolicy::Target,
+    };
+    if faults.len() > before || upstream == usize::MAX {
+        return None;
+    }
+    Some((
+        RouteMatcher {
+            hosts,
+            path: path_match,
+            methods,
+            headers,
+            priority: r.priority,
+        },
+        RouteAction {
+            name: r.name.clone(),
+            upstream,
+            rewrite,
+            host,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites() {
+        let strip = Rewrite::Prefix {
+            prefix: "/api".into(),
+            with: String::new(),
+        };
+        assert_eq!(strip.apply("/api/users").as_deref(), Some("/users"));
+        assert_eq!(strip.apply("/api").as_deref(), Some("/"));
+        let swap = Rewrite::Prefix {
+            prefix: "/v1".into(),
+            with: "/v2".into(),
+        };
+        assert_eq!(swap.apply("/v1/x").as_deref(), Some("/v2/x"));
+        let re = Rewrite::Regex {
+            regex: Regex::new("^/u/(?P<id>\\d+)$").unwrap(),
+            template: "/users/$id".into(),
+        };
+        assert_eq!(re.apply("/u/42").as_deref(), Some("/users/42"));
+    }
+}

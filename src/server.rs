@@ -1,0 +1,87 @@
+//! Builds the Pingora server from a [`Runtime`]: listeners, the proxy service and the
+//! background health checks.
+
+use crate::proxy::Gateway;
+use crate::runtime::Runtime;
+use crate::upstream::health;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::ServiceWithDependents;
+use std::sync::Arc;
+
+/// How the process was asked to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartMode {
+    /// Take the listening sockets over from a running old process (`-u`).
+    pub upgrade: bool,
+    /// Fork into the background (`-d`).
+    pub daemon: bool,
+}
+
+/// Pingora's server settings from ours; every default that would surprise an operator
+/// (300 s grace, files under /tmp) is replaced by the config's values.
+pub fn server_conf(rt: &Runtime, mode: StartMode) -> ServerConf {
+    let s = &rt.server;
+    ServerConf {
+        daemon: mode.daemon,
+        threads: s.threads,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        error_log: s.error_log.clone(),
+        grace_period_seconds: Some(s.grace_period.ceil_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.ceil_secs()),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    }
+}
+
+/// Runs the active health checks of every pool of the current config.
+struct HealthChecks {
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        for pool in &self.runtime.load().upstreams {
+            health::spawn(pool);
+        }
+        let _ = shutdown.changed().await;
+    }
+}
+
+/// A server ready to run: the gateway on its listeners plus its background services.
+/// `companions` (the demo's example services) start before the gateway and its checks.
+pub fn build(
+    rt: Runtime,
+    mode: StartMode,
+    companions: Vec<Box<dyn ServiceWithDependents>>,
+) -> Server {
+    let conf = server_conf(&rt, mode);
+    let opt = Opt {
+        upgrade: mode.upgrade,
+        daemon: mode.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let companions = server.add_services(companions);
+    let listeners = rt.listeners.clone();
+    let runtime = Arc::new(ArcSwap::from_pointee(rt));
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(runtime.clone()),
+        "portico gateway",
+    );
+    for addr in listeners {
+        proxy.add_tcp(&addr.to_string());
+    }
+    let gateway = server.add_service(proxy);
+    let checks = server.add_service(background_service("health checks", HealthChecks { runtime }));
+    gateway.add_dependencies(&companions);
+    checks.add_dependencies(&companions);
+    server
+}

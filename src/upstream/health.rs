@@ -1,0 +1,134 @@
+//! Active health checks: built from config with the pool, run as one task per pool.
+
+use super::Pool;
+use crate::config::{CheckKind, HealthCheck as CheckConfig};
+use async_trait::async_trait;
+use pingora_error::{Error, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_load_balancing::health_check::{
+    HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck,
+};
+use pingora_load_balancing::Backend;
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Weak};
+
+/// Parse `"200"` or `"200-399"`.
+pub fn parse_status_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let parse = |p: &str| -> Result<u16, String> {
+        match p.trim().parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Ok(n),
+            _ => Err(format!("{p:?} is not an HTTP status between 100 and 599")),
+        }
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => {
+            let n = parse(s)?;
+            (n, n)
+        }
+    };
+    if lo > hi {
+        return Err(format!("status range {s:?} is empty"));
+    }
+    Ok(lo..=hi)
+}
+
+/// Logs every change of a target's health, naming its upstream.
+struct LogChange {
+    upstream: String,
+}
+
+#[async_trait]
+impl HealthObserve for LogChange {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        if healthy {
+            log::info!("upstream {}: target {} is healthy again", self.upstream, target.addr);
+        } else {
+            log::warn!("upstream {}: target {} failed its health check and is out of rotation", self.upstream, target.addr);
+        }
+    }
+}
+
+/// The pingora health check for a config section. Validation has already run.
+pub fn build(upstream: &str, cfg: &CheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+    let observer = Box::new(LogChange {
+        upstream: upstream.to_string(),
+    });
+    match cfg.kind {
+        CheckKind::Tcp => {
+            let mut check = TcpHealthCheck::new();
+            check.consecutive_success = cfg.healthy_threshold;
+            check.consecutive_failure = cfg.unhealthy_threshold;
+            check.peer_template.options.connection_timeout = Some(cfg.timeout.0);
+            check.health_changed_callback = Some(observer);
+            check
+        }
+        CheckKind::Http => {
+            let host = cfg.host.as_deref().unwrap_or(upstream);
+            let mut check = HttpHealthCheck::new(host, false);
+            let path = cfg.path.as_deref().unwrap_or("/");
+            if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
+                // Validation checked host and path, so these cannot fail.
+                let _ = req.insert_header("Host", host);
+                let _ = req.insert_header("User-Agent", "portico-health-check");
+                check.req = req;
+            }
+            check.consecutive_success = cfg.healthy_threshold;
+            check.consecutive_failure = cfg.unhealthy_threshold;
+            check.peer_template.options.connection_timeout = Some(cfg.timeout.0);
+            check.peer_template.options.read_timeout = Some(cfg.timeout.0);
+            check.peer_template.options.write_timeout = Some(cfg.timeout.0);
+            let expected = cfg
+                .expected_status
+                .as_deref()
+                .and_then(|s| parse_status_range(s).ok())
+                .unwrap_or(200..=299);
+            check.validator = Some(Box::new(move |resp: &ResponseHeader| {
+                let status = resp.status.as_u16();
+                if expected.contains(&status) {
+                    Ok(())
+                } else {
+                    Error::e_explain(
+                        ErrorType::CustomCode("unexpected health check status", status),
+                        format!("expected {}-{}", expected.start(), expected.end()),
+                    )
+                }
+            }));
+            check.health_changed_callback = Some(observer);
+            Box::new(check)
+        }
+    }
+}
+
+/// Start the periodic checks of `pool` on the current tokio runtime. The task holds only a
+/// weak reference, so it ends when the config that owns the pool is gone.
+pub fn spawn(pool: &Arc<Pool>) {
+    let Some(interval) = pool.check_interval else {
+        return;
+    };
+    let weak: Weak<Pool> = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        loop {
+            let Some(pool) = weak.upgrade() else {
+                return;
+            };
+            pool.run_health_check().await;
+            drop(pool);
+            tokio::time::sleep(interval).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(parse_status_range("200"), Ok(200..=200));
+        assert_eq!(parse_status_range("200-399"), Ok(200..=399));
+        assert!(parse_status_range("399-200").is_err());
+        assert!(parse_status_range("99").is_err());
+        assert!(parse_status_range("ok").is_err());
+    }
+}

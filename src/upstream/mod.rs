@@ -1,0 +1,162 @@
+//! Upstream pools: a pingora `LoadBalancer` per upstream, with its peers prepared at load.
+
+pub mod hash_key;
+pub mod health;
+
+use futures::FutureExt;
+use hash_key::HashKey;
+use http::HeaderValue;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::health_check::HealthCheck;
+use pingora_load_balancing::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Hash-based pools look this far along their ring for a usable target.
+const MAX_SELECT_STEPS: usize = 256;
+
+pub enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<Consistent>),
+}
+
+/// One resolved target of a pool.
+pub struct TargetSpec {
+    pub addr: SocketAddr,
+    pub weight: usize,
+    /// The address as written in the config, sent as Host unless a route says otherwise.
+    pub host: HeaderValue,
+}
+
+pub struct PoolOptions {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub keepalive: bool,
+    pub retries: usize,
+}
+
+pub struct Pool {
+    pub name: String,
+    balancer: Balancer,
+    pub hash_key: Option<HashKey>,
+    /// Prepared peer and Host value per target; cloned per request, never built.
+    peers: HashMap<SocketAddr, (HttpPeer, HeaderValue)>,
+    pub keepalive: bool,
+    pub retries: usize,
+    pub check_interval: Option<Duration>,
+}
+
+fn build_lb<S>(backends: BTreeSet<Backend>, check: Option<Box<dyn HealthCheck + Send + Sync>>) -> LoadBalancer<S>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Static::new(backends)));
+    if let Some(check) = check {
+        lb.set_health_check(check);
+    }
+    // Static discovery answers at once; this only publishes the targets to the selector.
+    if let Some(Err(e)) = lb.update().now_or_never() {
+        log::error!("static upstream discovery failed: {e}");
+    }
+    lb
+}
+
+impl Pool {
+    pub fn new(
+        name: &str,
+        targets: Vec<TargetSpec>,
+        algorithm: crate::config::Algorithm,
+        hash_key: Option<HashKey>,
+        check: Option<(Box<dyn HealthCheck + Send + Sync>, Duration)>,
+        opts: &PoolOptions,
+    ) -> Pool {
+        let mut peers = HashMap::with_capacity(targets.len());
+        let mut backends = BTreeSet::new();
+        for t in targets {
+            backends.insert(Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(t.addr),
+                weight: t.weight,
+                ext: http::Extensions::new(),
+            });
+            let mut peer = HttpPeer::new(t.addr, false, String::new());
+            peer.options.connection_timeout = Some(opts.connect_timeout);
+            peer.options.read_timeout = Some(opts.read_timeout);
+            peer.options.write_timeout = Some(opts.write_timeout);
+            peer.options.idle_timeout = Some(opts.idle_timeout);
+            peers.insert(t.addr, (peer, t.host));
+        }
+        let (check, interval) = match check {
+            Some((c, i)) => (Some(c), Some(i)),
+            None => (None, None),
+        };
+        use crate::config::Algorithm::*;
+        let balancer = match algorithm {
+            RoundRobin => Balancer::RoundRobin(build_lb(backends, check)),
+            Random => Balancer::Random(build_lb(backends, check)),
+            ConsistentHash => Balancer::Consistent(build_lb(backends, check)),
+        };
+        Pool {
+            name: name.to_string(),
+            balancer,
+            hash_key,
+            peers,
+            keepalive: opts.keepalive,
+            retries: opts.retries,
+            check_interval: interval,
+        }
+    }
+
+    /// A healthy target not in `exclude`, chosen by the pool's algorithm.
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && b.addr.as_inet().is_some_and(|a| !exclude.contains(a))
+        };
+        let backend = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+        }?;
+        backend.addr.as_inet().copied()
+    }
+
+    /// The prepared peer for a selected target, and the Host value for it.
+    pub fn peer(&self, addr: &SocketAddr) -> Option<(Box<HttpPeer>, &HeaderValue)> {
+        self.peers
+            .get(addr)
+            .map(|(peer, host)| (Box::new(peer.clone()), host))
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.peers.keys()
+    }
+
+    /// Whether the target is currently in rotation.
+    pub fn is_healthy(&self, addr: &SocketAddr) -> bool {
+        let backends = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        };
+        backends
+            .get_backend()
+            .iter()
+            .find(|b| b.addr.as_inet() == Some(addr))
+            .is_some_and(|b| backends.ready(b))
+    }
+
+    /// One pass of active checks over every target, all at once.
+    pub async fn run_health_check(&self) {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
+            Balancer::Random(lb) => lb.backends().run_health_check(true).await,
+            Balancer::Consistent(lb) => lb.backends().run_health_check(true).await,
+        }
+    }
+}
