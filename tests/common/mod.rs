@@ -1,0 +1,389 @@
+//! End-to-end test helpers: the real `portico` binary on loopback with a config file, real
+//! upstream HTTP servers in this process, and a real HTTP client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream as AsyncStream};
+use tokio::task::JoinHandle;
+
+/// One tokio runtime shared by every upstream server of a test binary.
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// A request as an upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    /// Lower-case names; repeated headers keep every value in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    requests: Mutex<Vec<Recorded>>,
+    delay: Mutex<Duration>,
+    unhealthy: AtomicBool,
+}
+
+/// An HTTP/1.1 server that answers every request with
+/// `{"server": NAME, "method": ..., "target": ...}` and records what it got.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+async fn read_head(stream: &mut AsyncStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn serve_conn(mut stream: AsyncStream, name: String, state: Arc<State>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(head_len) = read_head(&mut stream, &mut buf).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_len]).to_string();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or_default().split(' ');
+        let method = first.next().unwrap_or_default().to_string();
+        let target = first.next().unwrap_or_default().to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let body_len: usize = find("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        while buf.len() < head_len + body_len {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_len + body_len);
+        let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let is_health = target == "/health";
+        if !is_health {
+            state.requests.lock().unwrap().push(Recorded {
+                method: method.clone(),
+                target: target.clone(),
+                headers: headers.clone(),
+            });
+        }
+        let delay = *state.delay.lock().unwrap();
+        if !delay.is_zero() && !is_health {
+            tokio::time::sleep(delay).await;
+        }
+        let status = if is_health && state.unhealthy.load(Ordering::SeqCst) {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
+        let body = serde_json::json!({"server": name, "method": method, "target": target}).to_string();
+        let resp = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {name}\r\nkeep-alive: timeout=5\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
+        );
+        if stream.write_all(resp.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+impl Upstream {
+    /// Start on a free loopback port.
+    pub fn start(name: &str) -> Upstream {
+        Self::start_on(name, 0)
+    }
+
+    /// Start on `port` (0 for any), e.g. to bring back a stopped upstream at its address.
+    pub fn start_on(name: &str, port: u16) -> Upstream {
+        Self::start_with(name, port, Arc::default())
+    }
+
+    fn start_with(name: &str, port: u16, state: Arc<State>) -> Upstream {
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let listener = rt().block_on(async {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket.set_reuseaddr(true).expect("reuseaddr");
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, 1], port)))
+                .expect("bind upstream");
+            socket.listen(1024).expect("listen")
+        });
+        let addr = listener.local_addr().expect("local addr");
+        let (n, s, t) = (name.to_string(), state.clone(), tasks.clone());
+        let accept = rt().spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let conn = tokio::spawn(serve_conn(stream, n.clone(), s.clone()));
+                t.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Upstream {
+            name: name.to_string(),
+            addr,
+            state,
+            tasks,
+        }
+    }
+
+    /// Close the listener and every open connection, as a crashed service would.
+    pub fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        // Let the runtime drop the aborted sockets before the test goes on.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    /// Start again at the same address, keeping the recorded requests.
+    pub fn restart(&self) -> Upstream {
+        Self::start_with(&self.name, self.addr.port(), self.state.clone())
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
+    }
+
+    pub fn clear(&self) {
+        self.state.requests.lock().unwrap().clear();
+    }
+
+    pub fn set_delay(&self, d: Duration) {
+        *self.state.delay.lock().unwrap() = d;
+    }
+
+    /// Make `/health` answer 503 (true) or 200 (false).
+    pub fn set_unhealthy(&self, v: bool) {
+        self.state.unhealthy.store(v, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn wait_for_port(addr: SocketAddr, child: &mut Child, log: &PathBuf, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status} before listening; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "{what} did not listen on {addr} within 20s; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+pub fn portico_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portico")
+}
+
+/// The real `portico` binary, running a config, killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Run portico with `body` (upstreams, routes, ...) below a generated `server` and
+    /// `listeners` section on a free port.
+    pub fn start(body: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "server:\n  threads: 2\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  log_level: info\nlisteners:\n  - address: 127.0.0.1:{port}\n{body}",
+            d = dir.path().display()
+        );
+        let conf = dir.path().join("portico.yaml");
+        std::fs::write(&conf, config).expect("write config");
+        let log = dir.path().join("portico.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(portico_bin())
+            .args(["run", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn portico");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr, &mut child, &log, "portico");
+        Gateway {
+            child,
+            addr,
+            dir,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+    /// Which test upstream answered.
+    pub fn server(&self) -> String {
+        self.json()["server"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .into()
+}
+
+/// Send one request; `headers` are added as given.
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
+    send_body(method, url, headers, "")
+}
+
+/// Send one request with a body.
+pub fn send_body(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let req = builder.body(body.as_bytes()).expect("request");
+    let mut resp = agent()
+        .run(req)
+        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let mut body = String::new();
+    let _ = resp.body_mut().as_reader().read_to_string(&mut body);
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn get(url: &str) -> Resp {
+    send("GET", url, &[])
+}
+
+/// Send raw bytes on a fresh connection and return everything the server sent back
+/// (the request should say `Connection: close`).
+pub fn raw(addr: SocketAddr, request: &str) -> String {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Wait until `cond` holds, up to `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
