@@ -109,9 +109,18 @@ impl ServeHttp for ExampleService {
     }
 }
 
-/// A loopback port that is free right now.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Hands out loopback ports that are free right now, each one different: every port stays
+/// bound until the allocator is dropped, so the OS cannot hand the same one out twice.
+#[derive(Default)]
+pub struct FreePorts(Vec<TcpListener>);
+
+impl FreePorts {
+    pub fn take(&mut self) -> std::io::Result<String> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?.to_string();
+        self.0.push(l);
+        Ok(addr)
+    }
 }
 
 /// The demo, ready to run: its runtime and its example services.
@@ -124,16 +133,23 @@ pub struct Demo {
 /// Build the demo from `yaml`. With `free_ports`, the gateway and each example service
 /// listen on ports the OS has free instead of those written in the file.
 pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigError> {
-    let (mut cfg, positions, unparsed): (Config, _, _) = config::parse(file, yaml)?;
+    let mut parsed = config::parse(file, yaml)?;
+    let cfg: &mut Config = &mut parsed.config;
     let err = |message: String| ConfigError {
         file: file.to_string(),
         faults: vec![config::Fault::new("", message)],
     };
-    if free_ports {
-        for l in &mut cfg.listeners {
-            let port = free_port().map_err(|e| err(format!("no free port: {e}")))?;
-            l.address = format!("127.0.0.1:{port}");
+    let mut ports = FreePorts::default();
+    let mut fresh = |address: &mut String| -> Result<(), ConfigError> {
+        if free_ports {
+            *address = ports
+                .take()
+                .map_err(|e| err(format!("no free port: {e}")))?;
         }
+        Ok(())
+    };
+    for l in &mut cfg.listeners {
+        fresh(&mut l.address)?;
     }
     let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
     for upstream in cfg.upstreams.iter_mut() {
@@ -141,10 +157,7 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
             continue;
         };
         for (i, target) in upstream.targets.iter_mut().enumerate() {
-            if free_ports {
-                let port = free_port().map_err(|e| err(format!("no free port: {e}")))?;
-                target.address = format!("127.0.0.1:{port}");
-            }
+            fresh(&mut target.address)?;
             let app = ExampleService {
                 kind,
                 instance: format!("{kind}-{}", i + 1),
@@ -163,13 +176,7 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
         .first()
         .map(|l| l.address.clone())
         .unwrap_or_default();
-    let runtime = runtime::build(&cfg, &unparsed.upstreams).map_err(|faults| {
-        ConfigError {
-            file: file.to_string(),
-            faults,
-        }
-        .locate(&positions)
-    })?;
+    let runtime = runtime::build_parsed(file, parsed)?;
     Ok(Demo {
         runtime,
         services,

@@ -104,7 +104,8 @@ fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
 /// when the direct peer is a trusted proxy; otherwise they are replaced, never trusted.
 pub fn set_forwarded_headers(req: &mut RequestHeader, client: &ClientInfo) {
     let ip = client.ip.map(|ip| ip.to_string());
-    let prior = |req: &RequestHeader, name| client.trusted.then(|| joined(&req.headers, name)).flatten();
+    let prior =
+        |req: &RequestHeader, name| client.trusted.then(|| joined(&req.headers, name)).flatten();
 
     if let Some(ip) = &ip {
         let xff = match prior(req, X_FORWARDED_FOR) {
@@ -173,7 +174,12 @@ mod tests {
     #[test]
     fn untrusted_client_values_are_replaced() {
         let mut r = req_with(&[("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=6.6.6.6")]);
-        let c = ClientInfo { ip: Some("10.1.1.1".parse().unwrap()), trusted: false, proto: "http", host: Some("a.com") };
+        let c = ClientInfo {
+            ip: Some("10.1.1.1".parse().unwrap()),
+            trusted: false,
+            proto: "http",
+            host: Some("a.com"),
+        };
         set_forwarded_headers(&mut r, &c);
         assert_eq!(get(&r, "x-forwarded-for"), "10.1.1.1");
         assert_eq!(get(&r, "forwarded"), "for=10.1.1.1;host=a.com;proto=http");
@@ -182,17 +188,35 @@ mod tests {
 
     #[test]
     fn trusted_proxy_values_are_appended() {
-        let mut r = req_with(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
-        let c = ClientInfo { ip: Some("::1".parse().unwrap()), trusted: true, proto: "http", host: Some("a.com:8080") };
+        let mut r = req_with(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let c = ClientInfo {
+            ip: Some("::1".parse().unwrap()),
+            trusted: true,
+            proto: "http",
+            host: Some("a.com:8080"),
+        };
         set_forwarded_headers(&mut r, &c);
         assert_eq!(get(&r, "x-forwarded-for"), "1.1.1.1, 2.2.2.2, ::1");
         assert_eq!(get(&r, "x-forwarded-proto"), "https");
-        assert_eq!(get(&r, "forwarded"), "for=\"[::1]\";host=\"a.com:8080\";proto=http");
+        assert_eq!(
+            get(&r, "forwarded"),
+            "for=\"[::1]\";host=\"a.com:8080\";proto=http"
+        );
     }
 
     #[test]
     fn hop_by_hop_removed() {
-        let mut r = req_with(&[("connection", "keep-alive, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("te", "trailers"), ("x-keep", "1")]);
+        let mut r = req_with(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("x-keep", "1"),
+        ]);
         strip_request_hop_headers(&mut r, false, true);
         assert!(r.headers.get("x-secret").is_none());
         assert!(r.headers.get("keep-alive").is_none());

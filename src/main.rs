@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use portico::server::StartMode;
 use portico::{demo, observe, runtime, server};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,7 +15,9 @@ const DEFAULT_CONFIG: &str = "/etc/portico/portico.yaml";
 /// balancing them and checking their health, all from one YAML file.
 #[derive(Parser, Debug)]
 #[command(name = "portico", version, args_conflicts_with_subcommands = true)]
-#[command(after_help = "Start here: `portico demo`, then `portico check -c FILE` on your own config.")]
+#[command(
+    after_help = "Start here: `portico demo`, then `portico check -c FILE` on your own config."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -134,7 +137,8 @@ fn demo(args: DemoArgs) -> ExitCode {
     if let Err(e) = observe::logger::init(&d.runtime.server.log_level, None) {
         eprintln!("cannot start logging: {e}");
     }
-    println!("{}", demo::instructions(&d.gateway));
+    // A closed stdout (`portico demo | head`) must not stop the demo.
+    let _ = writeln!(std::io::stdout(), "{}", demo::instructions(&d.gateway));
     server::build(d.runtime, StartMode::default(), d.services).run_forever()
 }
 

@@ -73,15 +73,17 @@ fn describe(e: &Error, upstream: &str) -> (u16, String) {
     match e.etype() {
         HTTPStatus(503) => (503, format!("no healthy target in upstream {upstream:?}")),
         HTTPStatus(code) => (*code, e.reason_str().to_string()),
-        ConnectTimedout => (504, format!("connecting to upstream {upstream:?} timed out")),
+        ConnectTimedout => (
+            504,
+            format!("connecting to upstream {upstream:?} timed out"),
+        ),
         ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
             (504, format!("upstream {upstream:?} timed out"))
         }
         ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
-        | BindError | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert => (
-            502,
-            format!("could not connect to upstream {upstream:?}"),
-        ),
+        | BindError | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert => {
+            (502, format!("could not connect to upstream {upstream:?}"))
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => (502, format!("upstream {upstream:?} failed")),
             ErrorSource::Downstream => match e.etype() {
@@ -140,8 +142,14 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             RouteLookup::NotFound => {
-                error_response::send(session, 404, "no route matches this request", &ctx.request_id, &[])
-                    .await?;
+                error_response::send(
+                    session,
+                    404,
+                    "no route matches this request",
+                    &ctx.request_id,
+                    &[],
+                )
+                .await?;
                 Ok(true)
             }
             RouteLookup::MethodNotAllowed(methods) => {
@@ -151,8 +159,14 @@ impl ProxyHttp for Gateway {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let message = format!("method {} is not allowed here", req.method);
-                error_response::send(session, 405, &message, &ctx.request_id, &[("allow", &allow)])
-                    .await?;
+                error_response::send(
+                    session,
+                    405,
+                    &message,
+                    &ctx.request_id,
+                    &[("allow", &allow)],
+                )
+                .await?;
                 Ok(true)
             }
         }
@@ -165,9 +179,9 @@ impl ProxyHttp for Gateway {
         let Some(addr) = select(pool, session, ctx) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
         };
-        let (peer, host) = pool
-            .peer(&addr)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "selected target has no peer"))?;
+        let (peer, host) = pool.peer(&addr).ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "selected target has no peer")
+        })?;
         ctx.upstream_host = Some(host.clone());
         ctx.target = Some(addr);
         Ok(peer)
@@ -207,8 +221,10 @@ impl ProxyHttp for Gateway {
                 Some(q) => format!("{path}?{q}"),
                 None => path.into_owned(),
             };
-            let uri = Uri::try_from(target)
-                .or_err(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI")?;
+            let uri = Uri::try_from(target).or_err(
+                ErrorType::HTTPStatus(400),
+                "rewritten path is not a valid URI",
+            )?;
             upstream.set_uri(uri);
         }
         let client_host = request_host(client_req).map(str::to_string);
@@ -227,7 +243,11 @@ impl ProxyHttp for Gateway {
         }
         let keepalive = ctx.pool().is_none_or(|p| p.keepalive);
         forwarding::strip_request_hop_headers(upstream, session.is_upgrade_req(), keepalive);
-        let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() {
+        let proto = if session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some()
+        {
             "https"
         } else {
             "http"
@@ -259,7 +279,9 @@ impl ProxyHttp for Gateway {
         let (status, message) = describe(e, upstream);
         if status > 0 && session.response_written().is_none() {
             session.set_keepalive(None);
-            if let Err(we) = error_response::send(session, status, &message, &ctx.request_id, &[]).await {
+            if let Err(we) =
+                error_response::send(session, status, &message, &ctx.request_id, &[]).await
+            {
                 log::debug!("could not send the {status} response: {we}");
             }
         }

@@ -259,7 +259,13 @@ impl Router {
     }
 
     /// Find the route for a request. `host` must be normalized ([`normalize_host`]).
-    pub fn find(&self, host: &str, method: &Method, path: &str, headers: &HeaderMap) -> RouteLookup {
+    pub fn find(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> RouteLookup {
         let mut s = Search {
             method,
             headers,
@@ -307,8 +313,14 @@ mod tests {
         let r = Router::new(vec![m(&[], prefix("/api"), &[], 0)]).unwrap();
         let h = HeaderMap::new();
         assert_eq!(r.find("x", &Method::GET, "/api", &h), RouteLookup::Found(0));
-        assert_eq!(r.find("x", &Method::GET, "/api/v1", &h), RouteLookup::Found(0));
-        assert_eq!(r.find("x", &Method::GET, "/apix", &h), RouteLookup::NotFound);
+        assert_eq!(
+            r.find("x", &Method::GET, "/api/v1", &h),
+            RouteLookup::Found(0)
+        );
+        assert_eq!(
+            r.find("x", &Method::GET, "/apix", &h),
+            RouteLookup::NotFound
+        );
     }
 
     #[test]
@@ -332,9 +344,18 @@ mod tests {
         ])
         .unwrap();
         let h = HeaderMap::new();
-        assert_eq!(r.find("api.example.com", &Method::GET, "/", &h), RouteLookup::Found(0));
-        assert_eq!(r.find("a.b.example.com", &Method::GET, "/", &h), RouteLookup::Found(1));
-        assert_eq!(r.find("example.com", &Method::GET, "/", &h), RouteLookup::NotFound);
+        assert_eq!(
+            r.find("api.example.com", &Method::GET, "/", &h),
+            RouteLookup::Found(0)
+        );
+        assert_eq!(
+            r.find("a.b.example.com", &Method::GET, "/", &h),
+            RouteLookup::Found(1)
+        );
+        assert_eq!(
+            r.find("example.com", &Method::GET, "/", &h),
+            RouteLookup::NotFound
+        );
         assert_eq!(normalize_host("API.Example.com:8080"), "api.example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
     }

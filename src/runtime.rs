@@ -4,7 +4,7 @@
 use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
 use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
 use crate::upstream::hash_key::HashKey;
-use crate::upstream::health::{self, parse_status_range};
+use crate::upstream::health;
 use crate::upstream::{Pool, PoolOptions, TargetSpec};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
@@ -20,11 +20,17 @@ use std::sync::Arc;
 pub enum Rewrite {
     Keep,
     /// Replace the matched prefix with `with` (empty for `strip_prefix`).
-    Prefix { prefix: String, with: String },
+    Prefix {
+        prefix: String,
+        with: String,
+    },
     /// Replace the whole (exactly matched) path.
     Exact(String),
     /// Regex replacement with `$1`/`$name` captures of the route's path regex.
-    Regex { regex: Regex, template: String },
+    Regex {
+        regex: Regex,
+        template: String,
+    },
 }
 
 impl Rewrite {
@@ -99,14 +105,28 @@ pub fn load(path: &Path) -> Result<Runtime, ConfigError> {
 
 /// As [`load`], from text already read; `file` only names it in messages.
 pub fn load_str(file: &str, text: &str) -> Result<Runtime, ConfigError> {
-    let (cfg, positions, unparsed) = config::parse(file, text)?;
-    build(&cfg, &unparsed.upstreams).map_err(|faults| {
-        ConfigError {
-            file: file.to_string(),
-            faults,
-        }
-        .locate(&positions)
-    })
+    build_parsed(file, config::parse(file, text)?)
+}
+
+/// Build from a parsed config; faults of parsing and of building are reported together.
+pub fn build_parsed(file: &str, parsed: config::Parsed) -> Result<Runtime, ConfigError> {
+    let mut faults = parsed.faults;
+    let built = build(&parsed.config, &parsed.unparsed.upstreams);
+    match built {
+        Ok(rt) if faults.is_empty() => return Ok(rt),
+        Ok(_) => {}
+        Err(more) => faults.extend(more),
+    }
+    // Parse faults come first in file order; a build fault on the same path adds nothing.
+    let mut seen = HashSet::new();
+    faults.retain(|f| seen.insert((f.path.clone(), f.message.clone())));
+    let mut err = ConfigError {
+        file: file.to_string(),
+        faults,
+    }
+    .locate(&parsed.positions);
+    err.faults.sort_by_key(|f| f.line.unwrap_or(usize::MAX));
+    Err(err)
 }
 
 /// Build the runtime, or every fault found. `known_upstreams` are names of upstreams that
@@ -120,7 +140,7 @@ pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fa
         faults.push(Fault::new("listeners", "at least one listener is needed"));
     }
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let path = format!("listeners[{i}].address");
+        let path = format!("{}.address", cfg.item_path("listeners", i));
         match l.address.parse::<SocketAddr>() {
             Ok(a) if listeners.contains(&a) => {
                 faults.push(Fault::new(path, format!("{a} is listed twice")))
@@ -150,7 +170,7 @@ pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fa
     let mut upstreams = Vec::new();
     let mut upstream_index = HashMap::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
-        let path = format!("upstreams[{i}]");
+        let path = cfg.item_path("upstreams", i);
         if upstream_index.contains_key(u.name.as_str()) {
             faults.push(Fault::new(
                 format!("{path}.name"),
@@ -171,7 +191,7 @@ pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fa
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
-        let path = format!("routes[{i}]");
+        let path = cfg.item_path("routes", i);
         if r.name.is_empty() {
             faults.push(Fault::new(format!("{path}.name"), "a route needs a name"));
         } else if !route_names.insert(r.name.as_str()) {
@@ -247,7 +267,10 @@ fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(a) = address.parse::<SocketAddr>() {
         return Ok(vec![a]);
     }
-    if address.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+    if address
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
         return Err(format!("{address:?} is not HOST:PORT"));
     }
     match address.to_socket_addrs() {
@@ -272,7 +295,10 @@ fn positive(d: config::Dur, path: String, faults: &mut Vec<Fault>) {
 fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<Pool> {
     let before = faults.len();
     if u.name.is_empty() {
-        faults.push(Fault::new(format!("{path}.name"), "an upstream needs a name"));
+        faults.push(Fault::new(
+            format!("{path}.name"),
+            "an upstream needs a name",
+        ));
     }
     if u.targets.is_empty() {
         faults.push(Fault::new(
@@ -290,7 +316,10 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
             ));
         }
         let Ok(host) = HeaderValue::from_str(&t.address) else {
-            faults.push(Fault::new(format!("{tpath}.address"), "not a valid address"));
+            faults.push(Fault::new(
+                format!("{tpath}.address"),
+                "not a valid address",
+            ));
             continue;
         };
         match resolve(&t.address) {
@@ -324,7 +353,7 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
         },
         (None, config::Algorithm::ConsistentHash) => {
             faults.push(Fault::new(
-                format!("{path}.hash_key"),
+                format!("{path}.algorithm"),
                 "consistent_hash needs a hash_key (header:NAME, cookie:NAME, query:NAME, path or client_ip)",
             ));
             None
@@ -367,13 +396,20 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
         keepalive: u.keepalive,
         retries: u.retries,
     };
-    Some(Pool::new(&u.name, targets, u.algorithm, hash_key, check, &opts))
+    Some(Pool::new(
+        &u.name,
+        targets,
+        u.algorithm,
+        hash_key,
+        check,
+        &opts,
+    ))
 }
 
 fn check_health_config(path: &str, hc: &HealthCheck, faults: &mut Vec<Fault>) {
     positive(hc.interval, format!("{path}.interval"), faults);
     positive(hc.timeout, format!("{path}.timeout"), faults);
-    if hc.timeout > hc.interval {
+    if !hc.interval.0.is_zero() && hc.timeout > hc.interval {
         faults.push(Fault::new(
             format!("{path}.timeout"),
             format!(
@@ -406,11 +442,6 @@ fn check_health_config(path: &str, hc: &HealthCheck, faults: &mut Vec<Fault>) {
             if let Some(h) = &hc.host {
                 if HeaderValue::from_str(h).is_err() || h.is_empty() {
                     faults.push(Fault::new(format!("{path}.host"), "not a valid Host value"));
-                }
-            }
-            if let Some(s) = &hc.expected_status {
-                if let Err(e) = parse_status_range(s) {
-                    faults.push(Fault::new(format!("{path}.expected_status"), e));
                 }
             }
         }
@@ -496,7 +527,13 @@ fn build_route(
             Err(e) => {
                 faults.push(Fault::new(
                     format!("{mpath}.path_regex"),
-                    format!("invalid regex: {}", e.to_string().replace('\n', " ")),
+                    format!(
+                        "invalid regex: {}",
+                        e.to_string()
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
                 ));
                 PathMatch::Any
             }
@@ -584,7 +621,9 @@ fn build_route(
     };
     if let Some(to) = &r.rewrite {
         let sample = to.replace('$', "");
-        if http::uri::PathAndQuery::try_from(format!("/{sample}").as_str()).is_err() || to.contains('?') {
+        if http::uri::PathAndQuery::try_from(format!("/{sample}").as_str()).is_err()
+            || to.contains('?')
+        {
             faults.push(Fault::new(
                 format!("{path}.rewrite"),
                 format!("{to:?} is not a valid path (a query string is kept from the request)"),

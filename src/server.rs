@@ -80,7 +80,10 @@ pub fn build(
         proxy.add_tcp(&addr.to_string());
     }
     let gateway = server.add_service(proxy);
-    let checks = server.add_service(background_service("health checks", HealthChecks { runtime }));
+    let checks = server.add_service(background_service(
+        "health checks",
+        HealthChecks { runtime },
+    ));
     gateway.add_dependencies(&companions);
     checks.add_dependencies(&companions);
     server

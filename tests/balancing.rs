@@ -13,7 +13,11 @@ fn targets(ups: &[(&Upstream, usize)]) -> String {
 
 #[test]
 fn weighted_round_robin_follows_weights_within_5_percent() {
-    let ups = [Upstream::start("u1"), Upstream::start("u2"), Upstream::start("u3")];
+    let ups = [
+        Upstream::start("u1"),
+        Upstream::start("u2"),
+        Upstream::start("u3"),
+    ];
     let weights = [5, 3, 2];
     let gw = Gateway::start(&format!(
         "upstreams:\n  - name: pool\n    algorithm: round_robin\n    targets:\n{}routes:\n  - name: all\n    upstream: pool\n",
@@ -76,7 +80,11 @@ fn consistent_hash_is_sticky_and_moves_about_one_nth_when_a_target_goes() {
     let all: Vec<&Upstream> = ups.iter().collect();
     let gw = hash_gateway(&all, "header:x-user");
     let first = placement(&gw, &keys);
-    assert_eq!(first, placement(&gw, &keys), "a key always lands on the same target");
+    assert_eq!(
+        first,
+        placement(&gw, &keys),
+        "a key always lands on the same target"
+    );
     let used: std::collections::HashSet<_> = first.values().collect();
     assert_eq!(used.len(), 4, "keys spread over all targets");
     drop(gw);

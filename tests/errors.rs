@@ -32,7 +32,11 @@ fn slow_upstream_gets_504() {
     let t = Instant::now();
     let r = get(&gw.url("/slow"));
     assert_json_error(&r, 504, "timed out");
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -74,7 +78,11 @@ fn connect_failure_is_retried_on_another_target() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.server(), "alive");
     }
-    assert_eq!(up.count(), 20, "each request reached the live target exactly once");
+    assert_eq!(
+        up.count(),
+        20,
+        "each request reached the live target exactly once"
+    );
 }
 
 #[test]

@@ -60,7 +60,10 @@ fn forwarded_headers_append_behind_a_trusted_proxy() {
     send(
         "GET",
         &gw.url("/x"),
-        &[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")],
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ],
     );
     let r = &up.requests()[0];
     assert_eq!(r.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
@@ -85,7 +88,10 @@ fn request_ids_are_made_or_kept_and_reach_both_sides() {
     let a = get(&gw.url("/a"));
     let b = get(&gw.url("/b"));
     let kept = send("GET", &gw.url("/c"), &[("x-request-id", "trace-abc-123")]);
-    let (ida, idb) = (a.header("x-request-id").unwrap(), b.header("x-request-id").unwrap());
+    let (ida, idb) = (
+        a.header("x-request-id").unwrap(),
+        b.header("x-request-id").unwrap(),
+    );
     assert_ne!(ida, idb);
     assert_eq!(kept.header("x-request-id"), Some("trace-abc-123"));
     let reqs = up.requests();
@@ -104,7 +110,10 @@ fn hop_by_hop_headers_are_not_forwarded() {
     );
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     // The upstream's `keep-alive: timeout=5` response header is hop-by-hop too.
-    assert!(!resp.to_ascii_lowercase().contains("keep-alive: timeout"), "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("keep-alive: timeout"),
+        "{resp}"
+    );
     let r = &up.requests()[0];
     for h in ["x-secret", "keep-alive", "te", "proxy-authorization"] {
         assert_eq!(r.header(h), None, "{h} was forwarded");

@@ -36,7 +36,11 @@ fn answering(gw: &Gateway, n: usize) -> (HashSet<String>, usize) {
 
 #[test]
 fn killed_target_is_taken_out_and_comes_back() {
-    let ups = [Upstream::start("u1"), Upstream::start("u2"), Upstream::start("u3")];
+    let ups = [
+        Upstream::start("u1"),
+        Upstream::start("u2"),
+        Upstream::start("u3"),
+    ];
     let gw = Gateway::start(&pool_config(&[&ups[0], &ups[1], &ups[2]], HTTP_CHECK));
     let (servers, errors) = answering(&gw, 30);
     assert_eq!((servers.len(), errors), (3, 0));
@@ -47,11 +51,17 @@ fn killed_target_is_taken_out_and_comes_back() {
     let (servers, errors) = answering(&gw, 60);
     assert_eq!(errors, 0, "5xx after the detection window");
     assert_eq!(servers, HashSet::from(["u1".to_string(), "u3".to_string()]));
-    assert!(gw.log_text().contains("out of rotation"), "{}", gw.log_text());
+    assert!(
+        gw.log_text().contains("out of rotation"),
+        "{}",
+        gw.log_text()
+    );
 
     let _back = ups[1].restart();
     assert!(
-        eventually(Duration::from_secs(5), || answering(&gw, 6).0.contains("u2")),
+        eventually(Duration::from_secs(5), || answering(&gw, 6)
+            .0
+            .contains("u2")),
         "u2 never came back"
     );
     let (_, errors) = answering(&gw, 30);
@@ -64,11 +74,15 @@ fn http_check_fails_on_an_unexpected_status() {
     let gw = Gateway::start(&pool_config(&[&ups[0], &ups[1]], HTTP_CHECK));
     ups[0].set_unhealthy(true);
     assert!(
-        eventually(Duration::from_secs(5), || answering(&gw, 10).0 == HashSet::from(["u2".to_string()])),
+        eventually(Duration::from_secs(5), || answering(&gw, 10).0
+            == HashSet::from(["u2".to_string()])),
         "u1 answers 503 on /health but still gets traffic"
     );
     ups[0].set_unhealthy(false);
-    assert!(eventually(Duration::from_secs(5), || answering(&gw, 10).0.len() == 2));
+    assert!(eventually(Duration::from_secs(5), || answering(&gw, 10)
+        .0
+        .len()
+        == 2));
 }
 
 #[test]

@@ -89,11 +89,18 @@ fn routes_by_host_with_wildcards_and_normalization() {
     let s = setup();
     let via = |host: &str| send("GET", &s.gw.url("/anything"), &[("host", host)]).server();
     assert_eq!(via("api.example.com"), "a");
-    assert_eq!(via("API.Example.COM:8080"), "a", "host is case-insensitive, port ignored");
+    assert_eq!(
+        via("API.Example.COM:8080"),
+        "a",
+        "host is case-insensitive, port ignored"
+    );
     assert_eq!(via("shop.example.com"), "b");
     assert_eq!(via("deep.shop.example.com"), "b");
     // example.com itself is not covered by *.example.com, and no other route takes /anything.
-    assert_eq!(send("GET", &s.gw.url("/anything"), &[("host", "example.com")]).status, 404);
+    assert_eq!(
+        send("GET", &s.gw.url("/anything"), &[("host", "example.com")]).status,
+        404
+    );
     assert_eq!(s.a.count(), 2);
     assert_eq!(s.b.count(), 2);
 }

@@ -37,6 +37,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .ok_or_else(|| format!("duration {s:?} has no unit; write e.g. \"250ms\" or \"5s\""))?;
     let (num, unit) = s.split_at(split);
+    let unit = unit.trim();
     let value: f64 = num
         .parse()
         .map_err(|_| format!("duration {s:?} does not start with a number"))?;

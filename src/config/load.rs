@@ -101,19 +101,22 @@ impl Collector<'_> {
         }
     }
 
-    /// A list section: each item on its own.
-    fn list<T: DeserializeOwned>(&mut self, section: &str, value: Value) -> Vec<T> {
+    /// A list section: each item on its own. Returns the items that parsed and their index
+    /// in the file.
+    fn list<T: DeserializeOwned>(&mut self, section: &str, value: Value) -> (Vec<T>, Vec<usize>) {
         match value {
             Value::Sequence(items) => items
                 .into_iter()
                 .enumerate()
-                .filter_map(|(i, item)| self.take(&format!("{section}[{i}]"), item))
-                .collect(),
-            Value::Null => Vec::new(),
+                .filter_map(|(i, item)| Some((self.take(&format!("{section}[{i}]"), item)?, i)))
+                .unzip(),
+            Value::Null => Default::default(),
             _ => {
-                self.faults
-                    .push(Fault::new(section, "expected a list (lines starting with `- `)"));
-                Vec::new()
+                self.faults.push(Fault::new(
+                    section,
+                    "expected a list (lines starting with `- `)",
+                ));
+                Default::default()
             }
         }
     }
@@ -141,8 +144,19 @@ fn item_names(value: &Value) -> Vec<String> {
     }
 }
 
-/// Parse config text. On failure the error holds every fault found, each with its line.
-pub fn parse(file: &str, text: &str) -> Result<(Config, Positions, Unparsed), ConfigError> {
+/// A config as far as it parsed: sections and items with faults are left out and their
+/// faults listed, so that later checks can still run on the rest.
+#[derive(Debug)]
+pub struct Parsed {
+    pub config: Config,
+    pub positions: Positions,
+    pub unparsed: Unparsed,
+    pub faults: Vec<Fault>,
+}
+
+/// Parse config text. Only a document that is not YAML at all, or not a mapping, is an
+/// error here; every other fault is listed in [`Parsed::faults`].
+pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
     let positions = Positions::index(text);
     let fail = |faults: Vec<Fault>| ConfigError {
         file: file.to_string(),
@@ -175,7 +189,8 @@ pub fn parse(file: &str, text: &str) -> Result<(Config, Positions, Unparsed), Co
     let mut unparsed = Unparsed::default();
     for (key, value) in map {
         let Some(key) = key.as_str().map(str::to_string) else {
-            c.faults.push(Fault::new("", "top-level keys must be plain names"));
+            c.faults
+                .push(Fault::new("", "top-level keys must be plain names"));
             continue;
         };
         match key.as_str() {
@@ -184,7 +199,9 @@ pub fn parse(file: &str, text: &str) -> Result<(Config, Positions, Unparsed), Co
                     config.server = s;
                 }
             }
-            "listeners" => config.listeners = c.list("listeners", value),
+            "listeners" => {
+                (config.listeners, config.file_index.listeners) = c.list("listeners", value)
+            }
             "trusted_proxies" => {
                 if let Some(t) = c.take("trusted_proxies", value) {
                     config.trusted_proxies = t;
@@ -192,13 +209,13 @@ pub fn parse(file: &str, text: &str) -> Result<(Config, Positions, Unparsed), Co
             }
             "upstreams" => {
                 let names = item_names(&value);
-                config.upstreams = c.list("upstreams", value);
+                (config.upstreams, config.file_index.upstreams) = c.list("upstreams", value);
                 unparsed.upstreams = names
                     .into_iter()
                     .filter(|n| !config.upstreams.iter().any(|u| &u.name == n))
                     .collect();
             }
-            "routes" => config.routes = c.list("routes", value),
+            "routes" => (config.routes, config.file_index.routes) = c.list("routes", value),
             other => c.faults.push(Fault {
                 path: other.to_string(),
                 line: positions.line_of(other),
@@ -209,11 +226,13 @@ pub fn parse(file: &str, text: &str) -> Result<(Config, Positions, Unparsed), Co
             }),
         }
     }
-    if c.faults.is_empty() {
-        Ok((config, positions, unparsed))
-    } else {
-        Err(fail(c.faults))
-    }
+    let faults = c.faults;
+    Ok(Parsed {
+        config,
+        positions,
+        unparsed,
+        faults,
+    })
 }
 
 #[cfg(test)]
@@ -235,8 +254,12 @@ routes:
     upstream: a
     priorty: 3
 ";
-        let err = parse("f.yaml", text).unwrap_err();
-        let out = err.to_string();
+        let parsed = parse("f.yaml", text).unwrap();
+        let out = ConfigError {
+            file: "f.yaml".into(),
+            faults: parsed.faults,
+        }
+        .to_string();
         assert!(out.contains("f.yaml:7: upstreams[0].timeouts"), "{out}");
         assert!(out.contains("conect"), "{out}");
         assert!(out.contains("f.yaml:11: routes[0]"), "{out}");
@@ -246,9 +269,9 @@ routes:
     #[test]
     fn bad_duration_points_at_its_line() {
         let text = "upstreams:\n  - name: a\n    targets: []\n    health_check:\n      type: tcp\n      interval: 5 minutes\n";
-        let err = parse("f.yaml", text).unwrap_err();
-        assert_eq!(err.faults.len(), 1, "{err}");
-        assert_eq!(err.faults[0].path, "upstreams[0].health_check.interval");
-        assert_eq!(err.faults[0].line, Some(6));
+        let faults = parse("f.yaml", text).unwrap().faults;
+        assert_eq!(faults.len(), 1, "{faults:?}");
+        assert_eq!(faults[0].path, "upstreams[0].health_check.interval");
+        assert_eq!(faults[0].line, Some(6));
     }
 }

@@ -4,6 +4,7 @@
 
 use super::duration::Dur;
 use serde::Deserialize;
+use std::ops::RangeInclusive;
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -12,6 +13,28 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// Where each list item stood in the file, when items that failed to parse were left
+    /// out; fault paths must name the file's index, not the list's.
+    pub file_index: FileIndex,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FileIndex {
+    pub listeners: Vec<usize>,
+    pub upstreams: Vec<usize>,
+    pub routes: Vec<usize>,
+}
+
+impl Config {
+    /// The YAML path of item `i` of list `section` (`listeners`, `upstreams` or `routes`).
+    pub fn item_path(&self, section: &str, i: usize) -> String {
+        let index = match section {
+            "listeners" => &self.file_index.listeners,
+            "upstreams" => &self.file_index.upstreams,
+            _ => &self.file_index.routes,
+        };
+        format!("{section}[{}]", index.get(i).copied().unwrap_or(i))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,9 +148,9 @@ pub struct HealthCheck {
     /// HTTP checks: the Host header sent (the upstream name by default).
     #[serde(default)]
     pub host: Option<String>,
-    /// HTTP checks: statuses that pass, `"200"` or a range `"200-399"`.
+    /// HTTP checks: statuses that pass, `200` or a range `"200-399"`.
     #[serde(default)]
-    pub expected_status: Option<String>,
+    pub expected_status: Option<StatusRange>,
     #[serde(default = "default_interval")]
     pub interval: Dur,
     #[serde(default = "default_check_timeout")]
@@ -221,4 +244,66 @@ pub struct HeaderMatch {
     /// Exact value required; when absent the header only has to be present.
     #[serde(default)]
     pub value: Option<String>,
+}
+
+/// HTTP statuses that a health check accepts: `200` or `"200-399"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRange(pub RangeInclusive<u16>);
+
+impl StatusRange {
+    pub fn parse(s: &str) -> Result<StatusRange, String> {
+        let one = |p: &str| -> Result<u16, String> {
+            match p.trim().parse::<u16>() {
+                Ok(n) if (100..=599).contains(&n) => Ok(n),
+                _ => Err(format!("{p:?} is not an HTTP status between 100 and 599")),
+            }
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (one(a)?, one(b)?),
+            None => {
+                let n = one(s)?;
+                (n, n)
+            }
+        };
+        if lo > hi {
+            return Err(format!("status range {s:?} is empty"));
+        }
+        Ok(StatusRange(lo..=hi))
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StatusRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a status such as 200 or a range such as \"200-399\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusRange, E> {
+                StatusRange::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusRange, E> {
+                StatusRange::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusRange, E> {
+                StatusRange::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(StatusRange::parse("200"), Ok(StatusRange(200..=200)));
+        assert_eq!(StatusRange::parse("200-399"), Ok(StatusRange(200..=399)));
+        assert!(StatusRange::parse("399-200").is_err());
+        assert!(StatusRange::parse("99").is_err());
+        assert!(StatusRange::parse("ok").is_err());
+    }
 }

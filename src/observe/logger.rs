@@ -13,7 +13,13 @@ pub fn init(level: &str, file: Option<&str>) -> std::io::Result<()> {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     builder.format(move |buf, record| {
         if journald {
-            writeln!(buf, "{} {}: {}", record.level(), record.target(), record.args())
+            writeln!(
+                buf,
+                "{} {}: {}",
+                record.level(),
+                record.target(),
+                record.args()
+            )
         } else {
             writeln!(
                 buf,

@@ -21,9 +21,7 @@ pub fn next() -> String {
 
 /// A client-supplied id is kept when it is short and printable, so ids chain across hops.
 pub fn accept(value: &[u8]) -> Option<&str> {
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value.iter().all(|b| b.is_ascii_graphic());
+    let ok = !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic());
     ok.then(|| std::str::from_utf8(value).ok()).flatten()
 }
 

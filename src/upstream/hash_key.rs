@@ -27,7 +27,9 @@ impl HashKey {
                 "client_ip" => Ok(HashKey::ClientIp),
                 _ => Err(bad()),
             },
-            Some((_, "")) => Err(format!("hash key {spec:?} names no header, cookie or parameter")),
+            Some((_, "")) => Err(format!(
+                "hash key {spec:?} names no header, cookie or parameter"
+            )),
             Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
                 .map(HashKey::Header)
                 .map_err(|_| format!("{name:?} is not a valid header name")),
@@ -99,7 +101,9 @@ mod tests {
         req.insert_header("cookie", "a=1; sid=s3; b=2").unwrap();
         let ip = Some("10.0.0.1".parse().unwrap());
         let mut s = [0u8; 16];
-        let k = |spec: &str, s: &mut [u8; 16]| HashKey::parse(spec).unwrap().extract(&req, ip, s).to_vec();
+        let k = |spec: &str, s: &mut [u8; 16]| {
+            HashKey::parse(spec).unwrap().extract(&req, ip, s).to_vec()
+        };
         assert_eq!(k("header:x-user", &mut s), b"alice");
         assert_eq!(k("cookie:sid", &mut s), b"s3");
         assert_eq!(k("query:user", &mut s), b"42");

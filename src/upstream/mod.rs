@@ -9,7 +9,9 @@ use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::HealthCheck;
-use pingora_load_balancing::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
+use pingora_load_balancing::selection::{
+    BackendIter, BackendSelection, Consistent, Random, RoundRobin,
+};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -52,7 +54,10 @@ pub struct Pool {
     pub check_interval: Option<Duration>,
 }
 
-fn build_lb<S>(backends: BTreeSet<Backend>, check: Option<Box<dyn HealthCheck + Send + Sync>>) -> LoadBalancer<S>
+fn build_lb<S>(
+    backends: BTreeSet<Backend>,
+    check: Option<Box<dyn HealthCheck + Send + Sync>>,
+) -> LoadBalancer<S>
 where
     S: BackendSelection + 'static,
     S::Iter: BackendIter,

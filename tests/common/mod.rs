@@ -91,7 +91,9 @@ async fn serve_conn(mut stream: AsyncStream, name: String, state: Arc<State>) {
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
         let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let body_len: usize = find("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let body_len: usize = find("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         while buf.len() < head_len + body_len {
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
@@ -118,7 +120,8 @@ async fn serve_conn(mut stream: AsyncStream, name: String, state: Arc<State>) {
         } else {
             "200 OK"
         };
-        let body = serde_json::json!({"server": name, "method": method, "target": target}).to_string();
+        let body =
+            serde_json::json!({"server": name, "method": method, "target": target}).to_string();
         let resp = format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {name}\r\nkeep-alive: timeout=5\r\n{}\r\n{body}",
             body.len(),
@@ -212,12 +215,21 @@ impl Drop for Upstream {
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, never the same twice in this process
+/// (the OS may hand a just-released port out again at once).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn wait_for_port(addr: SocketAddr, child: &mut Child, log: &PathBuf, what: &str) {
@@ -317,7 +329,10 @@ impl Resp {
     }
     /// Which test upstream answered.
     pub fn server(&self) -> String {
-        self.json()["server"].as_str().unwrap_or_default().to_string()
+        self.json()["server"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -349,7 +364,12 @@ pub fn send_body(method: &str, url: &str, headers: &[(&str, &str)], body: &str) 
     let headers = resp
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
     let mut body = String::new();
     let _ = resp.body_mut().as_reader().read_to_string(&mut body);

@@ -1,0 +1,175 @@
+//! `portico check` builds what `run` builds and reports every fault with its YAML path and
+//! line; `run` refuses a bad config the same way.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(portico_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace(&file.display().to_string(), "FILE");
+    (out.status.success(), text)
+}
+
+const BROKEN: &str = "\
+server:
+  threads: 2
+listeners:
+  - address: 127.0.0.1:8080
+upstreams:
+  - name: orders
+    targets: []
+  - name: orders
+    targets: [{address: 127.0.0.1:9000}]
+  - name: users
+    targets: [{address: 127.0.0.1:9001}]
+    health_check:
+      type: tcp
+      interval: 0s
+  - name: slow
+    targets: [{address: 127.0.0.1:9002}]
+    timeouts:
+      connect: 10 seconds
+routes:
+  - name: a
+    match:
+      path_regex: \"^/(unclosed\"
+    upstream: orders
+  - name: b
+    upstream: order
+  - name: c
+    upstream: users
+    methds: [GET]
+  - name: a
+    upstream: slow
+";
+
+#[test]
+fn every_fault_is_reported_with_path_and_line() {
+    let (ok, out) = check(BROKEN);
+    assert!(!ok, "{out}");
+    let expected = [
+        "FILE:7: upstreams[0].targets: the pool is empty",
+        "FILE:8: upstreams[1].name: upstream name \"orders\" is used twice",
+        "FILE:14: upstreams[2].health_check.interval: must be longer than 0s",
+        "FILE:18: upstreams[3].timeouts.connect: duration \"10 seconds\" has unknown unit",
+        "FILE:22: routes[0].match.path_regex: invalid regex",
+        "FILE:25: routes[1].upstream: no upstream named \"order\"",
+        "FILE:28: routes[2].methds: unknown field `methds`",
+        "FILE:29: routes[3].name: route name \"a\" is used twice",
+    ];
+    for e in expected {
+        assert!(out.contains(e), "missing {e:?} in:\n{out}");
+    }
+    assert_eq!(out.lines().count(), expected.len(), "{out}");
+    // A route naming an upstream that failed to parse is not reported a second time.
+    assert!(!out.contains("no upstream named \"slow\""), "{out}");
+}
+
+#[test]
+fn syntax_errors_and_unknown_sections_have_lines() {
+    let (ok, out) = check("listeners:\n  - address: [unclosed\n");
+    assert!(!ok);
+    assert!(out.starts_with("FILE:"), "{out}");
+    assert!(out.contains("not valid YAML"), "{out}");
+
+    let (ok, out) = check("listeners:\n  - address: 127.0.0.1:1\nroutse: []\n");
+    assert!(!ok);
+    assert!(
+        out.contains("FILE:3: routse: unknown field `routse`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn impossible_values_are_faults() {
+    let (ok, out) = check(
+        "\
+listeners:
+  - address: localhost
+upstreams:
+  - name: u
+    algorithm: consistent_hash
+    targets: [{address: 127.0.0.1:1, weight: 0}]
+    health_check: {type: http, path: nope, expected_status: 200-299, interval: 1s, timeout: 2s}
+  - name: v
+    targets: [{address: 127.0.0.1:2}]
+    health_check: {type: http, expected_status: 600}
+routes:
+  - name: r
+    match: {path_prefix: api, methods: [GOT IT], hosts: [\"http://x.com\"]}
+    upstream: u
+    strip_prefix: true
+    rewrite: /x
+",
+    );
+    assert!(!ok);
+    for e in [
+        "FILE:2: listeners[0].address: \"localhost\" is not an IP:PORT address",
+        "FILE:5: upstreams[0].algorithm: consistent_hash needs a hash_key",
+        "FILE:6: upstreams[0].targets[0].weight: weight 0 is not between 1 and 100",
+        "upstreams[0].health_check.timeout: timeout 2s is longer than the interval 1s",
+        "upstreams[0].health_check.path: \"nope\" is not a path",
+        "FILE:10: upstreams[1].health_check.expected_status: \"600\" is not an HTTP status",
+        "routes[0].match.hosts[0]: \"http://x.com\" is not a host name",
+        "routes[0].match.path_prefix: \"api\" does not start with /",
+        "routes[0].match.methods[0]: \"GOT IT\" is not an HTTP method",
+        "FILE:16: routes[0].rewrite: use either strip_prefix or rewrite",
+    ] {
+        assert!(out.contains(e), "missing {e:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn shipped_configs_pass() {
+    for f in ["conf/portico.yaml", "conf/demo.yaml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+        let out = Command::new(portico_bin())
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{f}: {text}");
+        assert!(text.starts_with("OK"), "{f}: {text}");
+    }
+}
+
+#[test]
+fn run_refuses_a_bad_config_like_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, BROKEN).unwrap();
+    let out = Command::new(portico_bin())
+        .args(["run", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("routes[1].upstream: no upstream named \"order\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = Command::new(portico_bin())
+        .args(["check", "-c", "/nonexistent/portico.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/nonexistent/portico.yaml: cannot read the config file"),
+        "{text}"
+    );
+}

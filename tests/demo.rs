@@ -1,0 +1,73 @@
+//! `portico demo` starts its example services and the gateway, and answers the commands it
+//! prints.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_starts_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let mut child = Command::new(portico_bin())
+        .args(["demo", "--free-ports"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Killed(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"))
+        .to_string();
+    let mut printed = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.starts_with("Press") {
+            break;
+        }
+        printed.push(line);
+    }
+    assert!(printed.iter().any(|l| l.contains("curl")), "{printed:?}");
+    // Keep reading so the demo never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok()
+        }),
+        "the demo gateway never listened; its log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let mut instances = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = get(&format!("{url}/api/orders"));
+        assert_eq!(r.status, 200, "{r:?}");
+        let j = r.json();
+        assert_eq!(j["served_by"]["service"], "orders");
+        instances.insert(j["served_by"]["instance"].as_str().unwrap().to_string());
+    }
+    assert_eq!(instances.len(), 2, "round robin over both orders instances");
+    let r = get(&format!("{url}/api/users/2"));
+    assert_eq!(r.json()["item"]["name"], "Linus");
+    let a = send("GET", &format!("{url}/api/products"), &[("x-user", "ada")]).json();
+    let b = send("GET", &format!("{url}/api/products"), &[("x-user", "ada")]).json();
+    assert_eq!(a["served_by"], b["served_by"]);
+    assert_eq!(
+        send("DELETE", &format!("{url}/api/users/1"), &[]).status,
+        405
+    );
+    assert_eq!(get(&format!("{url}/nowhere")).status, 404);
+}
