@@ -44,6 +44,8 @@ pub enum RouteLookup {
 struct Compiled {
     methods: Vec<Method>,
     headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Checked on every candidate found through its literal directory.
+    regex: Option<Regex>,
 }
 
 impl Compiled {
@@ -58,21 +60,104 @@ impl Compiled {
     }
 }
 
+type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
+
+/// Route ids keyed by a path prefix. Only the prefix lengths that occur are probed, so a
+/// lookup hashes little more than once per bucket in practice.
+#[derive(Default)]
+struct PrefixIndex {
+    map: Map<Vec<u32>>,
+    /// `lens[n]` is true when some key is `n` bytes long.
+    lens: Vec<bool>,
+}
+
+impl PrefixIndex {
+    fn insert(&mut self, key: &str, id: u32) {
+        if self.lens.len() <= key.len() {
+            self.lens.resize(key.len() + 1, false);
+        }
+        self.lens[key.len()] = true;
+        self.map.entry(key.into()).or_default().push(id);
+    }
+
+    fn finish(&mut self) {
+        for list in self.map.values_mut() {
+            list.sort_unstable();
+        }
+    }
+
+    fn probe(&self, path: &str, len: usize, s: &mut Search, routes: &[Compiled]) {
+        if self.lens.get(len).copied().unwrap_or(false) {
+            if let Some(ids) = self.map.get(&path[..len]) {
+                s.consider(routes, ids);
+            }
+        }
+    }
+
+    /// Every key that is a segment-wise prefix of `path`: the path itself, the path up to
+    /// (not including) each `/`, and up to and including each `/`.
+    fn search(&self, path: &str, s: &mut Search, routes: &[Compiled]) {
+        if self.map.is_empty() {
+            return;
+        }
+        let longest = self.lens.len() - 1;
+        for (i, b) in path.bytes().enumerate() {
+            if i > longest {
+                break;
+            }
+            if b == b'/' {
+                if i > 0 {
+                    self.probe(path, i, s, routes);
+                }
+                self.probe(path, i + 1, s, routes);
+            }
+        }
+        if path.len() <= longest && !path.ends_with('/') {
+            self.probe(path, path.len(), s, routes);
+        }
+    }
+}
+
+/// The literal directory a regex's matches must start with: `^/items/(\d+)$` →
+/// `/items/`. `None` when the regex is not anchored or could match paths without it.
+fn regex_literal_dir(pattern: &str) -> Option<&str> {
+    let rest = pattern.strip_prefix('^')?;
+    if pattern.contains('|') {
+        return None;
+    }
+    let end = rest
+        .find(|c: char| "\\.+*?()[]{}^$|".contains(c))
+        .unwrap_or(rest.len());
+    let mut lit = &rest[..end];
+    // A quantifier may make the character before it optional.
+    if rest[end..].starts_with(['*', '?', '{']) {
+        lit = &lit[..lit
+            .len()
+            .saturating_sub(lit.chars().last().map_or(0, char::len_utf8))];
+    }
+    let cut = lit.rfind('/')?;
+    lit[..=cut].starts_with('/').then(|| &lit[..=cut])
+}
+
 /// Routes of one host entry, indexed by path. Every id list is sorted by rank.
 #[derive(Default)]
 struct Bucket {
-    exact: HashMap<Box<str>, Vec<u32>>,
-    prefix: HashMap<Box<str>, Vec<u32>>,
+    exact: Map<Vec<u32>>,
+    prefix: PrefixIndex,
+    /// Regex routes keyed by the literal directory they start with.
+    regex_by_dir: PrefixIndex,
     any: Vec<u32>,
-    regex_src: Vec<(String, u32)>,
-    regex: Option<(RegexSet, Vec<u32>)>,
-    /// Best rank among the regex routes, to skip the set when a better match is known.
-    regex_best: u32,
+    /// Regex routes without a literal directory, matched together.
+    regex_rest_src: Vec<(String, u32)>,
+    regex_rest: Option<(RegexSet, Vec<u32>)>,
+    /// Best rank among `regex_rest`, to skip the set when a better match is known.
+    regex_rest_best: u32,
 }
 
 /// State of one lookup: the best route found so far and whether a method was refused.
 struct Search<'a> {
     method: &'a Method,
+    path: &'a str,
     headers: &'a HeaderMap,
     best: u32,
     method_refused: bool,
@@ -88,7 +173,12 @@ impl Search<'_> {
                 return;
             }
             let route = &routes[id as usize];
-            if !route.headers_match(self.headers) {
+            if route
+                .regex
+                .as_ref()
+                .is_some_and(|re| !re.is_match(self.path))
+                || !route.headers_match(self.headers)
+            {
                 continue;
             }
             if let Some(allowed) = self.allowed.as_mut() {
@@ -105,47 +195,44 @@ impl Search<'_> {
 }
 
 impl Bucket {
+    fn insert(&mut self, path: &PathMatch, id: u32) {
+        match path {
+            PathMatch::Any => self.any.push(id),
+            PathMatch::Exact(p) => self.exact.entry(p.as_str().into()).or_default().push(id),
+            PathMatch::Prefix(p) => self.prefix.insert(p, id),
+            PathMatch::Regex(r) => match regex_literal_dir(r.as_str()) {
+                Some(dir) => self.regex_by_dir.insert(dir, id),
+                None => self.regex_rest_src.push((r.as_str().to_string(), id)),
+            },
+        }
+    }
+
     fn finish(&mut self) -> Result<(), regex::Error> {
-        for list in self.exact.values_mut().chain(self.prefix.values_mut()) {
+        for list in self.exact.values_mut() {
             list.sort_unstable();
         }
+        self.prefix.finish();
+        self.regex_by_dir.finish();
         self.any.sort_unstable();
-        if !self.regex_src.is_empty() {
-            self.regex_src.sort_by_key(|(_, id)| *id);
-            let set = RegexSet::new(self.regex_src.iter().map(|(r, _)| r))?;
-            let ids = self.regex_src.iter().map(|(_, id)| *id).collect();
-            self.regex_best = self.regex_src[0].1;
-            self.regex = Some((set, ids));
+        if !self.regex_rest_src.is_empty() {
+            self.regex_rest_src.sort_by_key(|(_, id)| *id);
+            let set = RegexSet::new(self.regex_rest_src.iter().map(|(r, _)| r))?;
+            let ids = self.regex_rest_src.iter().map(|(_, id)| *id).collect();
+            self.regex_rest_best = self.regex_rest_src[0].1;
+            self.regex_rest = Some((set, ids));
         }
         Ok(())
     }
 
-    fn search(&self, routes: &[Compiled], path: &str, s: &mut Search) {
+    fn search(&self, routes: &[Compiled], s: &mut Search) {
+        let path = s.path;
         if let Some(ids) = self.exact.get(path) {
             s.consider(routes, ids);
         }
-        if !self.prefix.is_empty() {
-            if let Some(ids) = self.prefix.get(path) {
-                s.consider(routes, ids);
-            }
-            for (i, b) in path.bytes().enumerate() {
-                if b != b'/' {
-                    continue;
-                }
-                if i > 0 {
-                    if let Some(ids) = self.prefix.get(&path[..i]) {
-                        s.consider(routes, ids);
-                    }
-                }
-                if i + 1 < path.len() {
-                    if let Some(ids) = self.prefix.get(&path[..=i]) {
-                        s.consider(routes, ids);
-                    }
-                }
-            }
-        }
-        if let Some((set, ids)) = &self.regex {
-            if self.regex_best < s.best {
+        self.prefix.search(path, s, routes);
+        self.regex_by_dir.search(path, s, routes);
+        if let Some((set, ids)) = &self.regex_rest {
+            if self.regex_rest_best < s.best {
                 for m in set.matches(path).iter() {
                     s.consider(routes, &ids[m..=m]);
                 }
@@ -159,9 +246,9 @@ pub struct Router {
     /// Compiled routes by rank; `order[rank]` is the caller's index.
     routes: Vec<Compiled>,
     order: Vec<usize>,
-    exact_hosts: HashMap<Box<str>, Bucket>,
+    exact_hosts: Map<Bucket>,
     /// Keyed by the suffix including its leading dot: `*.example.com` → `.example.com`.
-    wildcard_hosts: HashMap<Box<str>, Bucket>,
+    wildcard_hosts: Map<Bucket>,
     any_host: Bucket,
 }
 
@@ -190,8 +277,8 @@ impl Router {
         let mut router = Router {
             routes: Vec::with_capacity(matchers.len()),
             order: order.clone(),
-            exact_hosts: HashMap::new(),
-            wildcard_hosts: HashMap::new(),
+            exact_hosts: Map::default(),
+            wildcard_hosts: Map::default(),
             any_host: Bucket::default(),
         };
         let mut slots: Vec<Option<RouteMatcher>> = matchers.into_iter().map(Some).collect();
@@ -200,27 +287,24 @@ impl Router {
                 continue;
             };
             let id = rank as u32;
-            let insert = |bucket: &mut Bucket| match &m.path {
-                PathMatch::Any => bucket.any.push(id),
-                PathMatch::Exact(p) => bucket.exact.entry(p.as_str().into()).or_default().push(id),
-                PathMatch::Prefix(p) => {
-                    bucket.prefix.entry(p.as_str().into()).or_default().push(id)
-                }
-                PathMatch::Regex(r) => bucket.regex_src.push((r.as_str().to_string(), id)),
-            };
             if m.hosts.is_empty() {
-                insert(&mut router.any_host);
+                router.any_host.insert(&m.path, id);
             }
             for host in &m.hosts {
                 let bucket = match host.strip_prefix('*') {
                     Some(suffix) => router.wildcard_hosts.entry(suffix.into()).or_default(),
                     None => router.exact_hosts.entry(host.as_str().into()).or_default(),
                 };
-                insert(bucket);
+                bucket.insert(&m.path, id);
             }
+            let regex = match m.path {
+                PathMatch::Regex(re) if regex_literal_dir(re.as_str()).is_some() => Some(re),
+                _ => None,
+            };
             router.routes.push(Compiled {
                 methods: m.methods,
                 headers: m.headers,
+                regex,
             });
         }
         for b in router
@@ -242,20 +326,20 @@ impl Router {
         self.routes.is_empty()
     }
 
-    fn search(&self, host: &str, path: &str, s: &mut Search) {
+    fn search(&self, host: &str, s: &mut Search) {
         if let Some(b) = self.exact_hosts.get(host) {
-            b.search(&self.routes, path, s);
+            b.search(&self.routes, s);
         }
         if !self.wildcard_hosts.is_empty() {
             for (i, b) in host.bytes().enumerate() {
                 if b == b'.' {
                     if let Some(bucket) = self.wildcard_hosts.get(&host[i..]) {
-                        bucket.search(&self.routes, path, s);
+                        bucket.search(&self.routes, s);
                     }
                 }
             }
         }
-        self.any_host.search(&self.routes, path, s);
+        self.any_host.search(&self.routes, s);
     }
 
     /// Find the route for a request. `host` must be normalized ([`normalize_host`]).
@@ -268,12 +352,13 @@ impl Router {
     ) -> RouteLookup {
         let mut s = Search {
             method,
+            path,
             headers,
             best: u32::MAX,
             method_refused: false,
             allowed: None,
         };
-        self.search(host, path, &mut s);
+        self.search(host, &mut s);
         if s.best != u32::MAX {
             return RouteLookup::Found(self.order[s.best as usize]);
         }
@@ -282,7 +367,7 @@ impl Router {
         }
         // Cold path: collect what the matching routes would allow.
         s.allowed = Some(Vec::new());
-        self.search(host, path, &mut s);
+        self.search(host, &mut s);
         let mut allowed = s.allowed.unwrap_or_default();
         allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         allowed.dedup();
@@ -358,6 +443,53 @@ mod tests {
         );
         assert_eq!(normalize_host("API.Example.com:8080"), "api.example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn regex_literal_dirs() {
+        assert_eq!(regex_literal_dir(r"^/items/(\d+)$"), Some("/items/"));
+        assert_eq!(regex_literal_dir(r"^/a/b/c"), Some("/a/b/"));
+        assert_eq!(regex_literal_dir(r"^/a/b/?$"), Some("/a/"));
+        assert_eq!(regex_literal_dir(r"^/a/|^/b/"), None);
+        assert_eq!(regex_literal_dir(r"/items/\d+"), None);
+        assert_eq!(regex_literal_dir(r"^(?i)/items/"), None);
+        assert_eq!(regex_literal_dir(r"^/a\.b/"), Some("/"));
+    }
+
+    #[test]
+    fn regexes_with_and_without_a_literal_dir() {
+        let r = Router::new(vec![
+            m(
+                &[],
+                PathMatch::Regex(Regex::new(r"^/items/(\d+)$").unwrap()),
+                &[],
+                0,
+            ),
+            m(
+                &[],
+                PathMatch::Regex(Regex::new(r"\.json$").unwrap()),
+                &[],
+                0,
+            ),
+        ])
+        .unwrap();
+        let h = HeaderMap::new();
+        assert_eq!(
+            r.find("h", &Method::GET, "/items/42", &h),
+            RouteLookup::Found(0)
+        );
+        assert_eq!(
+            r.find("h", &Method::GET, "/items/x", &h),
+            RouteLookup::NotFound
+        );
+        assert_eq!(
+            r.find("h", &Method::GET, "/items/x.json", &h),
+            RouteLookup::Found(1)
+        );
+        assert_eq!(
+            r.find("h", &Method::GET, "/other/42", &h),
+            RouteLookup::NotFound
+        );
     }
 
     #[test]
