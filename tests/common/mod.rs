@@ -258,9 +258,10 @@ pub fn portico_bin() -> &'static str {
 
 /// The real `portico` binary, running a config, killed on drop.
 pub struct Gateway {
-    child: Child,
+    pub child: Child,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
     pub log: PathBuf,
 }
 
@@ -291,12 +292,17 @@ impl Gateway {
             child,
             addr,
             dir,
+            conf,
             log,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {
@@ -309,6 +315,17 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Send a signal (`QUIT`, `TERM`, ...) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{name} {pid} failed");
 }
 
 /// A response as the client saw it.

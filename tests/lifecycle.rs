@@ -1,0 +1,137 @@
+//! Pingora's process model keeps working under our CLI: `-u` takes the listeners over from a
+//! running gateway without failing a request, and `-d` runs in the background.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn route_to(up: &Upstream) -> String {
+    format!(
+        "upstreams:\n  - name: up\n    targets: [{{address: \"{}\"}}]\nroutes:\n  - name: all\n    upstream: up\n",
+        up.addr
+    )
+}
+
+#[test]
+fn upgrade_hands_over_listeners_without_a_failed_request() {
+    let up = Upstream::start("up");
+    let mut old = Gateway::start(&route_to(&up));
+    let new_log = old.dir.path().join("new.log");
+    let mut new = Command::new(portico_bin())
+        .args(["run", "-u", "-c"])
+        .arg(&old.conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&new_log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let url = old.url("/during");
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                // A fresh connection each time, as new clients would open.
+                let r = send("GET", &url, &[("connection", "close")]);
+                if r.status == 200 {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    signal(old.pid(), "QUIT");
+    let t = Instant::now();
+    let exited = loop {
+        if let Ok(Some(_)) = old.child.try_wait() {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    client.join().unwrap();
+    let new_alive = new.try_wait().unwrap().is_none();
+    let _ = new.kill();
+    let _ = new.wait();
+    let new_text = std::fs::read_to_string(&new_log).unwrap_or_default();
+    assert!(exited, "the old process did not exit after SIGQUIT");
+    assert!(new_alive, "the new process died:\n{new_text}");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the upgrade"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 10);
+}
+
+#[test]
+fn daemon_mode_forks_writes_its_pid_and_serves() {
+    let up = Upstream::start("up");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("portico.yaml");
+    let pid_file = dir.path().join("portico.pid");
+    let log = dir.path().join("error.log");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  threads: 1\n  pid_file: {}\n  upgrade_sock: {}/upgrade.sock\n  error_log: {}\n  grace_period: 0s\n  shutdown_timeout: 1s\nlisteners:\n  - address: 127.0.0.1:{port}\n{}",
+            pid_file.display(),
+            dir.path().display(),
+            log.display(),
+            route_to(&up)
+        ),
+    )
+    .unwrap();
+    let status = Command::new(portico_bin())
+        .args(["run", "-d", "-c"])
+        .arg(&conf)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the foreground process should exit 0 after forking"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(
+            &pid_file
+        )
+        .is_ok_and(|p| !p.trim().is_empty())),
+        "no pid file"
+    );
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/x");
+    let served = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }) && get(&url).status == 200;
+    signal(pid, "TERM");
+    let gone = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    assert!(
+        served,
+        "the daemon did not serve; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(gone, "the daemon did not stop on SIGTERM");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("portico"),
+        "the error log file was not written"
+    );
+}
