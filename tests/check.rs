@@ -5,17 +5,26 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn check(text: &str) -> (bool, String) {
+/// Run `portico SUBCOMMAND -c FILE` on `text`; stdout and stderr with the file's path
+/// replaced by `FILE`.
+fn portico_on(subcommand: &str, text: &str) -> (std::process::Output, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.yaml");
     std::fs::write(&file, text).unwrap();
     let out = Command::new(portico_bin())
-        .args(["check", "-c"])
+        .args([subcommand, "-c"])
         .arg(&file)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).replace(&file.display().to_string(), "FILE");
-    (out.status.success(), text)
+    let name = file.display().to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout).replace(&name, "FILE");
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&name, "FILE");
+    (out, stdout, stderr)
+}
+
+fn check(text: &str) -> (bool, String) {
+    let (out, stdout, _) = portico_on("check", text);
+    (out.status.success(), stdout)
 }
 
 const BROKEN: &str = "\
@@ -144,16 +153,8 @@ fn shipped_configs_pass() {
 
 #[test]
 fn run_refuses_a_bad_config_like_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.yaml");
-    std::fs::write(&file, BROKEN).unwrap();
-    let out = Command::new(portico_bin())
-        .args(["run", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let (out, _, err) = portico_on("run", BROKEN);
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("routes[1].upstream: no upstream named \"order\""),
         "{err}"
