@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error_response;
 pub mod forwarding;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod runtime;

@@ -38,6 +38,16 @@ enum Command {
     /// Start three example services and the gateway in front of them, then print commands
     /// to try.
     Demo(DemoArgs),
+    /// Make a new API key (or take one) and print the SHA-256 digest that goes under
+    /// `consumers[].api_keys`; the config never holds keys themselves.
+    HashKey(HashKeyArgs),
+}
+
+#[derive(Args, Debug)]
+struct HashKeyArgs {
+    /// An existing key to hash; `-` reads it from standard input. Without it a new random
+    /// key is made.
+    key: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +152,39 @@ fn demo(args: DemoArgs) -> ExitCode {
     server::build(d.runtime, StartMode::default(), d.services).run_forever()
 }
 
+fn hash_key(args: HashKeyArgs) -> ExitCode {
+    let key = match args.key.as_deref() {
+        Some("-") => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("cannot read the key from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+        Some(k) => k.to_string(),
+        None => {
+            let mut bytes = [0u8; 24];
+            if let Err(e) = std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            {
+                eprintln!("cannot read random bytes: {e}");
+                return ExitCode::FAILURE;
+            }
+            format!("pk_{}", hex::encode(bytes))
+        }
+    };
+    if key.is_empty() {
+        eprintln!("the key is empty");
+        return ExitCode::FAILURE;
+    }
+    if args.key.is_none() {
+        println!("key:    {key}");
+    }
+    println!("sha256: {}", portico::policy::auth::api_key::hash_key(&key));
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -149,5 +192,6 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => run(a),
         Some(Command::Check(a)) => check(a),
         Some(Command::Demo(a)) => demo(a),
+        Some(Command::HashKey(a)) => hash_key(a),
     }
 }

@@ -4,6 +4,8 @@
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
 use crate::observe::request_id;
+use crate::policy::auth::build::CONSUMER_HEADER;
+use crate::policy::auth::Identity;
 use crate::router::{normalize_host, RouteLookup};
 use crate::runtime::{HostPolicy, Runtime};
 use crate::upstream::Pool;
@@ -42,6 +44,8 @@ pub struct Ctx {
     /// Targets whose connect failed, not to be tried again.
     failed: Vec<SocketAddr>,
     upstream_host: Option<HeaderValue>,
+    /// Who is calling, when the route's access rule established it.
+    identity: Option<Arc<Identity>>,
 }
 
 impl Ctx {
@@ -109,6 +113,7 @@ impl ProxyHttp for Gateway {
             target: None,
             failed: Vec::new(),
             upstream_host: None,
+            identity: None,
         }
     }
 
@@ -139,7 +144,37 @@ impl ProxyHttp for Gateway {
         match lookup {
             RouteLookup::Found(i) => {
                 ctx.route = Some(i);
-                Ok(false)
+                let rt = ctx.rt.clone();
+                let route = &rt.routes[i];
+                let Some(access) = &route.access else {
+                    return Ok(false);
+                };
+                match access.check(session.req_header()).await {
+                    Ok(identity) => {
+                        ctx.identity = identity;
+                        Ok(false)
+                    }
+                    Err(denial) => {
+                        log::info!(
+                            "request {} on route {}: {} {} ({})",
+                            ctx.request_id,
+                            route.name,
+                            denial.status,
+                            denial.reason,
+                            denial.message
+                        );
+                        let challenge = [("www-authenticate", denial.www_authenticate.as_str())];
+                        error_response::send(
+                            session,
+                            denial.status,
+                            &denial.message,
+                            &ctx.request_id,
+                            &challenge,
+                        )
+                        .await?;
+                        Ok(true)
+                    }
+                }
             }
             RouteLookup::NotFound => {
                 error_response::send(
@@ -260,6 +295,23 @@ impl ProxyHttp for Gateway {
         };
         forwarding::set_forwarded_headers(upstream, &client);
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        // Identity headers come from the gateway only, never from the client.
+        for name in &ctx.rt.auth.identity_headers {
+            upstream.remove_header(name);
+        }
+        if let Some(id) = &ctx.identity {
+            if let Some(consumer) = &id.consumer {
+                if let Ok(v) = HeaderValue::from_str(consumer) {
+                    upstream.insert_header(CONSUMER_HEADER, v)?;
+                }
+            }
+            for (name, value) in &id.headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+            if let Some(h) = &id.hide_header {
+                upstream.remove_header(h);
+            }
+        }
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 //! `portico check` builds exactly the same thing as `portico run`.
 
 use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
+use crate::policy::access::AccessRule;
+use crate::policy::auth::build::{self as auth_build, Auth};
 use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::health;
@@ -63,13 +65,13 @@ pub enum HostPolicy {
     Fixed(HeaderValue),
 }
 
-#[derive(Debug)]
 pub struct RouteAction {
     pub name: String,
     /// Index into [`Runtime::upstreams`].
     pub upstream: usize,
     pub rewrite: Rewrite,
     pub host: HostPolicy,
+    pub access: Option<AccessRule>,
 }
 
 pub struct Runtime {
@@ -80,6 +82,7 @@ pub struct Runtime {
     pub routes: Vec<RouteAction>,
     pub upstreams: Vec<Arc<Pool>>,
     pub trusted_proxies: Vec<IpNet>,
+    pub auth: Auth,
 }
 
 impl Runtime {
@@ -187,6 +190,8 @@ pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fa
         }
     }
 
+    let auth = auth_build::build(cfg, &mut faults);
+
     let mut matchers = Vec::new();
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
@@ -212,7 +217,7 @@ pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fa
                 usize::MAX
             }
         };
-        if let Some((matcher, action)) = build_route(&path, r, upstream, &mut faults) {
+        if let Some((matcher, action)) = build_route(&path, r, upstream, &auth, &mut faults) {
             matchers.push(matcher);
             routes.push(action);
         }
@@ -234,6 +239,7 @@ pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fa
         routes,
         upstreams,
         trusted_proxies,
+        auth,
     })
 }
 
@@ -484,6 +490,7 @@ fn build_route(
     path: &str,
     r: &Route,
     upstream: usize,
+    auth: &Auth,
     faults: &mut Vec<Fault>,
 ) -> Option<(RouteMatcher, RouteAction)> {
     let before = faults.len();
@@ -651,6 +658,10 @@ fn build_route(
         (None, true) => HostPolicy::Client,
         (None, false) => HostPolicy::Target,
     };
+    let access = match &r.access {
+        None => None,
+        Some(a) => auth_build::access_rule(&format!("{path}.access"), a, auth, faults),
+    };
     if faults.len() > before || upstream == usize::MAX {
         return None;
     }
@@ -667,6 +678,7 @@ fn build_route(
             upstream,
             rewrite,
             host,
+            access,
         },
     ))
 }

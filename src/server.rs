@@ -1,6 +1,7 @@
 //! Builds the Pingora server from a [`Runtime`]: listeners, the proxy service and the
 //! background health checks.
 
+use crate::policy::auth::jwks;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use crate::upstream::health;
@@ -38,16 +39,23 @@ pub fn server_conf(rt: &Runtime, mode: StartMode) -> ServerConf {
     }
 }
 
-/// Runs the active health checks of every pool of the current config.
-struct HealthChecks {
+/// Starts the periodic work of the current config: active health checks of every pool and
+/// key set refreshes of every JWT provider with a `jwks_url`.
+struct BackgroundTasks {
     runtime: Arc<ArcSwap<Runtime>>,
 }
 
 #[async_trait]
-impl BackgroundService for HealthChecks {
+impl BackgroundService for BackgroundTasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        for pool in &self.runtime.load().upstreams {
+        let rt = self.runtime.load();
+        for pool in &rt.upstreams {
             health::spawn(pool);
+        }
+        for provider in rt.auth.jwt.values() {
+            if let Some(remote) = &provider.remote {
+                jwks::spawn_refresh(remote);
+            }
         }
         let _ = shutdown.changed().await;
     }
@@ -81,8 +89,8 @@ pub fn build(
     }
     let gateway = server.add_service(proxy);
     let checks = server.add_service(background_service(
-        "health checks",
-        HealthChecks { runtime },
+        "health checks and key refresh",
+        BackgroundTasks { runtime },
     ));
     gateway.add_dependencies(&companions);
     checks.add_dependencies(&companions);

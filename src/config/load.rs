@@ -216,12 +216,20 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                     .collect();
             }
             "routes" => (config.routes, config.file_index.routes) = c.list("routes", value),
+            "consumers" => {
+                (config.consumers, config.file_index.consumers) = c.list("consumers", value)
+            }
+            "auth" => {
+                if let Some(a) = c.take("auth", value) {
+                    config.auth = a;
+                }
+            }
             other => c.faults.push(Fault {
                 path: other.to_string(),
                 line: positions.line_of(other),
                 message: format!(
                     "unknown field `{other}`, expected one of `server`, `listeners`, \
-                     `trusted_proxies`, `upstreams`, `routes`"
+                     `trusted_proxies`, `upstreams`, `routes`, `consumers`, `auth`"
                 ),
             }),
         }

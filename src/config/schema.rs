@@ -13,6 +13,8 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    pub consumers: Vec<Consumer>,
+    pub auth: AuthSection,
     /// Where each list item stood in the file, when items that failed to parse were left
     /// out; fault paths must name the file's index, not the list's.
     pub file_index: FileIndex,
@@ -23,6 +25,7 @@ pub struct FileIndex {
     pub listeners: Vec<usize>,
     pub upstreams: Vec<usize>,
     pub routes: Vec<usize>,
+    pub consumers: Vec<usize>,
 }
 
 impl Config {
@@ -31,6 +34,7 @@ impl Config {
         let index = match section {
             "listeners" => &self.file_index.listeners,
             "upstreams" => &self.file_index.upstreams,
+            "consumers" => &self.file_index.consumers,
             _ => &self.file_index.routes,
         };
         format!("{section}[{}]", index.get(i).copied().unwrap_or(i))
@@ -214,6 +218,158 @@ pub struct Route {
     /// Host header sent upstream.
     #[serde(default)]
     pub host_header: Option<String>,
+    /// Who may call this route; without it the route is open to anyone.
+    #[serde(default)]
+    pub access: Option<Access>,
+}
+
+/// A route's access rule. Credentials are checked against `providers` (JWT provider names
+/// or `api_key`); the identity must then hold every scope, be in one of `groups` and be one
+/// of `consumers` where those are given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Every one of these scopes (from `scope` or `scp`) is required.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The consumer must be in at least one of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Only these consumers.
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// Let requests without credentials through (anonymously); bad credentials still fail.
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+/// A named caller: an app, a partner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Free-form labels, e.g. team or contact; not used for decisions.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// SHA-256 digests (hex) of this consumer's API keys: `portico hash-key` prints one.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    #[serde(default)]
+    pub jwt: Vec<JwtProvider>,
+    #[serde(default)]
+    pub api_keys: ApiKeySource,
+}
+
+/// Where API keys are read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySource {
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// Also accept the key in this query parameter (off by default: URLs end up in logs).
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
+
+impl Default for ApiKeySource {
+    fn default() -> Self {
+        ApiKeySource {
+            header: default_api_key_header(),
+            query: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProvider {
+    pub name: String,
+    /// Accepted `alg` values, e.g. `[RS256, ES256]`; nothing else is ever accepted.
+    pub algorithms: Vec<String>,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; the token must name one of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub keys: JwtKeys,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+    /// Claims every token must carry (`exp` always is).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// The claim naming the consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// Where the token is read from, in order; `Authorization: Bearer` when empty.
+    #[serde(default)]
+    pub token_from: Vec<TokenSource>,
+    /// Claims sent upstream as headers: claim name → header name.
+    #[serde(default)]
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+    /// Remove the Authorization header before forwarding.
+    #[serde(default)]
+    pub strip_authorization: bool,
+}
+
+fn default_leeway() -> Dur {
+    Dur::secs(30)
+}
+fn default_consumer_claim() -> String {
+    "sub".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+/// Verification keys of a provider; at least one source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeys {
+    /// HMAC secret, inline.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Public key PEM files (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub pem_files: Vec<String>,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_interval: Dur,
+    /// Shortest time between two fetches caused by unknown `kid`s.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub min_refetch_interval: Dur,
+}
+
+fn default_jwks_refresh() -> Dur {
+    Dur::secs(300)
+}
+fn default_jwks_min_refetch() -> Dur {
+    Dur::secs(10)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -49,6 +49,8 @@ struct State {
     requests: Mutex<Vec<Recorded>>,
     delay: Mutex<Duration>,
     unhealthy: AtomicBool,
+    /// Served instead of the echo when set (e.g. a JWK set).
+    body: Mutex<Option<String>>,
 }
 
 /// An HTTP/1.1 server that answers every request with
@@ -120,8 +122,10 @@ async fn serve_conn(mut stream: AsyncStream, name: String, state: Arc<State>) {
         } else {
             "200 OK"
         };
-        let body =
-            serde_json::json!({"server": name, "method": method, "target": target}).to_string();
+        let fixed = state.body.lock().unwrap().clone();
+        let body = fixed.unwrap_or_else(|| {
+            serde_json::json!({"server": name, "method": method, "target": target}).to_string()
+        });
         let resp = format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {name}\r\nkeep-alive: timeout=5\r\n{}\r\n{body}",
             body.len(),
@@ -199,6 +203,11 @@ impl Upstream {
 
     pub fn set_delay(&self, d: Duration) {
         *self.state.delay.lock().unwrap() = d;
+    }
+
+    /// Answer every request with this body (JSON) instead of the echo.
+    pub fn set_body(&self, body: &str) {
+        *self.state.body.lock().unwrap() = Some(body.to_string());
     }
 
     /// Make `/health` answer 503 (true) or 200 (false).
@@ -369,14 +378,22 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
 
 /// Send one request with a body.
 pub fn send_body(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    try_send(method, url, headers, body).unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
+}
+
+/// Send one request; a connection-level failure is returned, not a panic.
+pub fn try_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Resp, ureq::Error> {
     let mut builder = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
     let req = builder.body(body.as_bytes()).expect("request");
-    let mut resp = agent()
-        .run(req)
-        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
+    let mut resp = agent().run(req)?;
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -390,11 +407,11 @@ pub fn send_body(method: &str, url: &str, headers: &[(&str, &str)], body: &str) 
         .collect();
     let mut body = String::new();
     let _ = resp.body_mut().as_reader().read_to_string(&mut body);
-    Resp {
+    Ok(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 pub fn get(url: &str) -> Resp {

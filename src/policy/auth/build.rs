@@ -1,0 +1,309 @@
+//! Compiles `consumers`, `auth` and the routes' `access` sections, with a fault for
+//! everything that could not work.
+
+use super::api_key::{self, ApiKeys};
+use super::jwks::{KeySet, RemoteKeys};
+use super::jwt::{JwtProvider, ProviderSpec, Source};
+use super::Identity;
+use crate::config::{self, Config, Fault, TokenSource};
+use crate::policy::access::{AccessRule, Provider};
+use http::HeaderName;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Header naming the consumer of an authenticated request, for the upstream.
+pub const CONSUMER_HEADER: &str = "x-consumer";
+
+/// Everything authentication needs at run time.
+pub struct Auth {
+    pub jwt: HashMap<String, Arc<JwtProvider>>,
+    pub api_keys: Arc<ApiKeys>,
+    /// Headers only the gateway may set upstream; a client's copies are always removed.
+    pub identity_headers: Vec<HeaderName>,
+}
+
+fn header_name(path: String, name: &str, faults: &mut Vec<Fault>) -> Option<HeaderName> {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            faults.push(Fault::new(
+                path,
+                format!("{name:?} is not a valid header name"),
+            ));
+            None
+        }
+    }
+}
+
+pub fn build(cfg: &Config, faults: &mut Vec<Fault>) -> Auth {
+    let mut groups = HashMap::new();
+    let mut by_digest = HashMap::new();
+    let key_header = header_name(
+        "auth.api_keys.header".into(),
+        &cfg.auth.api_keys.header,
+        faults,
+    )
+    .unwrap_or(HeaderName::from_static("x-api-key"));
+    for (i, c) in cfg.consumers.iter().enumerate() {
+        let path = cfg.item_path("consumers", i);
+        if c.name.is_empty() {
+            faults.push(Fault::new(
+                format!("{path}.name"),
+                "a consumer needs a name",
+            ));
+        } else if groups.insert(c.name.clone(), c.groups.clone()).is_some() {
+            faults.push(Fault::new(
+                format!("{path}.name"),
+                format!("consumer name {:?} is used twice", c.name),
+            ));
+        }
+        let identity = Arc::new(Identity {
+            provider: api_key::PROVIDER.into(),
+            consumer: Some(c.name.clone()),
+            groups: c.groups.clone(),
+            hide_header: Some(key_header.clone()),
+            ..Identity::default()
+        });
+        for (k, digest) in c.api_keys.iter().enumerate() {
+            let kpath = format!("{path}.api_keys[{k}]");
+            match api_key::parse_digest(digest) {
+                Ok(d) => {
+                    if by_digest.insert(d, identity.clone()).is_some() {
+                        faults.push(Fault::new(kpath, "this key digest is listed twice"));
+                    }
+                }
+                Err(e) => faults.push(Fault::new(kpath, e)),
+            }
+        }
+    }
+    let consumer_groups = Arc::new(groups);
+    let api_keys = Arc::new(ApiKeys::new(
+        key_header.clone(),
+        cfg.auth.api_keys.query.clone(),
+        by_digest,
+    ));
+
+    let mut jwt = HashMap::new();
+    let mut identity_headers = vec![HeaderName::from_static(CONSUMER_HEADER)];
+    for (i, p) in cfg.auth.jwt.iter().enumerate() {
+        let path = format!("auth.jwt[{i}]");
+        if p.name.is_empty() || p.name == api_key::PROVIDER {
+            faults.push(Fault::new(
+                format!("{path}.name"),
+                format!("a provider needs a name other than {:?}", api_key::PROVIDER),
+            ));
+            continue;
+        }
+        if jwt.contains_key(&p.name) {
+            faults.push(Fault::new(
+                format!("{path}.name"),
+                format!("provider name {:?} is used twice", p.name),
+            ));
+            continue;
+        }
+        if let Some(provider) = build_provider(&path, p, consumer_groups.clone(), faults) {
+            identity_headers.extend(provider.forwarded_headers().cloned());
+            jwt.insert(p.name.clone(), Arc::new(provider));
+        }
+    }
+    identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    identity_headers.dedup();
+    Auth {
+        jwt,
+        api_keys,
+        identity_headers,
+    }
+}
+
+fn build_provider(
+    path: &str,
+    p: &config::JwtProvider,
+    consumer_groups: Arc<HashMap<String, Vec<String>>>,
+    faults: &mut Vec<Fault>,
+) -> Option<JwtProvider> {
+    let before = faults.len();
+    let mut algorithms = Vec::new();
+    if p.algorithms.is_empty() {
+        faults.push(Fault::new(
+            format!("{path}.algorithms"),
+            "list the accepted algorithms, e.g. [RS256]",
+        ));
+    }
+    for (i, a) in p.algorithms.iter().enumerate() {
+        match a.parse::<Algorithm>() {
+            Ok(alg) => algorithms.push(alg),
+            Err(_) => faults.push(Fault::new(
+                format!("{path}.algorithms[{i}]"),
+                format!(
+                    "{a:?} is not accepted; use HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA"
+                ),
+            )),
+        }
+    }
+    let k = &p.keys;
+    let kpath = format!("{path}.keys");
+    let mut keys = KeySet::default();
+    if let Some(secret) = &k.secret {
+        if secret.len() < 32 {
+            faults.push(Fault::new(
+                format!("{kpath}.secret"),
+                "an HMAC secret needs at least 32 bytes",
+            ));
+        }
+        match DecodingKey::from_secret(secret.as_bytes()) {
+            Ok(key) => keys.keys.push(super::jwks::KeyEntry {
+                kid: None,
+                key,
+                alg: None,
+            }),
+            Err(e) => faults.push(Fault::new(format!("{kpath}.secret"), e.to_string())),
+        }
+    }
+    for (i, file) in k.pem_files.iter().enumerate() {
+        let r = std::fs::read(file)
+            .map_err(|e| format!("cannot read {file}: {e}"))
+            .and_then(|pem| keys.add_pem(&pem).map_err(|e| format!("{file}: {e}")));
+        if let Err(e) = r {
+            faults.push(Fault::new(format!("{kpath}.pem_files[{i}]"), e));
+        }
+    }
+    if let Some(file) = &k.jwks_file {
+        let r = std::fs::read(file)
+            .map_err(|e| format!("cannot read {file}: {e}"))
+            .and_then(|json| KeySet::from_jwks(&json).map_err(|e| format!("{file}: {e}")));
+        match r {
+            Ok(set) => keys.keys.extend(set.keys),
+            Err(e) => faults.push(Fault::new(format!("{kpath}.jwks_file"), e)),
+        }
+    }
+    let remote = match &k.jwks_url {
+        None => None,
+        Some(url) => match url.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => Some(Arc::new(
+                RemoteKeys::new(&p.name, uri, k.refresh_interval.0, k.min_refetch_interval.0),
+            )),
+            Ok(uri) if uri.scheme_str() == Some("https") => {
+                faults.push(Fault::new(
+                    format!("{kpath}.jwks_url"),
+                    "https key URLs need upstream TLS, which this build does not have yet; serve the set over http on a trusted network or use jwks_file",
+                ));
+                None
+            }
+            _ => {
+                faults.push(Fault::new(
+                    format!("{kpath}.jwks_url"),
+                    format!("{url:?} is not an http:// URL"),
+                ));
+                None
+            }
+        },
+    };
+    if keys.keys.is_empty() && remote.is_none() && faults.len() == before {
+        faults.push(Fault::new(
+            kpath.clone(),
+            "give at least one of secret, pem_files, jwks_file, jwks_url",
+        ));
+    }
+    if remote.is_none() {
+        // Every accepted algorithm needs a key of its family, or it could never verify.
+        for (i, alg) in algorithms.iter().enumerate() {
+            if !keys.keys.iter().any(|e| e.key.family() == alg.family()) {
+                faults.push(Fault::new(
+                    format!("{path}.algorithms[{i}]"),
+                    format!("no key of this provider can verify {alg:?}"),
+                ));
+            }
+        }
+    }
+    if k.refresh_interval.0.is_zero() || k.min_refetch_interval.0.is_zero() {
+        faults.push(Fault::new(
+            kpath,
+            "refresh intervals must be longer than 0s",
+        ));
+    }
+    let mut sources = Vec::new();
+    for (i, s) in p.token_from.iter().enumerate() {
+        let spath = format!("{path}.token_from[{i}]");
+        sources.push(match s {
+            TokenSource::Bearer => Source::Bearer,
+            TokenSource::Header(h) => Source::Header(header_name(spath, h, faults)?),
+            TokenSource::Query(q) => Source::Query(q.clone()),
+            TokenSource::Cookie(c) => Source::Cookie(c.clone()),
+        });
+    }
+    if sources.is_empty() {
+        sources.push(Source::Bearer);
+    }
+    let mut forward = Vec::new();
+    for (claim, header) in &p.forward_claims {
+        if let Some(h) = header_name(format!("{path}.forward_claims.{claim}"), header, faults) {
+            forward.push((claim.clone(), h));
+        }
+    }
+    if faults.len() > before {
+        return None;
+    }
+    Some(JwtProvider::new(ProviderSpec {
+        name: p.name.clone(),
+        algorithms,
+        issuer: p.issuer.clone(),
+        audiences: p.audiences.clone(),
+        leeway: p.leeway.0,
+        required_claims: p.required_claims.clone(),
+        static_keys: keys,
+        remote,
+        sources,
+        consumer_claim: p.consumer_claim.clone(),
+        forward,
+        strip_authorization: p.strip_authorization,
+        consumer_groups,
+    }))
+}
+
+/// A route's access rule, or `None` with faults.
+pub fn access_rule(
+    path: &str,
+    a: &config::Access,
+    auth: &Auth,
+    faults: &mut Vec<Fault>,
+) -> Option<AccessRule> {
+    if a.providers.is_empty() {
+        faults.push(Fault::new(
+            format!("{path}.providers"),
+            "list the accepted providers (JWT provider names or api_key)",
+        ));
+        return None;
+    }
+    let mut providers = Vec::new();
+    let mut bearer = false;
+    for (i, name) in a.providers.iter().enumerate() {
+        if name == api_key::PROVIDER {
+            providers.push(Provider::ApiKey(auth.api_keys.clone()));
+        } else if let Some(p) = auth.jwt.get(name) {
+            bearer = true;
+            providers.push(Provider::Jwt(p.clone()));
+        } else {
+            faults.push(Fault::new(
+                format!("{path}.providers[{i}]"),
+                format!("no JWT provider named {name:?} (and it is not api_key)"),
+            ));
+        }
+    }
+    if providers.len() != a.providers.len() {
+        return None;
+    }
+    let challenge = if bearer {
+        "Bearer realm=\"portico\""
+    } else {
+        "ApiKey realm=\"portico\""
+    };
+    Some(AccessRule {
+        providers,
+        scopes: a.scopes.clone(),
+        groups: a.groups.clone(),
+        consumers: a.consumers.clone(),
+        anonymous: a.anonymous,
+        challenge: challenge.into(),
+    })
+}

@@ -1,0 +1,242 @@
+//! Verification keys: static ones from the config and JSON Web Key Sets, from a file or from
+//! a URL that is fetched again in the background and when a token names an unknown `kid`.
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use pingora_core::connectors::http::Connector;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Responses larger than this are not a key set.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+pub struct KeyEntry {
+    pub kid: Option<String>,
+    pub key: DecodingKey,
+    /// The only algorithm this key may verify, when its JWK says so.
+    pub alg: Option<Algorithm>,
+}
+
+#[derive(Default)]
+pub struct KeySet {
+    pub keys: Vec<KeyEntry>,
+}
+
+impl KeySet {
+    /// Keys that may verify a token with this `kid` and `alg`: same family (no HMAC/RSA
+    /// confusion), same `kid` when the token names one, and the JWK's own `alg` if given.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a KeyEntry> + 'a {
+        self.keys.iter().filter(move |k| {
+            k.key.family() == alg.family()
+                && k.alg.is_none_or(|a| a == alg)
+                && match kid {
+                    Some(kid) => k.kid.as_deref() == Some(kid),
+                    None => true,
+                }
+        })
+    }
+
+    /// Parse a JWKS document. Keys for encryption or of unsupported types are skipped; a
+    /// document without a single usable key is an error.
+    pub fn from_jwks(json: &[u8]) -> Result<KeySet, String> {
+        let set: JwkSet =
+            serde_json::from_slice(json).map_err(|e| format!("not a JWK set: {e}"))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let alg = match &jwk.common.key_algorithm {
+                None => None,
+                Some(a) => match format!("{a:?}").parse::<Algorithm>() {
+                    Ok(alg) => Some(alg),
+                    Err(_) => continue,
+                },
+            };
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            keys.push(KeyEntry {
+                kid: jwk.common.key_id.clone(),
+                key,
+                alg,
+            });
+        }
+        if keys.is_empty() {
+            return Err("the JWK set has no usable signing key".into());
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// A public key PEM file (RSA, EC or Ed25519), without a `kid`.
+    pub fn add_pem(&mut self, pem: &[u8]) -> Result<(), String> {
+        let key = DecodingKey::from_rsa_pem(pem)
+            .or_else(|_| DecodingKey::from_ec_pem(pem))
+            .or_else(|_| DecodingKey::from_ed_pem(pem))
+            .map_err(|_| "not an RSA, EC or Ed25519 public key in PEM form".to_string())?;
+        self.keys.push(KeyEntry {
+            kid: None,
+            key,
+            alg: None,
+        });
+        Ok(())
+    }
+}
+
+/// A key set served at a URL (plain HTTP for now; HTTPS arrives with TLS support).
+pub struct RemoteKeys {
+    pub provider: String,
+    url: http::Uri,
+    current: ArcSwap<KeySet>,
+    /// Bumped whenever a new set is installed, so cached verifications can be retired.
+    generation: AtomicU64,
+    /// When the last fetch started; held while fetching, so fetches never overlap.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    refresh_interval: Duration,
+    min_refetch_interval: Duration,
+    connector: Connector,
+}
+
+impl RemoteKeys {
+    pub fn new(provider: &str, url: http::Uri, refresh: Duration, min_refetch: Duration) -> Self {
+        RemoteKeys {
+            provider: provider.to_string(),
+            url,
+            current: ArcSwap::from_pointee(KeySet::default()),
+            generation: AtomicU64::new(0),
+            last_fetch: tokio::sync::Mutex::new(None),
+            refresh_interval: refresh,
+            min_refetch_interval: min_refetch,
+            connector: Connector::new(None),
+        }
+    }
+
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.current.load()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    async fn download(&self) -> Result<Vec<u8>, String> {
+        let host = self.url.host().ok_or("the URL has no host")?;
+        let port = self.url.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let timeout = Some(Duration::from_secs(5));
+        peer.options.connection_timeout = timeout;
+        peer.options.read_timeout = timeout;
+        peer.options.write_timeout = timeout;
+        let path = self.url.path_and_query().map_or("/", |p| p.as_str());
+        let mut req =
+            RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
+        let authority = self.url.authority().map_or(host, |a| a.as_str());
+        req.insert_header("host", authority)
+            .map_err(|e| e.to_string())?;
+        req.insert_header("accept", "application/json")
+            .map_err(|e| e.to_string())?;
+        req.insert_header("user-agent", "portico-jwks")
+            .map_err(|e| e.to_string())?;
+        let (mut session, _) = self
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| e.to_string())?;
+        session.set_read_timeout(timeout);
+        session.set_write_timeout(timeout);
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| e.to_string())?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        if status != 200 {
+            return Err(format!("answered {status}"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err("the key set is larger than 1 MiB".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Fetch and install the key set; on any failure the last good set stays in use.
+    async fn fetch(&self, last: &mut Option<Instant>) {
+        *last = Some(Instant::now());
+        match self.download().await.and_then(|b| KeySet::from_jwks(&b)) {
+            Ok(set) => {
+                log::debug!(
+                    "jwt provider {}: {} keys from {}",
+                    self.provider,
+                    set.keys.len(),
+                    self.url
+                );
+                self.current.store(Arc::new(set));
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(e) => log::warn!(
+                "jwt provider {}: fetching keys from {} failed, keeping the last good set: {e}",
+                self.provider,
+                self.url
+            ),
+        }
+    }
+
+    /// A token named a `kid` we do not have: fetch again unless a fetch happened within
+    /// `min_refetch_interval`. Concurrent callers wait for one fetch instead of each making one.
+    pub async fn refetch_for_unknown_kid(&self) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.min_refetch_interval) {
+            return;
+        }
+        self.fetch(&mut last).await;
+    }
+
+    async fn refresh(&self) {
+        let mut last = self.last_fetch.lock().await;
+        self.fetch(&mut last).await;
+    }
+}
+
+/// Keep `keys` fresh on the current runtime until its config is dropped.
+pub fn spawn_refresh(keys: &Arc<RemoteKeys>) {
+    let weak: Weak<RemoteKeys> = Arc::downgrade(keys);
+    tokio::spawn(async move {
+        loop {
+            let Some(keys) = weak.upgrade() else {
+                return;
+            };
+            keys.refresh().await;
+            let interval = keys.refresh_interval;
+            drop(keys);
+            tokio::time::sleep(interval).await;
+        }
+    });
+}

@@ -1,0 +1,328 @@
+//! JWT verification for one provider: token extraction, algorithm allowlist, key choice by
+//! `kid` within the algorithm's key family, claim checks, and a cache of verified tokens.
+//!
+//! Keys named by the token itself (`jku`, `x5u`, `jwk`, `x5c`) are never used: only the
+//! provider's configured keys verify.
+
+use super::jwks::{KeySet, RemoteKeys};
+use super::{Identity, Outcome, Reject};
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use pingora_http::RequestHeader;
+use pingora_memory_cache::MemoryCache;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Verified tokens kept per provider.
+const CACHE_ENTRIES: usize = 65_536;
+/// A cached verification is trusted at most this long, whatever the token's `exp`.
+const CACHE_TTL_CAP: u64 = 300;
+/// Keys tried for a token without `kid`.
+const MAX_KEYS_TRIED: usize = 4;
+
+pub enum Source {
+    Bearer,
+    Header(HeaderName),
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Clone)]
+struct Cached {
+    digest: [u8; 32],
+    identity: Arc<Identity>,
+    /// The remote key set generation it was verified against: a rotation retires it.
+    generation: u64,
+}
+
+pub struct JwtProvider {
+    pub name: String,
+    validations: Vec<(Algorithm, Validation)>,
+    static_keys: KeySet,
+    pub remote: Option<Arc<RemoteKeys>>,
+    sources: Vec<Source>,
+    consumer_claim: String,
+    /// Non-standard claims that must be present.
+    required_claims: Vec<String>,
+    forward: Vec<(String, HeaderName)>,
+    pub strip_authorization: bool,
+    /// Groups of each configured consumer, by name.
+    consumer_groups: Arc<HashMap<String, Vec<String>>>,
+    cache: MemoryCache<[u8; 32], Cached>,
+}
+
+pub struct ProviderSpec {
+    pub name: String,
+    pub algorithms: Vec<Algorithm>,
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub leeway: Duration,
+    pub required_claims: Vec<String>,
+    pub static_keys: KeySet,
+    pub remote: Option<Arc<RemoteKeys>>,
+    pub sources: Vec<Source>,
+    pub consumer_claim: String,
+    pub forward: Vec<(String, HeaderName)>,
+    pub strip_authorization: bool,
+    pub consumer_groups: Arc<HashMap<String, Vec<String>>>,
+}
+
+const SPEC_CLAIMS: [&str; 5] = ["exp", "nbf", "aud", "iss", "sub"];
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn reject_for(kind: &ErrorKind) -> Reject {
+    match kind {
+        ErrorKind::ExpiredSignature => Reject::Expired,
+        ErrorKind::ImmatureSignature => Reject::NotYetValid,
+        ErrorKind::InvalidIssuer => Reject::WrongIssuer,
+        ErrorKind::InvalidAudience => Reject::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => Reject::MissingClaim,
+        ErrorKind::InvalidAlgorithm => Reject::AlgorithmNotAllowed,
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat => Reject::BadSignature,
+        _ => Reject::Malformed,
+    }
+}
+
+fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// Values of a claim as a list: a space-separated string or an array of strings.
+fn claim_list(claims: &Map<String, Value>, name: &str) -> Vec<String> {
+    match claims.get(name) {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn header_value(v: &Value) -> Option<HeaderValue> {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Null => return None,
+        other => other.to_string(),
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+impl JwtProvider {
+    pub fn new(spec: ProviderSpec) -> JwtProvider {
+        let mut required: Vec<&str> = vec!["exp"];
+        required.extend(
+            spec.required_claims
+                .iter()
+                .map(String::as_str)
+                .filter(|c| SPEC_CLAIMS.contains(c)),
+        );
+        let validations = spec
+            .algorithms
+            .iter()
+            .map(|&alg| {
+                let mut v = Validation::new(alg);
+                v.leeway = spec.leeway.as_secs();
+                v.validate_nbf = true;
+                v.set_required_spec_claims(&required);
+                if let Some(iss) = &spec.issuer {
+                    v.set_issuer(&[iss]);
+                }
+                if spec.audiences.is_empty() {
+                    v.validate_aud = false;
+                } else {
+                    v.set_audience(&spec.audiences);
+                }
+                (alg, v)
+            })
+            .collect();
+        JwtProvider {
+            name: spec.name,
+            validations,
+            static_keys: spec.static_keys,
+            remote: spec.remote,
+            sources: spec.sources,
+            consumer_claim: spec.consumer_claim,
+            required_claims: spec
+                .required_claims
+                .into_iter()
+                .filter(|c| !SPEC_CLAIMS.contains(&c.as_str()))
+                .collect(),
+            forward: spec.forward,
+            strip_authorization: spec.strip_authorization,
+            consumer_groups: spec.consumer_groups,
+            cache: MemoryCache::new(CACHE_ENTRIES),
+        }
+    }
+
+    /// Header names this provider sets upstream, which a client must never set itself.
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.forward.iter().map(|(_, h)| h)
+    }
+
+    fn token<'a>(&self, req: &'a RequestHeader) -> Option<&'a str> {
+        self.sources.iter().find_map(|s| match s {
+            Source::Bearer => req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    let (scheme, token) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                }),
+            Source::Header(name) => req.headers.get(name).and_then(|v| v.to_str().ok()),
+            Source::Query(name) => req.uri.query().and_then(|q| {
+                q.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    (k == name).then_some(v)
+                })
+            }),
+            Source::Cookie(name) => cookie(req, name),
+        })
+    }
+
+    pub async fn authenticate(&self, req: &RequestHeader) -> Outcome {
+        let Some(token) = self.token(req).filter(|t| !t.is_empty()) else {
+            return Outcome::Absent;
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let generation = self.remote.as_ref().map_or(0, |r| r.generation());
+        if let (Some(hit), _) = self.cache.get(&digest) {
+            // The cache hashes keys to 64 bits; the full digest rules out a collision.
+            if hit.digest == digest
+                && hit.generation == generation
+                && now() < hit.identity.expires_at
+            {
+                return Outcome::Accepted(hit.identity);
+            }
+        }
+        match self.verify(token).await {
+            Ok(identity) => {
+                let identity = Arc::new(identity);
+                let ttl = identity.expires_at.saturating_sub(now()).min(CACHE_TTL_CAP);
+                if ttl > 0 {
+                    let cached = Cached {
+                        digest,
+                        identity: identity.clone(),
+                        generation,
+                    };
+                    self.cache
+                        .put(&digest, cached, Some(Duration::from_secs(ttl)));
+                }
+                Outcome::Accepted(identity)
+            }
+            Err(reason) => Outcome::Rejected(reason),
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<Identity, Reject> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Reject::Malformed)?;
+        let alg = header.alg;
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or(Reject::AlgorithmNotAllowed)?;
+        let kid = header.kid.as_deref();
+        let mut result = self.try_keys(token, kid, alg, validation);
+        if result == Err(Reject::UnknownKid) && kid.is_some() {
+            if let Some(remote) = &self.remote {
+                remote.refetch_for_unknown_kid().await;
+                result = self.try_keys(token, kid, alg, validation);
+            }
+        }
+        let claims = result?;
+        for c in &self.required_claims {
+            if !claims.contains_key(c) {
+                return Err(Reject::MissingClaim);
+            }
+        }
+        Ok(self.identity(&claims))
+    }
+
+    /// Verify against every candidate key; the first that verifies gives the claims.
+    fn try_keys(
+        &self,
+        token: &str,
+        kid: Option<&str>,
+        alg: Algorithm,
+        validation: &Validation,
+    ) -> Result<Map<String, Value>, Reject> {
+        let remote = self.remote.as_ref().map(|r| r.keys());
+        let remote_keys = remote.iter().flat_map(|set| set.candidates(kid, alg));
+        let mut last = Reject::UnknownKid;
+        let candidates = self.static_keys.candidates(kid, alg).chain(remote_keys);
+        for entry in candidates.take(MAX_KEYS_TRIED) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &entry.key, validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => {
+                    last = reject_for(e.kind());
+                    // Another key may still verify; any other fault is the token's own.
+                    if last != Reject::BadSignature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn identity(&self, claims: &Map<String, Value>) -> Identity {
+        let consumer = claims
+            .get(&self.consumer_claim)
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let mut groups = claim_list(claims, "groups");
+        if let Some(g) = consumer.as_ref().and_then(|c| self.consumer_groups.get(c)) {
+            groups.extend(g.iter().cloned());
+        }
+        let mut scopes = claim_list(claims, "scope");
+        scopes.extend(claim_list(claims, "scp"));
+        let headers = self
+            .forward
+            .iter()
+            .filter_map(|(claim, header)| {
+                let v = header_value(claims.get(claim)?)?;
+                Some((header.clone(), v))
+            })
+            .collect();
+        Identity {
+            provider: self.name.clone(),
+            consumer,
+            groups,
+            scopes,
+            headers,
+            expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+            hide_header: self
+                .strip_authorization
+                .then_some(http::header::AUTHORIZATION),
+        }
+    }
+}

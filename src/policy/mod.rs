@@ -1,0 +1,4 @@
+//! Per-route policies, each compiled from its config section at load.
+
+pub mod access;
+pub mod auth;
