@@ -128,6 +128,39 @@ pub struct Demo {
     pub runtime: Runtime,
     pub services: Vec<Box<dyn ServiceWithDependents>>,
     pub gateway: String,
+    /// Example tokens, when the config has a JWT provider named `demo` with a secret.
+    pub tokens: Option<DemoTokens>,
+}
+
+/// Tokens the demo prints for each outcome.
+pub struct DemoTokens {
+    /// Carries the `users:read` scope.
+    pub reader: String,
+    /// A valid identity without that scope.
+    pub no_scope: String,
+}
+
+/// Sign the demo's example tokens with the `demo` provider's secret, valid for a day.
+fn demo_tokens(cfg: &Config) -> Option<DemoTokens> {
+    let p = cfg.auth.jwt.iter().find(|p| p.name == "demo")?;
+    let secret = p.keys.secret.as_deref()?;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let sign = |scope: &str| {
+        let claims = json!({
+            "sub": "ada", "iss": p.issuer, "aud": p.audiences.first(),
+            "iat": now, "exp": now + 86_400, "scope": scope,
+        });
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        jsonwebtoken::encode(&header, &claims, &key).ok()
+    };
+    Some(DemoTokens {
+        reader: sign("users:read orders:read")?,
+        no_scope: sign("orders:read")?,
+    })
 }
 
 /// Build the demo from `yaml`. With `free_ports`, the gateway and each example service
@@ -176,32 +209,49 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
         .first()
         .map(|l| l.address.clone())
         .unwrap_or_default();
+    let tokens = demo_tokens(cfg);
     let runtime = runtime::build_parsed(file, parsed)?;
     Ok(Demo {
         runtime,
         services,
         gateway,
+        tokens,
     })
 }
 
 /// What the demo prints for a newcomer to try.
-pub fn instructions(gateway: &str) -> String {
+pub fn instructions(gateway: &str, tokens: Option<&DemoTokens>) -> String {
     let g = format!("http://{gateway}");
-    format!(
+    let mut out = format!(
         "\
 Portico demo: the gateway listens on {g} in front of three example services.
 Try these in another terminal:
 
-  curl -s {g}/api/orders            # orders: two instances, round robin (see served_by.instance)
-  curl -s {g}/api/orders/1          # /api prefix stripped: the service sees /orders/1
-  curl -s -X POST {g}/api/orders -H 'content-type: application/json' -d '{{\"product_id\": 2}}'
-  curl -s {g}/api/users/2           # users
-  curl -s -H 'x-user: ada' {g}/api/products   # products: consistent hashing on x-user
-  curl -s -i -X DELETE {g}/api/users/1         # 405 with an Allow header
-  curl -s -i {g}/nowhere                       # 404 as JSON, with a request id
-
-Every answer carries X-Request-Id; upstreams also receive X-Forwarded-For and Forwarded.
-Press Ctrl-C to stop.
+  curl -s -H 'x-api-key: demo-key-123' {g}/api/orders     # orders: API key of mobile-app; two instances, round robin
+  curl -s -H 'x-api-key: demo-key-123' {g}/api/orders/1   # the service sees /orders/1
+  curl -s -X POST {g}/api/orders -H 'x-api-key: demo-key-123' -H 'content-type: application/json' -d '{{\"product_id\": 2}}'
+  curl -s -H 'x-user: ada' {g}/api/products               # products: public, consistent hashing on x-user
+  curl -s -i {g}/nowhere                                  # 404 as JSON, with a request id
 "
-    )
+    );
+    if let Some(t) = tokens {
+        out.push_str(&format!(
+            "\
+  curl -s -H 'Authorization: Bearer {reader}' {g}/api/users/2   # 200: a token with users:read
+  curl -s -i {g}/api/users/2                                  # 401: no credentials
+  curl -s -i -H 'Authorization: Bearer {no_scope}' {g}/api/users/2   # 403: token lacks users:read
+  curl -s -i -X DELETE -H 'Authorization: Bearer {reader}' {g}/api/users/1   # 405 with an Allow header
+",
+            reader = t.reader,
+            no_scope = t.no_scope,
+        ));
+    }
+    out.push_str(
+        "
+Every answer carries X-Request-Id; upstreams also receive X-Forwarded-For, Forwarded and,
+for authenticated calls, X-Consumer (and X-User-Id from the token).
+Press Ctrl-C to stop.
+",
+    );
+    out
 }

@@ -148,7 +148,11 @@ fn demo(args: DemoArgs) -> ExitCode {
         eprintln!("cannot start logging: {e}");
     }
     // A closed stdout (`portico demo | head`) must not stop the demo.
-    let _ = writeln!(std::io::stdout(), "{}", demo::instructions(&d.gateway));
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}",
+        demo::instructions(&d.gateway, d.tokens.as_ref())
+    );
     server::build(d.runtime, StartMode::default(), d.services).run_forever()
 }
 

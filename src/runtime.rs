@@ -114,7 +114,7 @@ pub fn load_str(file: &str, text: &str) -> Result<Runtime, ConfigError> {
 /// Build from a parsed config; faults of parsing and of building are reported together.
 pub fn build_parsed(file: &str, parsed: config::Parsed) -> Result<Runtime, ConfigError> {
     let mut faults = parsed.faults;
-    let built = build(&parsed.config, &parsed.unparsed.upstreams);
+    let built = build(&parsed.config, &parsed.unparsed);
     match built {
         Ok(rt) if faults.is_empty() => return Ok(rt),
         Ok(_) => {}
@@ -132,9 +132,9 @@ pub fn build_parsed(file: &str, parsed: config::Parsed) -> Result<Runtime, Confi
     Err(err)
 }
 
-/// Build the runtime, or every fault found. `known_upstreams` are names of upstreams that
-/// failed to parse: routes naming them are not reported a second time.
-pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fault>> {
+/// Build the runtime, or every fault found. `unparsed` names the upstreams and providers
+/// that failed to parse: routes naming them are not reported a second time.
+pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<Fault>> {
     let mut faults = Vec::new();
     check_server(&cfg.server, &mut faults);
 
@@ -208,7 +208,7 @@ pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fa
         let upstream = match upstream_index.get(r.upstream.as_str()) {
             Some(&idx) => idx,
             None => {
-                if !known_upstreams.contains(&r.upstream) {
+                if !unparsed.upstreams.contains(&r.upstream) {
                     faults.push(Fault::new(
                         format!("{path}.upstream"),
                         format!("no upstream named {:?}", r.upstream),
@@ -217,7 +217,9 @@ pub fn build(cfg: &Config, known_upstreams: &[String]) -> Result<Runtime, Vec<Fa
                 usize::MAX
             }
         };
-        if let Some((matcher, action)) = build_route(&path, r, upstream, &auth, &mut faults) {
+        if let Some((matcher, action)) =
+            build_route(&path, r, upstream, &auth, unparsed, &mut faults)
+        {
             matchers.push(matcher);
             routes.push(action);
         }
@@ -491,6 +493,7 @@ fn build_route(
     r: &Route,
     upstream: usize,
     auth: &Auth,
+    unparsed: &config::Unparsed,
     faults: &mut Vec<Fault>,
 ) -> Option<(RouteMatcher, RouteAction)> {
     let before = faults.len();
@@ -660,7 +663,13 @@ fn build_route(
     };
     let access = match &r.access {
         None => None,
-        Some(a) => auth_build::access_rule(&format!("{path}.access"), a, auth, faults),
+        Some(a) => auth_build::access_rule(
+            &format!("{path}.access"),
+            a,
+            auth,
+            &unparsed.jwt_providers,
+            faults,
+        ),
     };
     if faults.len() > before || upstream == usize::MAX {
         return None;

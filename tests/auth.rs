@@ -96,6 +96,10 @@ auth:
       required_claims: [email]
       keys:
         pem_files: ["{rsa}", "{ec256}", "{ec384}", "{ed}"]
+    - name: elsewhere
+      algorithms: [HS256]
+      keys: {{secret: "{SECRET}"}}
+      token_from: [{{header: x-token}}, {{cookie: session}}, {{query: access_token}}]
     - name: rotating
       algorithms: [RS256]
       keys:
@@ -113,6 +117,7 @@ routes:
   - {{name: partners, match: {{path_prefix: /partners}}, upstream: up, access: {{providers: [api_key], consumers: [partner]}}}}
   - {{name: rotating, match: {{path_prefix: /rot}}, upstream: up, access: {{providers: [rotating]}}}}
   - {{name: open, match: {{path_prefix: /open}}, upstream: up, access: {{providers: [hmac], anonymous: true}}}}
+  - {{name: elsewhere, match: {{path_prefix: /elsewhere}}, upstream: up, access: {{providers: [elsewhere]}}}}
   - {{name: public, upstream: up}}
 "#,
         rsa = fixture("rsa_public.pem"),
@@ -525,5 +530,23 @@ fn unknown_kids_do_not_stampede_the_jwks_endpoint() {
         jwks.count() <= 2,
         "{} fetches for 8 unknown kids",
         jwks.count()
+    );
+}
+
+#[test]
+fn tokens_from_a_header_a_cookie_or_the_query() {
+    let s = setup();
+    let t = hmac(&claims(json!({})));
+    assert_eq!(call(&s, "/elsewhere", &[("x-token", &t)]).status, 200);
+    let cookie = format!("theme=dark; session={t}");
+    assert_eq!(call(&s, "/elsewhere", &[("cookie", &cookie)]).status, 200);
+    assert_eq!(
+        call(&s, &format!("/elsewhere?access_token={t}"), &[]).status,
+        200
+    );
+    // This provider does not read the Authorization header.
+    assert_eq!(
+        call(&s, "/elsewhere", &[("authorization", &bearer(&t))]).status,
+        401
     );
 }

@@ -174,3 +174,78 @@ fn missing_file_is_a_clear_error() {
         "{text}"
     );
 }
+
+#[test]
+fn auth_faults_are_reported() {
+    let (ok, out) = check(
+        "\
+listeners:
+  - address: 127.0.0.1:8080
+consumers:
+  - name: app
+    api_keys: [not-a-digest]
+  - name: app
+auth:
+  jwt:
+    - name: short
+      algorithms: [HS256, none]
+      keys: {secret: too-short}
+    - name: pki
+      algorithms: [RS256]
+      keys: {jwks_url: https://id.example.com/jwks.json}
+    - name: nokeys
+      algorithms: [ES256]
+      keys: {}
+upstreams:
+  - name: u
+    targets: [{address: 127.0.0.1:1}]
+routes:
+  - name: r
+    upstream: u
+    access: {providers: [corp, api_key]}
+  - name: s
+    upstream: u
+    access: {scopes: [x]}
+",
+    );
+    assert!(!ok);
+    for e in [
+        "FILE:5: consumers[0].api_keys[0]: not a SHA-256 digest",
+        "FILE:6: consumers[1].name: consumer name \"app\" is used twice",
+        "FILE:10: auth.jwt[0].algorithms[1]: \"none\" is not accepted",
+        "FILE:11: auth.jwt[0].keys.secret: an HMAC secret needs at least 32 bytes",
+        "FILE:14: auth.jwt[1].keys.jwks_url: https key URLs need upstream TLS",
+        "auth.jwt[2].keys: give at least one of secret, pem_files, jwks_file, jwks_url",
+        "routes[0].access.providers[0]: no JWT provider named \"corp\"",
+        "routes[1].access.providers: list the accepted providers",
+    ] {
+        assert!(out.contains(e), "missing {e:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn a_provider_that_fails_to_parse_is_reported_once() {
+    let (ok, out) = check(
+        "\
+listeners:
+  - address: 127.0.0.1:8080
+auth:
+  jwt:
+    - name: corp
+      algorithms: [RS256]
+      keys: {jwks_url: http://127.0.0.1:1/jwks.json}
+      token_from: [{body: token}]
+upstreams:
+  - name: u
+    targets: [{address: 127.0.0.1:1}]
+routes:
+  - name: r
+    upstream: u
+    access: {providers: [corp]}
+",
+    );
+    assert!(!ok);
+    assert!(out.contains("FILE:8: auth.jwt[0].token_from[0]"), "{out}");
+    assert!(out.contains("unknown token source \"body\""), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

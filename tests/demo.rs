@@ -51,17 +51,37 @@ fn demo_starts_and_answers() {
         "the demo gateway never listened; its log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    // The printed tokens: the first with users:read, the second without.
+    let tokens: Vec<String> = printed
+        .iter()
+        .filter_map(|l| l.split("Bearer ").nth(1))
+        .map(|rest| rest.split('\'').next().unwrap_or_default().to_string())
+        .collect();
+    assert!(tokens.len() >= 2, "{printed:?}");
+    let (reader, no_scope) = (
+        format!("Bearer {}", tokens[0]),
+        format!("Bearer {}", tokens[1]),
+    );
+
+    let key = [("x-api-key", "demo-key-123")];
     let mut instances = std::collections::HashSet::new();
     for _ in 0..4 {
-        let r = get(&format!("{url}/api/orders"));
+        let r = send("GET", &format!("{url}/api/orders"), &key);
         assert_eq!(r.status, 200, "{r:?}");
         let j = r.json();
         assert_eq!(j["served_by"]["service"], "orders");
         instances.insert(j["served_by"]["instance"].as_str().unwrap().to_string());
     }
     assert_eq!(instances.len(), 2, "round robin over both orders instances");
-    let r = get(&format!("{url}/api/users/2"));
+    assert_eq!(get(&format!("{url}/api/orders")).status, 401);
+    let users = format!("{url}/api/users/2");
+    let r = send("GET", &users, &[("authorization", &reader)]);
     assert_eq!(r.json()["item"]["name"], "Linus");
+    assert_eq!(get(&users).status, 401);
+    assert_eq!(
+        send("GET", &users, &[("authorization", &no_scope)]).status,
+        403
+    );
     let a = send("GET", &format!("{url}/api/products"), &[("x-user", "ada")]).json();
     let b = send("GET", &format!("{url}/api/products"), &[("x-user", "ada")]).json();
     assert_eq!(a["served_by"], b["served_by"]);

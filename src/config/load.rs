@@ -132,6 +132,7 @@ fn unknown_field_name(message: &str) -> Option<&str> {
 #[derive(Debug, Default)]
 pub struct Unparsed {
     pub upstreams: Vec<String>,
+    pub jwt_providers: Vec<String>,
 }
 
 fn item_names(value: &Value) -> Vec<String> {
@@ -220,8 +221,35 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                 (config.consumers, config.file_index.consumers) = c.list("consumers", value)
             }
             "auth" => {
-                if let Some(a) = c.take("auth", value) {
-                    config.auth = a;
+                let Value::Mapping(auth) = value else {
+                    if !value.is_null() {
+                        c.faults.push(Fault::new(
+                            "auth",
+                            "expected a mapping with jwt and api_keys",
+                        ));
+                    }
+                    continue;
+                };
+                for (k, v) in auth {
+                    match k.as_str() {
+                        Some("jwt") => {
+                            let names = item_names(&v);
+                            (config.auth.jwt, config.file_index.jwt) = c.list("auth.jwt", v);
+                            unparsed.jwt_providers = names
+                                .into_iter()
+                                .filter(|n| !config.auth.jwt.iter().any(|p| &p.name == n))
+                                .collect();
+                        }
+                        Some("api_keys") => {
+                            if let Some(a) = c.take("auth.api_keys", v) {
+                                config.auth.api_keys = a;
+                            }
+                        }
+                        other => c.faults.push(Fault::new(
+                            format!("auth.{}", other.unwrap_or("?")),
+                            "unknown field, expected one of `jwt`, `api_keys`",
+                        )),
+                    }
                 }
             }
             other => c.faults.push(Fault {

@@ -6,6 +6,6 @@ mod positions;
 pub mod schema;
 
 pub use duration::{parse_duration, Dur};
-pub use load::{parse, ConfigError, Fault, Parsed};
+pub use load::{parse, ConfigError, Fault, Parsed, Unparsed};
 pub use positions::Positions;
 pub use schema::*;

@@ -26,6 +26,7 @@ pub struct FileIndex {
     pub upstreams: Vec<usize>,
     pub routes: Vec<usize>,
     pub consumers: Vec<usize>,
+    pub jwt: Vec<usize>,
 }
 
 impl Config {
@@ -35,6 +36,7 @@ impl Config {
             "listeners" => &self.file_index.listeners,
             "upstreams" => &self.file_index.upstreams,
             "consumers" => &self.file_index.consumers,
+            "auth.jwt" => &self.file_index.jwt,
             _ => &self.file_index.routes,
         };
         format!("{section}[{}]", index.get(i).copied().unwrap_or(i))
@@ -333,14 +335,42 @@ fn default_consumer_claim() -> String {
     "sub".into()
 }
 
+/// Written `bearer`, `{header: NAME}`, `{query: NAME}` or `{cookie: NAME}`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "RawTokenSource")]
 pub enum TokenSource {
     /// `Authorization: Bearer <token>`.
     Bearer,
     Header(String),
     Query(String),
     Cookie(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTokenSource {
+    Word(String),
+    Map(std::collections::BTreeMap<String, String>),
+}
+
+impl TryFrom<RawTokenSource> for TokenSource {
+    type Error = String;
+    fn try_from(raw: RawTokenSource) -> Result<Self, String> {
+        let expected = "use bearer, {header: NAME}, {query: NAME} or {cookie: NAME}";
+        match raw {
+            RawTokenSource::Word(w) if w == "bearer" => Ok(TokenSource::Bearer),
+            RawTokenSource::Map(m) if m.len() == 1 => {
+                let (kind, name) = m.into_iter().next().ok_or(expected)?;
+                match kind.as_str() {
+                    "header" => Ok(TokenSource::Header(name)),
+                    "query" => Ok(TokenSource::Query(name)),
+                    "cookie" => Ok(TokenSource::Cookie(name)),
+                    _ => Err(format!("unknown token source {kind:?}; {expected}")),
+                }
+            }
+            _ => Err(format!("not a token source; {expected}")),
+        }
+    }
 }
 
 /// Verification keys of a provider; at least one source.

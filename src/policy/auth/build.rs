@@ -87,7 +87,7 @@ pub fn build(cfg: &Config, faults: &mut Vec<Fault>) -> Auth {
     let mut jwt = HashMap::new();
     let mut identity_headers = vec![HeaderName::from_static(CONSUMER_HEADER)];
     for (i, p) in cfg.auth.jwt.iter().enumerate() {
-        let path = format!("auth.jwt[{i}]");
+        let path = cfg.item_path("auth.jwt", i);
         if p.name.is_empty() || p.name == api_key::PROVIDER {
             faults.push(Fault::new(
                 format!("{path}.name"),
@@ -266,6 +266,7 @@ pub fn access_rule(
     path: &str,
     a: &config::Access,
     auth: &Auth,
+    unparsed_providers: &[String],
     faults: &mut Vec<Fault>,
 ) -> Option<AccessRule> {
     if a.providers.is_empty() {
@@ -283,7 +284,7 @@ pub fn access_rule(
         } else if let Some(p) = auth.jwt.get(name) {
             bearer = true;
             providers.push(Provider::Jwt(p.clone()));
-        } else {
+        } else if !unparsed_providers.contains(name) {
             faults.push(Fault::new(
                 format!("{path}.providers[{i}]"),
                 format!("no JWT provider named {name:?} (and it is not api_key)"),
