@@ -1,5 +1,6 @@
 //! Where a consistent-hash key comes from in a request.
 
+use crate::request_parts;
 use http::HeaderName;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -49,8 +50,8 @@ impl HashKey {
     ) -> &'a [u8] {
         let found = match self {
             HashKey::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
-            HashKey::Cookie(name) => cookie(req, name),
-            HashKey::Query(name) => req.uri.query().and_then(|q| query_param(q, name)),
+            HashKey::Cookie(name) => request_parts::cookie(req, name).map(str::as_bytes),
+            HashKey::Query(name) => request_parts::query_param(req, name).map(str::as_bytes),
             HashKey::Path => Some(req.uri.path().as_bytes()),
             HashKey::ClientIp => None,
         };
@@ -69,25 +70,6 @@ impl HashKey {
             None => b"",
         }
     }
-}
-
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.as_bytes())
-        })
-}
-
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a [u8]> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v.as_bytes())
-    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use pingora_load_balancing::health_check::{
     HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck,
 };
 use pingora_load_balancing::Backend;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 /// Logs every change of a target's health, naming its upstream.
 struct LogChange {
@@ -85,21 +85,14 @@ pub fn build(upstream: &str, cfg: &CheckConfig) -> Box<dyn HealthCheck + Send + 
     }
 }
 
-/// Start the periodic checks of `pool` on the current tokio runtime. The task holds only a
-/// weak reference, so it ends when the config that owns the pool is gone.
+/// Start the periodic checks of `pool` on the current tokio runtime; they end when the
+/// config that owns the pool is gone.
 pub fn spawn(pool: &Arc<Pool>) {
     let Some(interval) = pool.check_interval else {
         return;
     };
-    let weak: Weak<Pool> = Arc::downgrade(pool);
-    tokio::spawn(async move {
-        loop {
-            let Some(pool) = weak.upgrade() else {
-                return;
-            };
-            pool.run_health_check().await;
-            drop(pool);
-            tokio::time::sleep(interval).await;
-        }
+    crate::periodic::spawn_while_alive(pool, move |pool| async move {
+        pool.run_health_check().await;
+        interval
     });
 }

@@ -50,11 +50,9 @@ impl ApiKeys {
         if let Some(v) = req.headers.get(&self.header) {
             return Some(v.as_bytes());
         }
-        let name = self.query.as_deref()?;
-        req.uri.query()?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == name).then_some(v.as_bytes())
-        })
+        crate::request_parts::query_param(req, self.query.as_deref()?)
+            .filter(|k| !k.is_empty())
+            .map(str::as_bytes)
     }
 
     pub fn authenticate(&self, req: &RequestHeader) -> Outcome {

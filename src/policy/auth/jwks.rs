@@ -8,7 +8,7 @@ use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Responses larger than this are not a key set.
@@ -227,16 +227,8 @@ impl RemoteKeys {
 
 /// Keep `keys` fresh on the current runtime until its config is dropped.
 pub fn spawn_refresh(keys: &Arc<RemoteKeys>) {
-    let weak: Weak<RemoteKeys> = Arc::downgrade(keys);
-    tokio::spawn(async move {
-        loop {
-            let Some(keys) = weak.upgrade() else {
-                return;
-            };
-            keys.refresh().await;
-            let interval = keys.refresh_interval;
-            drop(keys);
-            tokio::time::sleep(interval).await;
-        }
+    crate::periodic::spawn_while_alive(keys, |keys| async move {
+        keys.refresh().await;
+        keys.refresh_interval
     });
 }

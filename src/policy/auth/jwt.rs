@@ -6,6 +6,7 @@
 
 use super::jwks::{KeySet, RemoteKeys};
 use super::{Identity, Outcome, Reject};
+use crate::request_parts;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
@@ -94,18 +95,6 @@ fn reject_for(kind: &ErrorKind) -> Reject {
         | ErrorKind::InvalidKeyFormat => Reject::BadSignature,
         _ => Reject::Malformed,
     }
-}
-
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
 }
 
 /// Values of a claim as a list: a space-separated string or an array of strings.
@@ -197,13 +186,8 @@ impl JwtProvider {
                     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
                 }),
             Source::Header(name) => req.headers.get(name).and_then(|v| v.to_str().ok()),
-            Source::Query(name) => req.uri.query().and_then(|q| {
-                q.split('&').find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    (k == name).then_some(v)
-                })
-            }),
-            Source::Cookie(name) => cookie(req, name),
+            Source::Query(name) => request_parts::query_param(req, name),
+            Source::Cookie(name) => request_parts::cookie(req, name),
         })
     }
 
