@@ -550,3 +550,67 @@ fn tokens_from_a_header_a_cookie_or_the_query() {
         401
     );
 }
+
+fn https_jwks_gateway(jwks: &Upstream, ca: Option<&str>) -> (Upstream, Gateway) {
+    let up = Upstream::start("up");
+    let ca_line = ca.map_or(String::new(), |c| format!("\n        jwks_ca_file: {c}"));
+    let gw = Gateway::start(&format!(
+        r#"
+auth:
+  jwt:
+    - name: tls
+      algorithms: [RS256]
+      keys:
+        jwks_url: https://localhost:{port}/keys.json{ca_line}
+upstreams:
+  - name: up
+    targets: [{{address: "{up}"}}]
+routes:
+  - {{name: tls, upstream: up, access: {{providers: [tls]}}}}
+"#,
+        port = jwks.addr.port(),
+        up = up.addr,
+    ));
+    (up, gw)
+}
+
+#[test]
+fn jwks_over_https_is_verified_against_the_configured_ca() {
+    let jwks = Upstream::start_tls("jwks");
+    jwks.set_body(&jwk_set(&[("k1", "rsa_private.pem")]));
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("k1".into());
+    let token = bearer(&sign_with(h, "rsa_private.pem", &claims(json!({}))));
+
+    let (up, gw) = https_jwks_gateway(&jwks, Some(&fixture("test_ca.pem")));
+    assert!(
+        eventually(Duration::from_secs(5), || send(
+            "GET",
+            &gw.url("/x"),
+            &[("authorization", &token)]
+        )
+        .status
+            == 200),
+        "the key set was not fetched over https; log:\n{}",
+        gw.log_text()
+    );
+    assert_eq!(up.count(), 1);
+    drop(gw);
+
+    // Without the test CA the server's certificate is not trusted: no keys, only 401s.
+    let before = jwks.count();
+    let (up, gw) = https_jwks_gateway(&jwks, None);
+    assert!(eventually(Duration::from_secs(5), || gw
+        .log_text()
+        .contains("keeping the last good set")));
+    assert_eq!(
+        send("GET", &gw.url("/x"), &[("authorization", &token)]).status,
+        401
+    );
+    assert_eq!(up.count(), 0);
+    assert_eq!(
+        jwks.count(),
+        before,
+        "no request got through an untrusted TLS handshake"
+    );
+}

@@ -192,7 +192,7 @@ auth:
       keys: {secret: too-short}
     - name: pki
       algorithms: [RS256]
-      keys: {jwks_url: https://id.example.com/jwks.json}
+      keys: {jwks_url: ftp://id.example.com/jwks.json, jwks_ca_file: /nonexistent/ca.pem}
     - name: nokeys
       algorithms: [ES256]
       keys: {}
@@ -214,7 +214,8 @@ routes:
         "FILE:6: consumers[1].name: consumer name \"app\" is used twice",
         "FILE:10: auth.jwt[0].algorithms[1]: \"none\" is not accepted",
         "FILE:11: auth.jwt[0].keys.secret: an HMAC secret needs at least 32 bytes",
-        "FILE:14: auth.jwt[1].keys.jwks_url: https key URLs need upstream TLS",
+        "FILE:14: auth.jwt[1].keys.jwks_url: \"ftp://id.example.com/jwks.json\" is not an http:// or https:// URL",
+        "FILE:14: auth.jwt[1].keys.jwks_ca_file: cannot use /nonexistent/ca.pem as a CA file",
         "auth.jwt[2].keys: give at least one of secret, pem_files, jwks_file, jwks_url",
         "routes[0].access.providers[0]: no JWT provider named \"corp\"",
         "routes[1].access.providers: list the accepted providers",

@@ -385,8 +385,13 @@ pub struct JwtKeys {
     pub pem_files: Vec<String>,
     #[serde(default)]
     pub jwks_file: Option<String>,
+    /// `https://` (or `http://` on a trusted network) URL of a JWK set.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// PEM file of the CAs that may sign the `jwks_url` server's certificate (the system's
+    /// trusted CAs when unset).
+    #[serde(default)]
+    pub jwks_ca_file: Option<String>,
     /// How often `jwks_url` is fetched again.
     #[serde(default = "default_jwks_refresh")]
     pub refresh_interval: Dur,

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream as AsyncStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
 /// One tokio runtime shared by every upstream server of a test binary.
@@ -62,7 +62,7 @@ pub struct Upstream {
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
-async fn read_head(stream: &mut AsyncStream, buf: &mut Vec<u8>) -> Option<usize> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<usize> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             return Some(end + 4);
@@ -76,7 +76,11 @@ async fn read_head(stream: &mut AsyncStream, buf: &mut Vec<u8>) -> Option<usize>
     }
 }
 
-async fn serve_conn(mut stream: AsyncStream, name: String, state: Arc<State>) {
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    name: String,
+    state: Arc<State>,
+) {
     let mut buf = Vec::new();
     loop {
         let Some(head_len) = read_head(&mut stream, &mut buf).await else {
@@ -148,7 +152,45 @@ impl Upstream {
         Self::start_with(name, port, Arc::default())
     }
 
+    /// Start on a free port, serving HTTPS with `tests/fixtures/localhost.pem` (signed by
+    /// `tests/fixtures/test_ca.pem`).
+    pub fn start_tls(name: &str) -> Upstream {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let certs =
+            rustls_pemfile::certs(&mut &std::fs::read(format!("{dir}/localhost.pem")).unwrap()[..])
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+        let key = rustls_pemfile::private_key(
+            &mut &std::fs::read(format!("{dir}/localhost_key.pem")).unwrap()[..],
+        )
+        .unwrap()
+        .unwrap();
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::spawn(
+            name,
+            0,
+            Arc::default(),
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
     fn start_with(name: &str, port: u16, state: Arc<State>) -> Upstream {
+        Self::spawn(name, port, state, None)
+    }
+
+    fn spawn(
+        name: &str,
+        port: u16,
+        state: Arc<State>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let listener = rt().block_on(async {
             let socket = TcpSocket::new_v4().expect("socket");
@@ -162,7 +204,15 @@ impl Upstream {
         let (n, s, t) = (name.to_string(), state.clone(), tasks.clone());
         let accept = rt().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let conn = tokio::spawn(serve_conn(stream, n.clone(), s.clone()));
+                let (n, s) = (n.clone(), s.clone());
+                let conn = match tls.clone() {
+                    None => tokio::spawn(serve_conn(stream, n, s)),
+                    Some(acceptor) => tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve_conn(stream, n, s).await;
+                        }
+                    }),
+                };
                 t.lock().unwrap().push(conn);
             }
         });

@@ -5,6 +5,7 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::ConnectorOptions;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,7 +92,8 @@ impl KeySet {
     }
 }
 
-/// A key set served at a URL (plain HTTP for now; HTTPS arrives with TLS support).
+/// A key set served at an http or https URL. HTTPS certificates are verified, with the
+/// system's CAs or those of a configured CA file.
 pub struct RemoteKeys {
     pub provider: String,
     url: http::Uri,
@@ -105,8 +107,24 @@ pub struct RemoteKeys {
     connector: Connector,
 }
 
+/// Check a CA file the way the TLS connector will load it (the connector panics on a bad one).
+pub fn check_ca_file(path: &str) -> Result<(), String> {
+    let mut store = pingora_core::tls::RootCertStore::empty();
+    pingora_core::tls::load_ca_file_into_store(path, &mut store)
+        .map_err(|e| format!("cannot use {path} as a CA file: {e}"))
+}
+
 impl RemoteKeys {
-    pub fn new(provider: &str, url: http::Uri, refresh: Duration, min_refetch: Duration) -> Self {
+    /// `url` must be http or https with a host, and `ca_file` checked by [`check_ca_file`].
+    pub fn new(
+        provider: &str,
+        url: http::Uri,
+        ca_file: Option<String>,
+        refresh: Duration,
+        min_refetch: Duration,
+    ) -> Self {
+        let mut options = ConnectorOptions::new(4);
+        options.ca_file = ca_file;
         RemoteKeys {
             provider: provider.to_string(),
             url,
@@ -115,7 +133,7 @@ impl RemoteKeys {
             last_fetch: tokio::sync::Mutex::new(None),
             refresh_interval: refresh,
             min_refetch_interval: min_refetch,
-            connector: Connector::new(None),
+            connector: Connector::new(Some(options)),
         }
     }
 
@@ -129,13 +147,15 @@ impl RemoteKeys {
 
     async fn download(&self) -> Result<Vec<u8>, String> {
         let host = self.url.host().ok_or("the URL has no host")?;
-        let port = self.url.port_u16().unwrap_or(80);
+        let tls = self.url.scheme_str() == Some("https");
+        let port = self.url.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let addr = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host} has no address"))?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let sni = if tls { host.to_string() } else { String::new() };
+        let mut peer = HttpPeer::new(addr, tls, sni);
         let timeout = Some(Duration::from_secs(5));
         peer.options.connection_timeout = timeout;
         peer.options.read_timeout = timeout;
