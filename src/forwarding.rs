@@ -76,6 +76,38 @@ pub fn strip_response_hop_headers(resp: &mut ResponseHeader) {
     }
 }
 
+/// The address of the client for policies (rate limits): the direct peer, or, when that
+/// peer is a trusted proxy, the right-most address in X-Forwarded-For that is not itself a
+/// trusted proxy (entries further left could be forged by the client).
+pub fn effective_client_ip(
+    req: &RequestHeader,
+    peer: Option<IpAddr>,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted(peer) {
+        return Some(peer);
+    }
+    let mut found = peer;
+    for value in req.headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(list) = value.to_str() else {
+            return Some(found);
+        };
+        for item in list.rsplit(',') {
+            match item.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    found = ip;
+                    if !trusted(ip) {
+                        return Some(ip);
+                    }
+                }
+                Err(_) => return Some(found),
+            }
+        }
+    }
+    Some(found)
+}
+
 /// The client as the upstream should see it.
 pub struct ClientInfo<'a> {
     pub ip: Option<IpAddr>,
@@ -206,6 +238,22 @@ mod tests {
             get(&r, "forwarded"),
             "for=\"[::1]\";host=\"a.com:8080\";proto=http"
         );
+    }
+
+    #[test]
+    fn effective_client_ip_skips_trusted_hops_only() {
+        let r = req_with(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.7"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let peer = Some("10.0.0.1".parse().unwrap());
+        assert_eq!(
+            effective_client_ip(&r, peer, trusted),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        let direct = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(effective_client_ip(&r, direct, trusted), direct);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::forwarding::{self, ClientInfo};
 use crate::observe::request_id;
 use crate::policy::auth::build::CONSUMER_HEADER;
 use crate::policy::auth::Identity;
+use crate::policy::ratelimit;
 use crate::router::{normalize_host, RouteLookup};
 use crate::runtime::{HostPolicy, Runtime};
 use crate::upstream::Pool;
@@ -46,6 +47,8 @@ pub struct Ctx {
     upstream_host: Option<HeaderValue>,
     /// Who is calling, when the route's access rule established it.
     identity: Option<Arc<Identity>>,
+    /// RateLimit-Policy and RateLimit values for the response.
+    rate_headers: Option<(String, String)>,
 }
 
 impl Ctx {
@@ -114,6 +117,7 @@ impl ProxyHttp for Gateway {
             failed: Vec::new(),
             upstream_host: None,
             identity: None,
+            rate_headers: None,
         }
     }
 
@@ -146,35 +150,71 @@ impl ProxyHttp for Gateway {
                 ctx.route = Some(i);
                 let rt = ctx.rt.clone();
                 let route = &rt.routes[i];
-                let Some(access) = &route.access else {
-                    return Ok(false);
-                };
-                match access.check(session.req_header()).await {
-                    Ok(identity) => {
-                        ctx.identity = identity;
-                        Ok(false)
-                    }
-                    Err(denial) => {
-                        log::info!(
-                            "request {} on route {}: {} {} ({})",
-                            ctx.request_id,
-                            route.name,
-                            denial.status,
-                            denial.reason,
-                            denial.message
-                        );
-                        let challenge = [("www-authenticate", denial.www_authenticate.as_str())];
-                        error_response::send(
-                            session,
-                            denial.status,
-                            &denial.message,
-                            &ctx.request_id,
-                            &challenge,
-                        )
-                        .await?;
-                        Ok(true)
+                if let Some(access) = &route.access {
+                    match access.check(session.req_header()).await {
+                        Ok(identity) => ctx.identity = identity,
+                        Err(denial) => {
+                            log::info!(
+                                "request {} on route {}: {} {} ({})",
+                                ctx.request_id,
+                                route.name,
+                                denial.status,
+                                denial.reason,
+                                denial.message
+                            );
+                            let challenge =
+                                [("www-authenticate", denial.www_authenticate.as_str())];
+                            error_response::send(
+                                session,
+                                denial.status,
+                                &denial.message,
+                                &ctx.request_id,
+                                &challenge,
+                            )
+                            .await?;
+                            return Ok(true);
+                        }
                     }
                 }
+                if route.limits.is_empty() {
+                    return Ok(false);
+                }
+                let header = session.req_header();
+                let request = ratelimit::Request {
+                    header,
+                    client_ip: forwarding::effective_client_ip(header, ctx.client_ip, |ip| {
+                        rt.is_trusted(ip)
+                    }),
+                    consumer: ctx.identity.as_ref().and_then(|id| id.consumer.as_deref()),
+                };
+                let outcome = ratelimit::decide(&route.limits, &rt.limiter, &request);
+                for name in &outcome.would_reject {
+                    log::info!(
+                        "request {} on route {}: dry-run limit {name} would answer 429",
+                        ctx.request_id,
+                        route.name
+                    );
+                }
+                let Some(limit) = outcome.rejected_by else {
+                    ctx.rate_headers = outcome.headers;
+                    return Ok(false);
+                };
+                log::info!(
+                    "request {} on route {}: 429 rate limit {limit}",
+                    ctx.request_id,
+                    route.name
+                );
+                let retry = outcome.retry_after.as_secs()
+                    + u64::from(outcome.retry_after.subsec_nanos() > 0);
+                let retry = retry.max(1).to_string();
+                let mut extra = vec![("retry-after", retry.as_str())];
+                if let Some((policy, state)) = &outcome.headers {
+                    extra.push(("ratelimit-policy", policy));
+                    extra.push(("ratelimit", state));
+                }
+                let message = format!("rate limit {limit} exceeded");
+                error_response::send(session, 429, &message, &ctx.request_id, &extra).await?;
+                Ok(true)
             }
             RouteLookup::NotFound => {
                 error_response::send(
@@ -323,6 +363,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         forwarding::strip_response_hop_headers(resp);
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some((policy, state)) = ctx.rate_headers.take() {
+            resp.insert_header("ratelimit-policy", policy)?;
+            resp.insert_header("ratelimit", state)?;
+        }
         Ok(())
     }
 

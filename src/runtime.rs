@@ -4,6 +4,8 @@
 use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
 use crate::policy::access::AccessRule;
 use crate::policy::auth::build::{self as auth_build, Auth};
+use crate::policy::ratelimit::local::GcraStore;
+use crate::policy::ratelimit::{self, Limit};
 use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::health;
@@ -72,6 +74,7 @@ pub struct RouteAction {
     pub rewrite: Rewrite,
     pub host: HostPolicy,
     pub access: Option<AccessRule>,
+    pub limits: Vec<Limit>,
 }
 
 pub struct Runtime {
@@ -83,7 +86,12 @@ pub struct Runtime {
     pub upstreams: Vec<Arc<Pool>>,
     pub trusted_proxies: Vec<IpNet>,
     pub auth: Auth,
+    /// Counters of every local rate limit.
+    pub limiter: Arc<GcraStore>,
 }
+
+/// Distinct keys the local rate limiter tracks at most (about 40 MB).
+const LIMITER_MAX_KEYS: usize = 1_000_000;
 
 impl Runtime {
     /// Whether a peer at `ip` may tell us who the client is (X-Forwarded-For, Forwarded).
@@ -194,6 +202,7 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
 
     let mut matchers = Vec::new();
     let mut routes = Vec::new();
+    let mut limit_ids = 0;
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = cfg.item_path("routes", i);
@@ -218,7 +227,25 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
             }
         };
         if let Some((matcher, action)) =
-            build_route(&path, r, upstream, &auth, unparsed, &mut faults)
+            build_route(&path, r, upstream, &auth, unparsed, &mut faults).map(|(m, mut a)| {
+                a.limits = match &r.rate_limits {
+                    Some(l) => ratelimit::compile(
+                        &format!("{path}.rate_limits"),
+                        l,
+                        &m.path,
+                        &mut limit_ids,
+                        &mut faults,
+                    ),
+                    None => ratelimit::compile(
+                        "default_rate_limits",
+                        &cfg.default_rate_limits,
+                        &m.path,
+                        &mut limit_ids,
+                        &mut faults,
+                    ),
+                };
+                (m, a)
+            })
         {
             matchers.push(matcher);
             routes.push(action);
@@ -242,6 +269,7 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         upstreams,
         trusted_proxies,
         auth,
+        limiter: Arc::new(GcraStore::new(LIMITER_MAX_KEYS)),
     })
 }
 
@@ -688,6 +716,7 @@ fn build_route(
             rewrite,
             host,
             access,
+            limits: Vec::new(),
         },
     ))
 }

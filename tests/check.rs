@@ -250,3 +250,35 @@ routes:
     assert!(out.contains("unknown token source \"body\""), "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
 }
+
+#[test]
+fn rate_limit_faults_are_reported() {
+    let (ok, out) = check(
+        "\
+listeners:
+  - address: 127.0.0.1:8080
+upstreams:
+  - name: u
+    targets: [{address: 127.0.0.1:1}]
+routes:
+  - name: r
+    upstream: u
+    rate_limits:
+      - {name: a, requests: 0, per: 1s}
+      - {name: a, requests: 5, per: 0s, burst: 0}
+      - {name: b, requests: 5, per: 1s, key: \"path:id\"}
+      - {name: c, requests: 5, per: 1s, key: cookie}
+",
+    );
+    assert!(!ok);
+    for e in [
+        "FILE:10: routes[0].rate_limits[0].requests: must be at least 1",
+        "FILE:11: routes[0].rate_limits[1].name: limit name \"a\" is used twice",
+        "FILE:11: routes[0].rate_limits[1].per: must be at least 1ms",
+        "FILE:11: routes[0].rate_limits[1].burst: must be at least 1",
+        "FILE:12: routes[0].rate_limits[2].key: path:id needs a match.path_regex",
+        "FILE:13: routes[0].rate_limits[3].key: unknown key \"cookie\"",
+    ] {
+        assert!(out.contains(e), "missing {e:?} in:\n{out}");
+    }
+}

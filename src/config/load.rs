@@ -217,6 +217,11 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                     .collect();
             }
             "routes" => (config.routes, config.file_index.routes) = c.list("routes", value),
+            "default_rate_limits" => {
+                if let Some(l) = c.take("default_rate_limits", value) {
+                    config.default_rate_limits = l;
+                }
+            }
             "consumers" => {
                 (config.consumers, config.file_index.consumers) = c.list("consumers", value)
             }
@@ -257,7 +262,8 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                 line: positions.line_of(other),
                 message: format!(
                     "unknown field `{other}`, expected one of `server`, `listeners`, \
-                     `trusted_proxies`, `upstreams`, `routes`, `consumers`, `auth`"
+                     `trusted_proxies`, `upstreams`, `routes`, `consumers`, `auth`, \
+                     `default_rate_limits`"
                 ),
             }),
         }

@@ -15,6 +15,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub consumers: Vec<Consumer>,
     pub auth: AuthSection,
+    /// Limits for routes that list none of their own.
+    pub default_rate_limits: Vec<RateLimit>,
     /// Where each list item stood in the file, when items that failed to parse were left
     /// out; fault paths must name the file's index, not the list's.
     pub file_index: FileIndex,
@@ -223,6 +225,37 @@ pub struct Route {
     /// Who may call this route; without it the route is open to anyone.
     #[serde(default)]
     pub access: Option<Access>,
+    /// Rate limits of this route; all apply and the strictest decides. Without any, the
+    /// top-level `default_rate_limits` apply.
+    #[serde(default)]
+    pub rate_limits: Option<Vec<RateLimit>>,
+}
+
+/// `requests` per `per`, admitting at most `burst` at once (GCRA).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Names the limit in headers and logs.
+    pub name: String,
+    pub requests: u64,
+    pub per: Dur,
+    /// Requests admitted at once; `requests` when unset.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// What is counted separately: `route`, `consumer`, `client_ip`, `header:NAME` or
+    /// `path:NAME` (a named capture of the route's path_regex).
+    #[serde(default = "default_limit_key")]
+    pub key: String,
+    /// Only log and count what would be rejected.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Send RateLimit/RateLimit-Policy headers on admitted responses too.
+    #[serde(default)]
+    pub headers_on_success: bool,
+}
+
+fn default_limit_key() -> String {
+    "client_ip".into()
 }
 
 /// A route's access rule. Credentials are checked against `providers` (JWT provider names
