@@ -187,7 +187,24 @@ impl ProxyHttp for Gateway {
                     }),
                     consumer: ctx.identity.as_ref().and_then(|id| id.consumer.as_deref()),
                 };
-                let outcome = ratelimit::decide(&route.limits, &rt.limiter, &request);
+                let outcome =
+                    ratelimit::decide(&route.limits, &rt.limiter, rt.redis.as_deref(), &request)
+                        .await;
+                if let Some((why, refuse)) = &outcome.store_failed {
+                    log::warn!(
+                        "request {} on route {}: Redis could not decide the cluster limits ({why}); {}",
+                        ctx.request_id,
+                        route.name,
+                        if *refuse { "refusing (fail_closed)" } else { "admitting (fail_open)" }
+                    );
+                    if *refuse {
+                        let extra = [("retry-after", "1")];
+                        let message = "rate limit store unavailable";
+                        error_response::send(session, 503, message, &ctx.request_id, &extra)
+                            .await?;
+                        return Ok(true);
+                    }
+                }
                 for name in &outcome.would_reject {
                     log::info!(
                         "request {} on route {}: dry-run limit {name} would answer 429",

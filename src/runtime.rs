@@ -5,6 +5,7 @@ use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstre
 use crate::policy::access::AccessRule;
 use crate::policy::auth::build::{self as auth_build, Auth};
 use crate::policy::ratelimit::local::GcraStore;
+use crate::policy::ratelimit::redis::RedisLimiter;
 use crate::policy::ratelimit::{self, Limit};
 use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
 use crate::upstream::hash_key::HashKey;
@@ -88,6 +89,8 @@ pub struct Runtime {
     pub auth: Auth,
     /// Counters of every local rate limit.
     pub limiter: Arc<GcraStore>,
+    /// The store of cluster-wide limits, when configured.
+    pub redis: Option<Arc<RedisLimiter>>,
 }
 
 /// Distinct keys the local rate limiter tracks at most (about 40 MB).
@@ -199,6 +202,19 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
     }
 
     let auth = auth_build::build(cfg, &mut faults);
+    let redis = cfg.redis.as_ref().and_then(|r| {
+        if r.timeout.0.is_zero() {
+            faults.push(Fault::new("redis.timeout", "must be longer than 0s"));
+        }
+        let fail_open = r.on_failure == config::FailurePolicy::FailOpen;
+        match RedisLimiter::new(&r.url, r.timeout.0, fail_open, r.key_prefix.clone()) {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                faults.push(Fault::new("redis.url", e));
+                None
+            }
+        }
+    });
 
     let mut matchers = Vec::new();
     let mut routes = Vec::new();
@@ -226,27 +242,24 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
                 usize::MAX
             }
         };
-        if let Some((matcher, action)) =
-            build_route(&path, r, upstream, &auth, unparsed, &mut faults).map(|(m, mut a)| {
-                a.limits = match &r.rate_limits {
-                    Some(l) => ratelimit::compile(
-                        &format!("{path}.rate_limits"),
-                        l,
-                        &m.path,
-                        &mut limit_ids,
-                        &mut faults,
-                    ),
-                    None => ratelimit::compile(
-                        "default_rate_limits",
-                        &cfg.default_rate_limits,
-                        &m.path,
-                        &mut limit_ids,
-                        &mut faults,
-                    ),
-                };
-                (m, a)
-            })
+        if let Some((matcher, mut action)) =
+            build_route(&path, r, upstream, &auth, unparsed, &mut faults)
         {
+            let (limits_path, limits) = match &r.rate_limits {
+                Some(l) => (format!("{path}.rate_limits"), l.as_slice()),
+                None => (
+                    "default_rate_limits".to_string(),
+                    cfg.default_rate_limits.as_slice(),
+                ),
+            };
+            action.limits = ratelimit::compile(
+                &limits_path,
+                limits,
+                (&r.name, &matcher.path),
+                cfg.redis.is_some(),
+                &mut limit_ids,
+                &mut faults,
+            );
             matchers.push(matcher);
             routes.push(action);
         }
@@ -270,6 +283,7 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         trusted_proxies,
         auth,
         limiter: Arc::new(GcraStore::new(LIMITER_MAX_KEYS)),
+        redis,
     })
 }
 

@@ -217,6 +217,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                     .collect();
             }
             "routes" => (config.routes, config.file_index.routes) = c.list("routes", value),
+            "redis" => config.redis = c.take("redis", value),
             "default_rate_limits" => {
                 if let Some(l) = c.take("default_rate_limits", value) {
                     config.default_rate_limits = l;
@@ -263,7 +264,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                 message: format!(
                     "unknown field `{other}`, expected one of `server`, `listeners`, \
                      `trusted_proxies`, `upstreams`, `routes`, `consumers`, `auth`, \
-                     `default_rate_limits`"
+                     `default_rate_limits`, `redis`"
                 ),
             }),
         }

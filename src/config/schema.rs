@@ -17,6 +17,7 @@ pub struct Config {
     pub auth: AuthSection,
     /// Limits for routes that list none of their own.
     pub default_rate_limits: Vec<RateLimit>,
+    pub redis: Option<RedisSection>,
     /// Where each list item stood in the file, when items that failed to parse were left
     /// out; fault paths must name the file's index, not the list's.
     pub file_index: FileIndex,
@@ -252,6 +253,42 @@ pub struct RateLimit {
     /// Send RateLimit/RateLimit-Policy headers on admitted responses too.
     #[serde(default)]
     pub headers_on_success: bool,
+    /// Keep the count in the `redis` section's server, shared by every gateway using it.
+    #[serde(default)]
+    pub cluster: bool,
+}
+
+/// The Redis server that keeps cluster-wide rate limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://[:password@]host:port[/db]`.
+    pub url: String,
+    /// Longest wait for a decision before `on_failure` applies.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Dur,
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> Dur {
+    Dur::millis(50)
+}
+fn default_redis_prefix() -> String {
+    "portico:rl:".into()
+}
+
+/// What cluster limits do when Redis cannot decide.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Admit: an outage of Redis does not take the API down.
+    #[default]
+    FailOpen,
+    /// Refuse with 503: limits hold even when Redis is gone.
+    FailClosed,
 }
 
 fn default_limit_key() -> String {

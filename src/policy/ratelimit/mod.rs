@@ -1,6 +1,7 @@
 //! Per-route rate limits: compiled at load, decided per request against a shared store.
 
 pub mod local;
+pub mod redis;
 
 use crate::config::{self, Fault};
 use crate::router::PathMatch;
@@ -32,6 +33,8 @@ pub struct Limit {
     key: LimitKey,
     pub dry_run: bool,
     pub headers_on_success: bool,
+    /// Counted in Redis, shared by every gateway, under `route:limit`.
+    cluster: Option<String>,
     /// `"name";q=10;w=1`, ready for RateLimit-Policy.
     policy: String,
 }
@@ -53,39 +56,61 @@ pub struct Outcome {
     pub headers: Option<(String, String)>,
     /// Names of dry-run limits that would have refused it.
     pub would_reject: Vec<String>,
+    /// Redis could not decide; `Some(true)` when the policy is to refuse (fail_closed).
+    pub store_failed: Option<(String, bool)>,
 }
 
 fn secs_ceil(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-impl Limit {
-    fn store_key(&self, store: &GcraStore, req: &Request) -> u64 {
-        let ip = |ip: Option<IpAddr>| match ip {
-            Some(IpAddr::V4(v4)) => v4.octets().to_vec(),
-            Some(IpAddr::V6(v6)) => v6.octets().to_vec(),
-            None => Vec::new(),
-        };
-        match &self.key {
-            LimitKey::Route => store.key(self.id, &[]),
-            LimitKey::ClientIp => store.key(self.id, &[b"ip", &ip(req.client_ip)]),
-            LimitKey::Consumer => match req.consumer {
-                Some(c) => store.key(self.id, &[b"consumer", c.as_bytes()]),
-                None => store.key(self.id, &[b"ip", &ip(req.client_ip)]),
-            },
-            LimitKey::Header(name) => match req.header.headers.get(name) {
-                Some(v) => store.key(self.id, &[b"header", v.as_bytes()]),
-                None => store.key(self.id, &[b"ip", &ip(req.client_ip)]),
-            },
-            LimitKey::PathParam(re, name) => {
-                let path = req.header.uri.path();
-                let value = re
-                    .captures(path)
-                    .and_then(|c| c.name(name))
-                    .map_or("", |m| m.as_str());
-                store.key(self.id, &[b"path", value.as_bytes()])
-            }
+/// The key material of a request for one limit: kind and value.
+fn key_parts<'a>(
+    key: &'a LimitKey,
+    req: &'a Request,
+) -> (&'static str, std::borrow::Cow<'a, [u8]>) {
+    use std::borrow::Cow;
+    let ip = |ip: Option<IpAddr>| -> Cow<'a, [u8]> {
+        match ip {
+            Some(IpAddr::V4(v4)) => Cow::Owned(v4.octets().to_vec()),
+            Some(IpAddr::V6(v6)) => Cow::Owned(v6.octets().to_vec()),
+            None => Cow::Borrowed(b""),
         }
+    };
+    match key {
+        LimitKey::Route => ("route", Cow::Borrowed(b"")),
+        LimitKey::ClientIp => ("ip", ip(req.client_ip)),
+        LimitKey::Consumer => match req.consumer {
+            Some(c) => ("consumer", Cow::Borrowed(c.as_bytes())),
+            None => ("ip", ip(req.client_ip)),
+        },
+        LimitKey::Header(name) => match req.header.headers.get(name) {
+            Some(v) => ("header", Cow::Borrowed(v.as_bytes())),
+            None => ("ip", ip(req.client_ip)),
+        },
+        LimitKey::PathParam(re, name) => {
+            let value = re
+                .captures(req.header.uri.path())
+                .and_then(|c| c.name(name))
+                .map_or(&b""[..], |m| m.as_str().as_bytes());
+            ("path", Cow::Owned(value.to_vec()))
+        }
+    }
+}
+
+impl Limit {
+    /// The Redis key: readable scope, then a digest of the value (bounded length, no
+    /// control characters from clients).
+    fn redis_key(&self, prefix: &str, scope: &str, req: &Request) -> String {
+        use sha2::{Digest, Sha256};
+        let (kind, value) = key_parts(&self.key, req);
+        let digest = Sha256::digest(&value);
+        format!("{prefix}{scope}:{kind}:{}", hex::encode(&digest[..16]))
+    }
+
+    fn store_key(&self, store: &GcraStore, req: &Request) -> u64 {
+        let (kind, value) = key_parts(&self.key, req);
+        store.key(self.id, &[kind.as_bytes(), &value])
     }
 
     fn item(&self, v: &Verdict) -> String {
@@ -99,37 +124,81 @@ impl Limit {
 }
 
 /// Decide `req` against `limits`. Nothing is counted unless every enforcing limit admits the
-/// request, so a refused request does not use up another limit's allowance.
-pub fn decide(limits: &[Limit], store: &GcraStore, req: &Request) -> Outcome {
+/// request, so a refused request does not use up another limit's allowance: local limits are
+/// checked first without counting, cluster limits are decided (and counted) atomically in
+/// Redis only when the local ones admit, and local limits are counted last.
+pub async fn decide(
+    limits: &[Limit],
+    store: &GcraStore,
+    redis: Option<&redis::RedisLimiter>,
+    req: &Request<'_>,
+) -> Outcome {
     let mut out = Outcome::default();
-    let keys: Vec<u64> = limits.iter().map(|l| l.store_key(store, req)).collect();
-    let mut verdicts = Vec::with_capacity(limits.len());
-    for (limit, &key) in limits.iter().zip(&keys) {
-        let v = store.check(key, limit.gcra, false);
-        if !v.allowed {
-            if limit.dry_run {
-                out.would_reject.push(limit.name.clone());
-            } else if v.retry_after >= out.retry_after {
-                out.retry_after = v.retry_after;
-                out.rejected_by = Some(limit.name.clone());
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; limits.len()];
+    let local_keys: Vec<Option<u64>> = limits
+        .iter()
+        .map(|l| l.cluster.is_none().then(|| l.store_key(store, req)))
+        .collect();
+    for (i, limit) in limits.iter().enumerate() {
+        if let Some(key) = local_keys[i] {
+            verdicts[i] = Some(store.check(key, limit.gcra, false));
+        }
+    }
+    note_rejections(limits, &verdicts, &mut out);
+
+    let cluster: Vec<usize> = (0..limits.len())
+        .filter(|&i| limits[i].cluster.is_some())
+        .collect();
+    if out.rejected_by.is_none() && !cluster.is_empty() {
+        if let Some(redis) = redis {
+            let checks: Vec<redis::Check> = cluster
+                .iter()
+                .map(|&i| {
+                    let l = &limits[i];
+                    let scope = l.cluster.as_deref().unwrap_or_default();
+                    redis::Check {
+                        key: l.redis_key(&redis.key_prefix, scope, req),
+                        interval_us: (l.gcra.interval / 1000).max(1),
+                        tolerance_us: l.gcra.tolerance / 1000,
+                        enforce: !l.dry_run,
+                    }
+                })
+                .collect();
+            match redis.decide(&checks).await {
+                Ok(vs) => {
+                    for (&i, v) in cluster.iter().zip(vs) {
+                        verdicts[i] = Some(v);
+                    }
+                    note_rejections(limits, &verdicts, &mut out);
+                }
+                Err(e) => out.store_failed = Some((e, !redis.fail_open)),
             }
         }
-        verdicts.push(v);
     }
-    if out.rejected_by.is_none() {
-        for ((limit, &key), v) in limits.iter().zip(&keys).zip(verdicts.iter_mut()) {
-            if v.allowed {
-                *v = store.check(key, limit.gcra, true);
+
+    let refused = out.rejected_by.is_some() || matches!(out.store_failed, Some((_, true)));
+    if !refused {
+        for (i, limit) in limits.iter().enumerate() {
+            if let (Some(key), Some(v)) = (local_keys[i], verdicts[i].as_mut()) {
+                if v.allowed {
+                    *v = store.check(key, limit.gcra, true);
+                }
             }
         }
     }
     let send = out.rejected_by.is_some() || limits.iter().any(|l| l.headers_on_success);
     if send {
-        let enforcing = || limits.iter().zip(&verdicts).filter(|(l, _)| !l.dry_run);
-        let policy = enforcing()
+        let decided = || {
+            limits
+                .iter()
+                .zip(&verdicts)
+                .filter_map(|(l, v)| Some((l, v.as_ref()?)))
+                .filter(|(l, _)| !l.dry_run)
+        };
+        let policy = decided()
             .map(|(l, _)| l.policy.as_str())
             .collect::<Vec<_>>();
-        let state = enforcing().map(|(l, v)| l.item(v)).collect::<Vec<_>>();
+        let state = decided().map(|(l, v)| l.item(v)).collect::<Vec<_>>();
         if !policy.is_empty() {
             out.headers = Some((policy.join(", "), state.join(", ")));
         }
@@ -137,14 +206,31 @@ pub fn decide(limits: &[Limit], store: &GcraStore, req: &Request) -> Outcome {
     out
 }
 
+fn note_rejections(limits: &[Limit], verdicts: &[Option<Verdict>], out: &mut Outcome) {
+    for (limit, v) in limits.iter().zip(verdicts) {
+        let Some(v) = v else { continue };
+        if v.allowed || out.would_reject.contains(&limit.name) {
+            continue;
+        }
+        if limit.dry_run {
+            out.would_reject.push(limit.name.clone());
+        } else if v.retry_after >= out.retry_after {
+            out.retry_after = v.retry_after;
+            out.rejected_by = Some(limit.name.clone());
+        }
+    }
+}
+
 /// Compile a route's limits. `next_id` numbers limits across the whole config.
 pub fn compile(
     path: &str,
     limits: &[config::RateLimit],
-    route_path: &PathMatch,
+    route: (&str, &PathMatch),
+    have_redis: bool,
     next_id: &mut u32,
     faults: &mut Vec<Fault>,
 ) -> Vec<Limit> {
+    let (route_name, route_path) = route;
     let mut out: Vec<Limit> = Vec::new();
     let mut names: Vec<&str> = Vec::new();
     for (i, l) in limits.iter().enumerate() {
@@ -177,6 +263,12 @@ pub fn compile(
         }
         if l.burst == Some(0) {
             faults.push(Fault::new(format!("{lpath}.burst"), "must be at least 1"));
+        }
+        if l.cluster && !have_redis {
+            faults.push(Fault::new(
+                format!("{lpath}.cluster"),
+                "cluster limits need a top-level redis section",
+            ));
         }
         let key = match l.key.split_once(':') {
             None => match l.key.as_str() {
@@ -226,6 +318,7 @@ pub fn compile(
             key,
             dry_run: l.dry_run,
             headers_on_success: l.headers_on_success,
+            cluster: l.cluster.then(|| format!("{route_name}:{}", l.name)),
             policy: format!("\"{}\";q={};w={}", l.name, l.requests, secs_ceil(l.per.0)),
         });
     }

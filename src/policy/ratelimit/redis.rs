@@ -1,0 +1,168 @@
+//! Cluster-wide rate limits: the same GCRA as `local.rs`, kept in Redis so that every gateway
+//! sharing the Redis enforces one limit.
+//!
+//! One Lua script decides all cluster limits of a request atomically, in one round trip:
+//! it reads each key's TAT, admits the request only if every enforcing limit admits it, then
+//! stores the new TATs with an expiry at the moment the bucket is full again. Time comes from
+//! Redis (`TIME`), so gateway clocks need not agree.
+//!
+//! When Redis fails or answers later than `timeout`, the configured policy applies:
+//! `fail_open` admits the request (cluster limits are skipped), `fail_closed` answers 503.
+//! Either way the failure is logged and counted; after a failed connect no new connection
+//! is tried for a second, so an outage costs no more than a check per request.
+
+use super::local::Verdict;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local tats = {}
+local admit = true
+for i = 1, n do
+  local tolerance = tonumber(ARGV[3 * i - 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tats[i] = tat
+  if ARGV[3 * i] == '1' and tat - now > tolerance then admit = false end
+end
+local out = {}
+for i = 1, n do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local tolerance = tonumber(ARGV[3 * i - 1])
+  local ahead = tats[i] - now
+  if admit and ahead <= tolerance then
+    local new_tat = tats[i] + interval
+    redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+    out[i] = {1, new_tat - now}
+  else
+    out[i] = {ahead <= tolerance and 1 or 0, ahead}
+  end
+end
+return out
+"#;
+
+/// One cluster limit of a request, in microseconds.
+pub struct Check {
+    pub key: String,
+    pub interval_us: u64,
+    pub tolerance_us: u64,
+    pub enforce: bool,
+}
+
+pub struct RedisLimiter {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    last_connect_failure: Mutex<Option<Instant>>,
+    script: redis::Script,
+    pub timeout: Duration,
+    pub fail_open: bool,
+    pub key_prefix: String,
+    /// Decisions that Redis could not make (errors and timeouts).
+    pub failures: AtomicU64,
+}
+
+impl RedisLimiter {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        fail_open: bool,
+        key_prefix: String,
+    ) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
+        Ok(RedisLimiter {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            last_connect_failure: Mutex::new(None),
+            script: redis::Script::new(SCRIPT),
+            timeout,
+            fail_open,
+            key_prefix,
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, String> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        {
+            let last = self
+                .last_connect_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err("not connected (retrying every second)".into());
+            }
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        match ConnectionManager::new_with_config(self.client.clone(), config).await {
+            Ok(c) => {
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                *self
+                    .last_connect_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                Err(format!("cannot connect: {e}"))
+            }
+        }
+    }
+
+    async fn run(&self, checks: &[Check]) -> Result<Vec<(i64, i64)>, String> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.script.prepare_invoke();
+        for c in checks {
+            inv.key(&c.key)
+                .arg(c.interval_us)
+                .arg(c.tolerance_us)
+                .arg(if c.enforce { "1" } else { "0" });
+        }
+        inv.invoke_async(&mut conn).await.map_err(|e| e.to_string())
+    }
+
+    /// Decide every check in one round trip, or say why Redis could not.
+    pub async fn decide(&self, checks: &[Check]) -> Result<Vec<Verdict>, String> {
+        let result = match tokio::time::timeout(self.timeout, self.run(checks)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        };
+        let raw = result.inspect_err(|_| {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        })?;
+        Ok(checks
+            .iter()
+            .zip(raw)
+            .map(|(c, (allowed, ahead))| {
+                let ahead = Duration::from_micros(ahead.max(0) as u64);
+                let capacity = c.tolerance_us + c.interval_us;
+                if allowed == 1 {
+                    let used = ahead.as_micros() as u64;
+                    Verdict {
+                        allowed: true,
+                        remaining: capacity.saturating_sub(used) / c.interval_us.max(1),
+                        reset_after: ahead,
+                        retry_after: Duration::ZERO,
+                    }
+                } else {
+                    Verdict {
+                        allowed: false,
+                        remaining: 0,
+                        reset_after: ahead,
+                        retry_after: ahead.saturating_sub(Duration::from_micros(c.tolerance_us)),
+                    }
+                }
+            })
+            .collect())
+    }
+}

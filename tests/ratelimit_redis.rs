@@ -1,0 +1,108 @@
+//! Cluster-wide rate limits through a real redis-server shared by two real gateways, and the
+//! failure policies when Redis goes away.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn gateway(up: &Upstream, redis_url: &str, policy: &str, limit: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+redis: {{url: "{redis_url}", timeout: 100ms, on_failure: {policy}}}
+upstreams:
+  - name: up
+    targets: [{{address: "{up}"}}]
+routes:
+  - name: shared
+    upstream: up
+    rate_limits:
+      - {limit}
+"#,
+        up = up.addr
+    ))
+}
+
+#[test]
+fn two_gateways_sharing_redis_admit_the_configured_count_together() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("up");
+    let limit = "{name: fleet, requests: 10, per: 1m, key: route, cluster: true}";
+    let a = gateway(&up, &redis.url(), "fail_open", limit);
+    let b = gateway(&up, &redis.url(), "fail_open", limit);
+    let mut admitted = 0;
+    for i in 0..30 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = get(&gw.url("/"));
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                assert!(r.header("retry-after").is_some());
+                assert_eq!(r.header("ratelimit-policy"), Some("\"fleet\";q=10;w=60"));
+            }
+            s => panic!("unexpected {s}: {r:?}"),
+        }
+    }
+    assert_eq!(
+        admitted, 10,
+        "the two gateways together admit the limit once"
+    );
+    assert_eq!(up.count(), 10);
+}
+
+#[test]
+fn concurrent_requests_through_two_gateways_stay_within_the_limit() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("up");
+    let limit = "{name: fleet, requests: 25, per: 1m, key: route, cluster: true}";
+    let gws = [
+        gateway(&up, &redis.url(), "fail_open", limit),
+        gateway(&up, &redis.url(), "fail_open", limit),
+    ];
+    let urls: Vec<String> = gws.iter().map(|g| g.url("/")).collect();
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let url = urls[t % 2].clone();
+            std::thread::spawn(move || (0..10).filter(|_| get(&url).status == 200).count())
+        })
+        .collect();
+    let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        admitted, 25,
+        "atomic decisions in Redis: exactly the limit over 80 requests"
+    );
+}
+
+#[test]
+fn redis_down_fails_open_or_closed_as_configured_without_hanging() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start("up");
+    let limit = "{name: fleet, requests: 100, per: 1m, key: route, cluster: true}";
+    let open = gateway(&up, &redis.url(), "fail_open", limit);
+    let closed = gateway(&up, &redis.url(), "fail_closed", limit);
+    assert_eq!(get(&open.url("/")).status, 200);
+    assert_eq!(get(&closed.url("/")).status, 200);
+
+    redis.stop();
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(get(&open.url("/")).status, 200, "fail_open admits");
+        let r = get(&closed.url("/"));
+        assert_eq!(r.status, 503, "fail_closed refuses: {r:?}");
+        assert_eq!(r.json()["status"], 503);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(open.log_text().contains("admitting (fail_open)"));
+
+    // Redis back at the same address: decisions resume without a restart.
+    let _back = RedisServer::start_on(redis.port);
+    assert!(
+        eventually(Duration::from_secs(10), || get(&closed.url("/")).status
+            == 200),
+        "fail_closed never recovered; log:\n{}",
+        closed.log_text()
+    );
+}
