@@ -82,9 +82,20 @@ fn demo_starts_and_answers() {
         send("GET", &users, &[("authorization", &no_scope)]).status,
         403
     );
-    let a = send("GET", &format!("{url}/api/products"), &[("x-user", "ada")]).json();
-    let b = send("GET", &format!("{url}/api/products"), &[("x-user", "ada")]).json();
-    assert_eq!(a["served_by"], b["served_by"]);
+    let products = format!("{url}/api/products");
+    let a = send("GET", &products, &[("x-user", "ada")]).json();
+    let b = send("GET", &products, &[("x-user", "ada")]);
+    assert_eq!(a["served_by"], b.json()["served_by"]);
+    assert_eq!(
+        b.header("ratelimit-policy"),
+        Some("\"per-client\";q=5;w=10")
+    );
+    let codes: Vec<u16> = (0..4).map(|_| get(&products).status).collect();
+    assert_eq!(
+        codes,
+        [200, 200, 200, 429],
+        "the demo's limit of 5 per 10 s"
+    );
     assert_eq!(
         send("DELETE", &format!("{url}/api/users/1"), &[]).status,
         405
