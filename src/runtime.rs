@@ -101,10 +101,6 @@ impl Runtime {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
-
-    pub fn upstream(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.upstreams.iter().find(|p| p.name == name)
-    }
 }
 
 /// Read, parse, validate and build the config at `path`.

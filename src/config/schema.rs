@@ -332,12 +332,10 @@ pub struct Consumer {
     pub api_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `auth`: parsed item by item by the loader.
+#[derive(Debug, Clone, Default)]
 pub struct AuthSection {
-    #[serde(default)]
     pub jwt: Vec<JwtProvider>,
-    #[serde(default)]
     pub api_keys: ApiKeySource,
 }
 

@@ -138,24 +138,6 @@ impl Pool {
             .map(|(peer, host)| (Box::new(peer.clone()), host))
     }
 
-    pub fn targets(&self) -> impl Iterator<Item = &SocketAddr> {
-        self.peers.keys()
-    }
-
-    /// Whether the target is currently in rotation.
-    pub fn is_healthy(&self, addr: &SocketAddr) -> bool {
-        let backends = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends(),
-            Balancer::Random(lb) => lb.backends(),
-            Balancer::Consistent(lb) => lb.backends(),
-        };
-        backends
-            .get_backend()
-            .iter()
-            .find(|b| b.addr.as_inet() == Some(addr))
-            .is_some_and(|b| backends.ready(b))
-    }
-
     /// One pass of active checks over every target, all at once.
     pub async fn run_health_check(&self) {
         match &self.balancer {

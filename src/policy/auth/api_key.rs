@@ -65,11 +65,6 @@ impl ApiKeys {
             None => Outcome::Rejected(Reject::UnknownApiKey),
         }
     }
-
-    /// Header names this source reads, so they can be kept from upstreams.
-    pub fn header(&self) -> &http::HeaderName {
-        &self.header
-    }
 }
 
 #[cfg(test)]
