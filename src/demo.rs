@@ -237,8 +237,7 @@ Try these in another terminal:
     );
     if let Some(t) = tokens {
         out.push_str(&format!(
-            "\
-  curl -s -H 'Authorization: Bearer {reader}' {g}/api/users/2   # 200: a token with users:read
+            "  curl -s -H 'Authorization: Bearer {reader}' {g}/api/users/2   # 200: a token with users:read
   curl -s -i {g}/api/users/2                                  # 401: no credentials
   curl -s -i -H 'Authorization: Bearer {no_scope}' {g}/api/users/2   # 403: token lacks users:read
   curl -s -i -X DELETE -H 'Authorization: Bearer {reader}' {g}/api/users/1   # 405 with an Allow header
