@@ -8,6 +8,21 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn route_to(up: &Upstream) -> String {
     format!(
         "upstreams:\n  - name: up\n    targets: [{{address: \"{}\"}}]\nroutes:\n  - name: all\n    upstream: up\n",
@@ -25,13 +40,16 @@ fn upgrade_hands_over_listeners_without_an_error_response() {
     let up = Upstream::start("up");
     let mut old = Gateway::start(&route_to(&up));
     let new_log = old.dir.path().join("new.log");
-    let mut new = Command::new(portico_bin())
-        .args(["run", "-u", "-c"])
-        .arg(&old.conf)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&new_log).unwrap())
-        .spawn()
-        .unwrap();
+    // Killed on drop, so a failing assertion leaves no process behind.
+    let mut new = KillOnDrop(
+        Command::new(portico_bin())
+            .args(["run", "-u", "-c"])
+            .arg(&old.conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&new_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -67,9 +85,8 @@ fn upgrade_hands_over_listeners_without_an_error_response() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     client.join().unwrap();
-    let new_alive = new.try_wait().unwrap().is_none();
-    let _ = new.kill();
-    let _ = new.wait();
+    let new_alive = new.0.try_wait().unwrap().is_none();
+    new.kill();
     let new_text = std::fs::read_to_string(&new_log).unwrap_or_default();
     assert!(exited, "the old process did not exit after SIGQUIT");
     assert!(new_alive, "the new process died:\n{new_text}");
