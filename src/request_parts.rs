@@ -1,6 +1,8 @@
-//! Reading a named cookie or query parameter from a request, without allocating.
+//! Reading a named cookie, a query parameter or the client address as key bytes, without
+//! allocating.
 
 use pingora_http::RequestHeader;
+use std::net::IpAddr;
 
 /// The value of cookie `name`, from any `Cookie` header.
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -21,6 +23,22 @@ pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
     })
+}
+
+/// The address's octets in `scratch`, or nothing without an address: a key without
+/// allocating.
+pub fn ip_bytes(ip: Option<IpAddr>, scratch: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            scratch[..4].copy_from_slice(&v4.octets());
+            &scratch[..4]
+        }
+        Some(IpAddr::V6(v6)) => {
+            *scratch = v6.octets();
+            &scratch[..]
+        }
+        None => b"",
+    }
 }
 
 #[cfg(test)]

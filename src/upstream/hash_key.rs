@@ -55,19 +55,9 @@ impl HashKey {
             HashKey::Path => Some(req.uri.path().as_bytes()),
             HashKey::ClientIp => None,
         };
-        if let Some(key) = found {
-            return key;
-        }
-        match client_ip {
-            Some(IpAddr::V4(ip)) => {
-                scratch[..4].copy_from_slice(&ip.octets());
-                &scratch[..4]
-            }
-            Some(IpAddr::V6(ip)) => {
-                *scratch = ip.octets();
-                &scratch[..]
-            }
-            None => b"",
+        match found {
+            Some(key) => key,
+            None => request_parts::ip_bytes(client_ip, scratch),
         }
     }
 }

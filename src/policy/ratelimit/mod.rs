@@ -4,6 +4,7 @@ pub mod local;
 pub mod redis;
 
 use crate::config::{self, Fault};
+use crate::request_parts;
 use crate::router::PathMatch;
 use http::HeaderName;
 use local::{Gcra, GcraStore, Verdict};
@@ -64,36 +65,31 @@ fn secs_ceil(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// The key material of a request for one limit: kind and value.
+/// The key material of a request for one limit: kind and value (client IPs go through
+/// `scratch`, so nothing is allocated).
 fn key_parts<'a>(
     key: &'a LimitKey,
     req: &'a Request,
-) -> (&'static str, std::borrow::Cow<'a, [u8]>) {
-    use std::borrow::Cow;
-    let ip = |ip: Option<IpAddr>| -> Cow<'a, [u8]> {
-        match ip {
-            Some(IpAddr::V4(v4)) => Cow::Owned(v4.octets().to_vec()),
-            Some(IpAddr::V6(v6)) => Cow::Owned(v6.octets().to_vec()),
-            None => Cow::Borrowed(b""),
-        }
-    };
+    scratch: &'a mut [u8; 16],
+) -> (&'static str, &'a [u8]) {
+    let by_ip = |scratch: &'a mut [u8; 16]| ("ip", request_parts::ip_bytes(req.client_ip, scratch));
     match key {
-        LimitKey::Route => ("route", Cow::Borrowed(b"")),
-        LimitKey::ClientIp => ("ip", ip(req.client_ip)),
+        LimitKey::Route => ("route", b""),
+        LimitKey::ClientIp => by_ip(scratch),
         LimitKey::Consumer => match req.consumer {
-            Some(c) => ("consumer", Cow::Borrowed(c.as_bytes())),
-            None => ("ip", ip(req.client_ip)),
+            Some(c) => ("consumer", c.as_bytes()),
+            None => by_ip(scratch),
         },
         LimitKey::Header(name) => match req.header.headers.get(name) {
-            Some(v) => ("header", Cow::Borrowed(v.as_bytes())),
-            None => ("ip", ip(req.client_ip)),
+            Some(v) => ("header", v.as_bytes()),
+            None => by_ip(scratch),
         },
         LimitKey::PathParam(re, name) => {
             let value = re
                 .captures(req.header.uri.path())
                 .and_then(|c| c.name(name))
                 .map_or(&b""[..], |m| m.as_str().as_bytes());
-            ("path", Cow::Owned(value.to_vec()))
+            ("path", value)
         }
     }
 }
@@ -103,14 +99,16 @@ impl Limit {
     /// control characters from clients).
     fn redis_key(&self, prefix: &str, scope: &str, req: &Request) -> String {
         use sha2::{Digest, Sha256};
-        let (kind, value) = key_parts(&self.key, req);
-        let digest = Sha256::digest(&value);
+        let mut scratch = [0u8; 16];
+        let (kind, value) = key_parts(&self.key, req, &mut scratch);
+        let digest = Sha256::digest(value);
         format!("{prefix}{scope}:{kind}:{}", hex::encode(&digest[..16]))
     }
 
     fn store_key(&self, store: &GcraStore, req: &Request) -> u64 {
-        let (kind, value) = key_parts(&self.key, req);
-        store.key(self.id, &[kind.as_bytes(), &value])
+        let mut scratch = [0u8; 16];
+        let (kind, value) = key_parts(&self.key, req, &mut scratch);
+        store.key(self.id, &[kind.as_bytes(), value])
     }
 
     fn item(&self, v: &Verdict) -> String {
