@@ -4,8 +4,7 @@
 use crate::config::{self, Config, ConfigError};
 use crate::runtime::{self, Runtime};
 use async_trait::async_trait;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::services::listening::Service;
@@ -25,17 +24,7 @@ struct ExampleService {
     instance: String,
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Vec<u8>> {
-    let bytes = body.to_string().into_bytes();
-    let mut resp = Response::new(Vec::new());
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    *resp.body_mut() = bytes;
-    resp
-}
+use crate::http_reply::json as json_response;
 
 fn catalogue(kind: &str) -> Value {
     match kind {

@@ -23,7 +23,24 @@ pub async fn send(
     request_id: &str,
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
-    let body = body(status, message, request_id);
+    reply(
+        session,
+        status,
+        body(status, message, request_id),
+        request_id,
+        extra,
+    )
+    .await
+}
+
+/// Write a complete JSON response with `body`.
+pub async fn reply(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len())?;

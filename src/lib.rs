@@ -3,10 +3,13 @@
 //! A request flows through [`proxy::Gateway`], which looks everything up in an immutable
 //! [`runtime::Runtime`] built once from the YAML config ([`config`]).
 
+pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error_response;
 pub mod forwarding;
+pub mod http_reply;
 pub mod observe;
 pub mod periodic;
 pub mod policy;

@@ -1,6 +1,9 @@
 //! The one `ProxyHttp` implementation. It stays thin: each phase looks things up in the
 //! `Runtime` taken once per request, and calls the module that owns the concern.
 
+use crate::admin;
+use crate::cache::rules::{self, RequestDirectives, RequestFacts};
+use crate::cache::{self, purge, status as cache_status};
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
 use crate::observe::request_id;
@@ -13,12 +16,18 @@ use crate::upstream::Pool;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{HeaderValue, Uri};
+use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason, RespCacheable,
+};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 const X_REQUEST_ID: &str = "x-request-id";
 
@@ -49,9 +58,14 @@ pub struct Ctx {
     identity: Option<Arc<Identity>>,
     /// RateLimit-Policy and RateLimit values for the response.
     rate_headers: Option<(String, String)>,
+    cache: cache::RequestState,
 }
 
 impl Ctx {
+    fn cache_policy(&self) -> Option<&cache::RoutePolicy> {
+        self.rt.routes[self.route?].cache.as_ref()
+    }
+
     fn pool(&self) -> Option<&Pool> {
         let route = &self.rt.routes[self.route?];
         Some(&self.rt.upstreams[route.upstream])
@@ -118,6 +132,7 @@ impl ProxyHttp for Gateway {
             upstream_host: None,
             identity: None,
             rate_headers: None,
+            cache: cache::RequestState::default(),
         }
     }
 
@@ -139,6 +154,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.rt.cache.purge_method && session.req_header().method.as_str() == "PURGE" {
+            purge_request(session, ctx).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let host = request_host(req).map(normalize_host).unwrap_or_default();
         let lookup = ctx
@@ -264,6 +283,155 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let Some(policy) = ctx.route.and_then(|i| ctx.rt.routes[i].cache.as_ref()) else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        if !policy.serves(&req.method) {
+            return Ok(());
+        }
+        ctx.cache.active = true;
+        if policy.bypassed(req) {
+            ctx.cache.bypassed = true;
+            return Ok(());
+        }
+        ctx.cache.directives = RequestDirectives::parse(req);
+        let engine = ctx.rt.cache;
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(policy.lock_timeout);
+        session.cache.enable(
+            engine.store,
+            Some(engine.eviction),
+            None,
+            Some(engine.lock),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(engine.max_object_size);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let policy = ctx
+            .cache_policy()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache without policy"))?;
+        let req = session.req_header();
+        let host = request_host(req).map(normalize_host).unwrap_or_default();
+        Ok(policy.key.cache_key(&host, req.uri.path(), req.uri.query()))
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
+        session.cache.cache_miss();
+        let vary = session.cache.cache_key().variance_bin().is_some();
+        ctx.cache
+            .fwd
+            .get_or_insert(if vary { "vary-miss" } else { "uri-miss" });
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let forced = ctx
+            .cache
+            .directives
+            .as_ref()
+            .and_then(|d| d.judge(meta, is_fresh, SystemTime::now()));
+        match forced {
+            Some(ForcedFreshness::ForceExpired) => ctx.cache.fwd = Some("request"),
+            None if !is_fresh => ctx.cache.fwd = Some("stale"),
+            _ => {}
+        }
+        Ok(forced)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let consumer = ctx.identity.as_ref().and_then(|id| id.consumer.as_deref());
+        ctx.cache_policy()?.key.variance(req, consumer, meta)
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let only_cached = ctx
+            .cache
+            .directives
+            .as_ref()
+            .is_some_and(|d| d.only_if_cached);
+        if !only_cached || session.subrequest_ctx.is_some() {
+            return Ok(true);
+        }
+        let status = "portico; fwd=miss; detail=only-if-cached";
+        let message = "only-if-cached: no stored response can be used";
+        error_response::send(
+            session,
+            504,
+            message,
+            &ctx.request_id,
+            &[("cache-status", status)],
+        )
+        .await?;
+        Ok(false)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let merged;
+        let resp = match ctx.cache.revalidated_fields.take() {
+            Some(fields) => {
+                merged = cache::updated_header(resp, &fields);
+                &merged
+            }
+            None => resp,
+        };
+        let Some(policy) = ctx.cache_policy() else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let req = session.req_header();
+        let facts = RequestFacts {
+            credentials: req.headers.contains_key(http::header::AUTHORIZATION)
+                || (ctx.identity.is_some() && !policy.key.per_consumer()),
+            no_store: ctx.cache.directives.as_ref().is_some_and(|d| d.no_store),
+        };
+        match rules::storable(resp, &facts, &policy.limits, SystemTime::now()) {
+            Ok(meta) => Ok(RespCacheable::Cacheable(meta)),
+            Err(reason) => {
+                ctx.cache.detail = Some(reason);
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(reason)))
+            }
+        }
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        // The stored response's own stale-while-revalidate / stale-if-error window has been
+        // checked already; what is left is which failures count as errors (RFC 5861 §4).
+        match error {
+            None => true,
+            Some(e) => {
+                e.esource() == &ErrorSource::Upstream
+                    || matches!(e.etype(), ErrorType::HTTPStatus(500 | 502 | 503 | 504))
+            }
+        }
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool()
@@ -372,13 +540,41 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status == http::StatusCode::NOT_MODIFIED
+            && session.cache.phase() == CachePhase::Stale
+        {
+            ctx.cache.revalidated_fields = Some(resp.headers.clone());
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         forwarding::strip_response_hop_headers(resp);
+        if let Some(v) = cache_status::render(&session.cache, &ctx.cache, resp.status.as_u16()) {
+            resp.insert_header("cache-status", v)?;
+        }
+        let req = session.req_header();
+        if ctx.rt.caching && cache::is_unsafe(&req.method) && resp.status.as_u16() < 400 {
+            let host = request_host(req).unwrap_or_default();
+            let n = purge::invalidate(&ctx.rt, host, req, resp);
+            if n > 0 {
+                log::debug!(
+                    "request {}: invalidated {n} cached responses",
+                    ctx.request_id
+                );
+            }
+        }
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if let Some((policy, state)) = ctx.rate_headers.take() {
             resp.insert_header("ratelimit-policy", policy)?;
@@ -403,4 +599,19 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// `PURGE /path` with the admin token: drop that URL's stored responses.
+async fn purge_request(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    let req = session.req_header();
+    let expected = ctx.rt.admin.as_ref().and_then(|a| a.token_sha256.as_ref());
+    if let Err((status, message)) =
+        admin::token_matches(expected, req.headers.get(http::header::AUTHORIZATION))
+    {
+        return error_response::send(session, status.as_u16(), message, &ctx.request_id, &[]).await;
+    }
+    let host = request_host(req).unwrap_or_default();
+    let n = purge::url(&ctx.rt, host, req.uri.path(), req.uri.query(), &req.headers);
+    let body = serde_json::json!({"purged": n, "request_id": ctx.request_id}).to_string();
+    error_response::reply(session, 200, body.into(), &ctx.request_id, &[]).await
 }

@@ -1,6 +1,7 @@
 //! The compiled config. Building a [`Runtime`] is the only way a config takes effect, and
 //! `portico check` builds exactly the same thing as `portico run`.
 
+use crate::cache::{self, RoutePolicy};
 use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
 use crate::policy::access::AccessRule;
 use crate::policy::auth::build::{self as auth_build, Auth};
@@ -76,6 +77,7 @@ pub struct RouteAction {
     pub host: HostPolicy,
     pub access: Option<AccessRule>,
     pub limits: Vec<Limit>,
+    pub cache: Option<RoutePolicy>,
 }
 
 pub struct Runtime {
@@ -91,6 +93,17 @@ pub struct Runtime {
     pub limiter: Arc<GcraStore>,
     /// The store of cluster-wide limits, when configured.
     pub redis: Option<Arc<RedisLimiter>>,
+    /// The process's response cache (shared by every config).
+    pub cache: cache::Engine,
+    /// Some route caches: unsafe requests must invalidate what they change.
+    pub caching: bool,
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin listener and the digest of its token.
+pub struct AdminSettings {
+    pub address: SocketAddr,
+    pub token_sha256: Option<[u8; 32]>,
 }
 
 /// Distinct keys the local rate limiter tracks at most (about 40 MB).
@@ -256,11 +269,25 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
                 &mut limit_ids,
                 &mut faults,
             );
+            if let Some(c) = &r.cache {
+                action.cache = match RoutePolicy::build(c, &cfg.cache) {
+                    Ok(p) => p,
+                    Err((field, message)) => {
+                        faults.push(Fault::new(format!("{path}.cache.{field}"), message));
+                        None
+                    }
+                };
+            }
             matchers.push(matcher);
             routes.push(action);
         }
     }
 
+    check_cache(&cfg.cache, &mut faults);
+    let admin = cfg
+        .admin
+        .as_ref()
+        .and_then(|a| admin_settings(a, &mut faults));
     if !faults.is_empty() {
         return Err(faults);
     }
@@ -270,6 +297,7 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
             format!("the route regexes together are too large: {e}"),
         )]
     })?;
+    let caching = routes.iter().any(|r| r.cache.is_some());
     Ok(Runtime {
         server: cfg.server.clone(),
         listeners,
@@ -280,6 +308,75 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         auth,
         limiter: Arc::new(GcraStore::new(LIMITER_MAX_KEYS)),
         redis,
+        caching,
+        cache: cache::Engine::get(&cfg.cache),
+        admin,
+    })
+}
+
+fn check_cache(c: &config::CacheSection, faults: &mut Vec<Fault>) {
+    if c.memory.0 < 1 << 20 {
+        faults.push(Fault::new("cache.memory", "give the cache at least 1MiB"));
+    }
+    if c.max_object_size.0 == 0 || c.max_object_size.0 > c.memory.0 {
+        faults.push(Fault::new(
+            "cache.max_object_size",
+            "must be more than 0 and at most cache.memory",
+        ));
+    }
+    if c.lock_timeout.0.is_zero() {
+        faults.push(Fault::new("cache.lock_timeout", "must be longer than 0s"));
+    }
+}
+
+/// Shortest admin token accepted: guessing it must be hopeless.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+fn admin_settings(a: &config::AdminSection, faults: &mut Vec<Fault>) -> Option<AdminSettings> {
+    use sha2::Digest;
+    let address = match a.address.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            faults.push(Fault::new(
+                "admin.address",
+                format!("{:?} is not an IP:port address", a.address),
+            ));
+            return None;
+        }
+    };
+    let token = match (&a.token, &a.token_file) {
+        (Some(_), Some(_)) => {
+            faults.push(Fault::new(
+                "admin.token_file",
+                "give token or token_file, not both",
+            ));
+            return None;
+        }
+        (Some(t), None) => Some((t.clone(), "admin.token")),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => Some((t.trim().to_string(), "admin.token_file")),
+            Err(e) => {
+                faults.push(Fault::new(
+                    "admin.token_file",
+                    format!("cannot read {f:?}: {e}"),
+                ));
+                return None;
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some((t, path)) = &token {
+        if t.len() < MIN_ADMIN_TOKEN {
+            faults.push(Fault::new(
+                *path,
+                format!("an admin token needs at least {MIN_ADMIN_TOKEN} characters"),
+            ));
+            return None;
+        }
+    }
+    Some(AdminSettings {
+        address,
+        token_sha256: token.map(|(t, _)| sha2::Sha256::digest(t.as_bytes()).into()),
     })
 }
 
@@ -727,6 +824,7 @@ fn build_route(
             host,
             access,
             limits: Vec::new(),
+            cache: None,
         },
     ))
 }

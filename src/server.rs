@@ -1,6 +1,7 @@
 //! Builds the Pingora server from a [`Runtime`]: listeners, the proxy service and the
 //! background health checks.
 
+use crate::admin::AdminApi;
 use crate::policy::auth::jwks;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceWithDependents;
 use std::sync::Arc;
 
@@ -78,6 +80,7 @@ pub fn build(
     server.bootstrap();
     let companions = server.add_services(companions);
     let listeners = rt.listeners.clone();
+    let admin_address = rt.admin.as_ref().map(|a| a.address);
     let runtime = Arc::new(ArcSwap::from_pointee(rt));
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -90,8 +93,15 @@ pub fn build(
     let gateway = server.add_service(proxy);
     let checks = server.add_service(background_service(
         "health checks and key refresh",
-        BackgroundTasks { runtime },
+        BackgroundTasks {
+            runtime: runtime.clone(),
+        },
     ));
+    if let Some(addr) = admin_address {
+        let mut admin = Service::new("portico admin".into(), AdminApi::new(runtime.clone()));
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     gateway.add_dependencies(&companions);
     checks.add_dependencies(&companions);
     server

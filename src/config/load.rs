@@ -218,6 +218,12 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
             }
             "routes" => (config.routes, config.file_index.routes) = c.list("routes", value),
             "redis" => config.redis = c.take("redis", value),
+            "cache" => {
+                if let Some(cache) = c.take("cache", value) {
+                    config.cache = cache;
+                }
+            }
+            "admin" => config.admin = c.take("admin", value),
             "default_rate_limits" => {
                 if let Some(l) = c.take("default_rate_limits", value) {
                     config.default_rate_limits = l;
@@ -264,7 +270,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                 message: format!(
                     "unknown field `{other}`, expected one of `server`, `listeners`, \
                      `trusted_proxies`, `upstreams`, `routes`, `consumers`, `auth`, \
-                     `default_rate_limits`, `redis`"
+                     `default_rate_limits`, `redis`, `cache`, `admin`"
                 ),
             }),
         }

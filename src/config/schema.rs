@@ -18,6 +18,10 @@ pub struct Config {
     /// Limits for routes that list none of their own.
     pub default_rate_limits: Vec<RateLimit>,
     pub redis: Option<RedisSection>,
+    /// The response cache shared by every route with a `cache` policy.
+    pub cache: CacheSection,
+    /// The admin listener (cache purge and stats); off without this section.
+    pub admin: Option<AdminSection>,
     /// Where each list item stood in the file, when items that failed to parse were left
     /// out; fault paths must name the file's index, not the list's.
     pub file_index: FileIndex,
@@ -230,6 +234,109 @@ pub struct Route {
     /// top-level `default_rate_limits` apply.
     #[serde(default)]
     pub rate_limits: Option<Vec<RateLimit>>,
+    /// Cache responses of this route (RFC 9111 shared-cache rules).
+    #[serde(default)]
+    pub cache: Option<RouteCache>,
+}
+
+/// The process-wide response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Bytes all cached responses may take (headers, bodies and bookkeeping); the least
+    /// recently used are evicted beyond it.
+    pub memory: super::ByteSize,
+    /// Responses larger than this are passed through and not stored.
+    pub max_object_size: super::ByteSize,
+    /// How long requests for a key being fetched wait for that fetch before going upstream
+    /// themselves.
+    pub lock_timeout: Dur,
+    /// Accept the `PURGE` method on cached routes (with the admin token).
+    pub purge_method: bool,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            memory: super::ByteSize(64 << 20),
+            max_object_size: super::ByteSize(1 << 20),
+            lock_timeout: Dur::secs(5),
+            purge_method: false,
+        }
+    }
+}
+
+/// A route's cache policy; `cache: {}` caches with the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCache {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Methods served from the cache: GET and/or HEAD.
+    #[serde(default = "default_cache_methods")]
+    pub methods: Vec<String>,
+    /// Freshness for responses that give none, applied only to status codes that are
+    /// cacheable by default (RFC 9111 §4.2.2); without it such responses are not stored.
+    #[serde(default)]
+    pub default_ttl: Option<Dur>,
+    /// Upper bound on any freshness lifetime the origin gives.
+    #[serde(default)]
+    pub max_ttl: Option<Dur>,
+    #[serde(default)]
+    pub key: CacheKeySpec,
+    /// Requests carrying any of these (`{header: NAME}`, `{cookie: NAME}`, `{query: NAME}`)
+    /// skip the cache entirely.
+    #[serde(default)]
+    pub bypass: Vec<TokenSource>,
+    /// Store responses that set cookies (shared with every caller of the key).
+    #[serde(default)]
+    pub allow_set_cookie: bool,
+    /// Overrides `cache.lock_timeout` for this route.
+    #[serde(default)]
+    pub lock_timeout: Option<Dur>,
+}
+
+fn default_cache_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into()]
+}
+
+/// What makes two requests share a cached response. Method, host and path always do.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheKeySpec {
+    pub query: QueryKey,
+    /// Query parameters left out of the key (tracking parameters and the like).
+    pub ignore_query: Vec<String>,
+    /// Request headers whose values are part of the key.
+    pub headers: Vec<String>,
+    /// Keep a separate entry per consumer.
+    pub consumer: bool,
+}
+
+/// How the query string enters the key.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryKey {
+    /// As sent, parameter order included.
+    #[default]
+    Exact,
+    /// Parameters sorted, so `?a=1&b=2` and `?b=2&a=1` share an entry.
+    Sorted,
+    /// Not at all.
+    Ignore,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `127.0.0.1:9901`; keep it on loopback or a private network.
+    pub address: String,
+    /// Bearer token required by calls that change state; inline or read from a file.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<String>,
 }
 
 /// `requests` per `per`, admitting at most `burst` at once (GCRA).

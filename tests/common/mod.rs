@@ -51,6 +51,90 @@ struct State {
     unhealthy: AtomicBool,
     /// Served instead of the echo when set (e.g. a JWK set).
     body: Mutex<Option<String>>,
+    /// Scripted answers by target (`/p?q`) or path.
+    scripts: Mutex<HashMap<String, Script>>,
+}
+
+/// A scripted answer. `{n}` in the body becomes how many requests the path has had. With
+/// an `etag` or `last-modified` header, a matching conditional request gets a 304.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        302 => "Found",
+        304 => "Not Modified",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Whatever",
+    }
+}
+
+/// The scripted response to a request, if the target has a script.
+fn scripted(
+    state: &State,
+    method: &str,
+    target: &str,
+    headers: &[(String, String)],
+) -> Option<String> {
+    let path = target.split('?').next().unwrap_or(target);
+    let script = {
+        let scripts = state.scripts.lock().unwrap();
+        scripts.get(target).or_else(|| scripts.get(path)).cloned()?
+    };
+    let n = state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.target.split('?').next() == Some(path))
+        .count();
+    let find = |list: &[(String, String)], name: &str| {
+        list.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let not_modified = match (
+        find(&script.headers, "etag"),
+        find(headers, "if-none-match"),
+    ) {
+        (Some(tag), Some(inm)) => inm.split(',').any(|t| t.trim() == tag || t.trim() == "*"),
+        _ => match (
+            find(&script.headers, "last-modified"),
+            find(headers, "if-modified-since"),
+        ) {
+            (Some(lm), Some(ims)) => lm == ims,
+            _ => false,
+        },
+    };
+    let status = if not_modified { 304 } else { script.status };
+    let body = if matches!(status, 204 | 304) || method == "HEAD" {
+        String::new()
+    } else {
+        script.body.replace("{n}", &n.to_string())
+    };
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in &script.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !matches!(status, 204 | 304) {
+        let len = if method == "HEAD" {
+            script.body.len()
+        } else {
+            body.len()
+        };
+        head.push_str(&format!("content-length: {len}\r\n"));
+    }
+    Some(format!("{head}\r\n{body}"))
 }
 
 /// An HTTP/1.1 server that answers every request with
@@ -126,6 +210,14 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             "200 OK"
         };
+        if !is_health {
+            if let Some(resp) = scripted(&state, &method, &target, &headers) {
+                if stream.write_all(resp.as_bytes()).await.is_err() || close {
+                    return;
+                }
+                continue;
+            }
+        }
         let fixed = state.body.lock().unwrap().clone();
         let body = fixed.unwrap_or_else(|| {
             serde_json::json!({"server": name, "method": method, "target": target}).to_string()
@@ -261,6 +353,46 @@ impl Upstream {
     }
 
     /// Make `/health` answer 503 (true) or 200 (false).
+    /// Answer requests for `target` (a path, or path and query) as scripted.
+    pub fn script(&self, target: &str, status: u16, headers: &[(&str, &str)], body: &str) {
+        let script = Script {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_string(),
+        };
+        self.state
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(target.to_string(), script);
+    }
+
+    /// Requests received for `path` (any query).
+    pub fn count_path(&self, path: &str) -> usize {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.target.split('?').next() == Some(path))
+            .count()
+    }
+
+    /// The last request received for `path`.
+    pub fn last(&self, path: &str) -> Option<Recorded> {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|r| r.target.split('?').next() == Some(path))
+            .cloned()
+    }
+
     pub fn set_unhealthy(&self, v: bool) {
         self.state.unhealthy.store(v, Ordering::SeqCst);
     }

@@ -1,0 +1,163 @@
+//! The admin listener: cache statistics and purges. Calls that change state need the
+//! configured admin token (`Authorization: Bearer ...`); without a token they are refused.
+
+use crate::cache::purge;
+use crate::http_reply::json;
+use crate::runtime::Runtime;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::sync::Arc;
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+pub struct AdminApi {
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl AdminApi {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        AdminApi { runtime }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+    json(status, json!({"error": message, "status": status.as_u16()}))
+}
+
+/// Whether `header` carries the token whose digest is `expected`.
+pub fn token_matches(
+    expected: Option<&[u8; 32]>,
+    header: Option<&http::HeaderValue>,
+) -> Result<(), (StatusCode, &'static str)> {
+    let Some(expected) = expected else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "no admin token is configured; state changes are off",
+        ));
+    };
+    let presented = header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or((
+            StatusCode::UNAUTHORIZED,
+            "admin token required (Authorization: Bearer ...)",
+        ))?;
+    // Digests compare in fixed length, so timing says nothing about the token.
+    let digest: [u8; 32] = sha2::Sha256::digest(presented.trim().as_bytes()).into();
+    if &digest == expected {
+        Ok(())
+    } else {
+        Err((StatusCode::FORBIDDEN, "wrong admin token"))
+    }
+}
+
+/// What `POST /cache/purge` accepts.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+fn purge(rt: &Runtime, body: &[u8]) -> Response<Vec<u8>> {
+    let req: PurgeRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "expected {{\"url\": ...}}, {{\"prefix\": ...}} or {{\"all\": true}}: {e}"
+                ),
+            )
+        }
+    };
+    let store = rt.cache.store;
+    let purged = match (req.url, req.prefix, req.all) {
+        (Some(url), None, false) => match purge::split_absolute(&url) {
+            Some((host, path, query)) => {
+                purge::url(rt, &host, &path, query.as_deref(), &http::HeaderMap::new())
+            }
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "url must be an absolute http(s) URL",
+                )
+            }
+        },
+        (None, Some(prefix), false) => match purge::split_absolute(&prefix) {
+            Some((host, path, query)) => {
+                let mut p = format!("{host}{path}");
+                if let Some(q) = query {
+                    p.push('?');
+                    p.push_str(&q);
+                }
+                store.purge_prefix(&p)
+            }
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "prefix must be an absolute http(s) URL",
+                )
+            }
+        },
+        (None, None, true) => store.purge_all(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of url, prefix, all",
+            )
+        }
+    };
+    json(StatusCode::OK, json!({"purged": purged}))
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let rt = self.runtime.load_full();
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/cache") => {
+                let stats = serde_json::to_value(rt.cache.store.stats()).unwrap_or(Value::Null);
+                json(StatusCode::OK, stats)
+            }
+            ("POST", "/cache/purge") => {
+                let expected = rt.admin.as_ref().and_then(|a| a.token_sha256.as_ref());
+                let auth = session
+                    .req_header()
+                    .headers
+                    .get(http::header::AUTHORIZATION);
+                if let Err((status, message)) = token_matches(expected, auth) {
+                    return error(status, message);
+                }
+                let mut body = Vec::new();
+                loop {
+                    match session.read_request_body().await {
+                        Ok(Some(chunk)) => {
+                            if body.len() + chunk.len() > MAX_BODY {
+                                return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB");
+                            }
+                            body.extend_from_slice(&chunk);
+                        }
+                        Ok(None) => break,
+                        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+                    }
+                }
+                purge(&rt, &body)
+            }
+            (_, "/cache" | "/cache/purge") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The in-memory cache storage behind `pingora-cache`, under a byte budget.
+//!
+//! Entries are grouped by primary key (one URL as the route's key normalises it) into a
+//! family: the primary slot plus the variants `Vary` or the route's key extras split off.
+//! Purging a URL drops its whole family at once. Bodies are gathered once when stored and
+//! served as shared `Bytes` on every hit, so a hit copies nothing. The budget is kept by
+//! `pingora-cache`'s sharded LRU eviction manager, which sees every entry's full weight.
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+use pingora_cache::eviction::{lru, CacheEntryKeyRef, EvictionManager};
+use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_error::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub const SHARDS: usize = 16;
+
+/// Bookkeeping per entry beyond its bytes: map slot, key, `Arc`s, LRU node.
+const ENTRY_OVERHEAD: usize = 256;
+
+type SerializedMeta = Arc<(Vec<u8>, Vec<u8>)>;
+
+struct Slot {
+    meta: SerializedMeta,
+    body: Bytes,
+    key: CompactCacheKey,
+    weight: usize,
+}
+
+#[derive(Default)]
+struct Family {
+    /// The normalised URL, for prefix purges.
+    uri: Box<str>,
+    primary: Option<Slot>,
+    variants: Vec<(HashBinary, Slot)>,
+}
+
+impl Family {
+    fn slot(&self, variance: Option<HashBinary>) -> Option<&Slot> {
+        match variance {
+            None => self.primary.as_ref(),
+            Some(v) => self.variants.iter().find(|(h, _)| *h == v).map(|(_, s)| s),
+        }
+    }
+
+    fn slot_mut(&mut self, variance: Option<HashBinary>) -> Option<&mut Slot> {
+        match variance {
+            None => self.primary.as_mut(),
+            Some(v) => self
+                .variants
+                .iter_mut()
+                .find(|(h, _)| *h == v)
+                .map(|(_, s)| s),
+        }
+    }
+
+    fn slots(self) -> impl Iterator<Item = Slot> {
+        self.primary
+            .into_iter()
+            .chain(self.variants.into_iter().map(|(_, s)| s))
+    }
+}
+
+/// Counts for the admin API and the note.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Stats {
+    pub entries: usize,
+    pub bytes: usize,
+    pub budget: usize,
+    pub evicted_entries: usize,
+    pub evicted_bytes: usize,
+}
+
+pub struct MemoryStore {
+    shards: Vec<RwLock<HashMap<HashBinary, Family>>>,
+    eviction: &'static lru::Manager<SHARDS>,
+}
+
+impl MemoryStore {
+    pub fn new(eviction: &'static lru::Manager<SHARDS>) -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            eviction,
+        }
+    }
+
+    fn shard(&self, primary: &HashBinary) -> &RwLock<HashMap<HashBinary, Family>> {
+        &self.shards[primary[0] as usize % SHARDS]
+    }
+
+    pub fn stats(&self) -> Stats {
+        let e = self.eviction;
+        Stats {
+            entries: e.total_items(),
+            bytes: e.total_size(),
+            budget: e.weight_limit(),
+            evicted_entries: e.evicted_items(),
+            evicted_bytes: e.evicted_size(),
+        }
+    }
+
+    fn forget(&self, slots: impl Iterator<Item = Slot>) -> usize {
+        let mut n = 0;
+        for slot in slots {
+            self.eviction
+                .remove(CacheEntryKeyRef::from_entry_id(&slot.key, None));
+            n += 1;
+        }
+        n
+    }
+
+    /// Drop every stored response of one URL (all variants); returns how many.
+    pub fn purge_family(&self, primary: &HashBinary) -> usize {
+        let family = self.shard(primary).write().remove(primary);
+        family.map_or(0, |f| self.forget(f.slots()))
+    }
+
+    /// Drop every stored response whose normalised URL starts with `prefix`.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        let mut n = 0;
+        for shard in &self.shards {
+            let removed: Vec<Family> = {
+                let mut map = shard.write();
+                let keys: Vec<HashBinary> = map
+                    .iter()
+                    .filter(|(_, f)| f.uri.starts_with(prefix))
+                    .map(|(k, _)| *k)
+                    .collect();
+                keys.iter().filter_map(|k| map.remove(k)).collect()
+            };
+            n += removed
+                .into_iter()
+                .map(|f| self.forget(f.slots()))
+                .sum::<usize>();
+        }
+        n
+    }
+
+    pub fn purge_all(&self) -> usize {
+        self.purge_prefix("")
+    }
+
+    fn insert(&self, key: CompactCacheKey, uri: &[u8], meta: SerializedMeta, body: Bytes) -> usize {
+        let weight = body.len() + meta.0.len() + meta.1.len() + uri.len() * 2 + ENTRY_OVERHEAD;
+        let primary = key.primary_bin();
+        let variance = key.variance_bin();
+        let slot = Slot {
+            meta,
+            body,
+            key,
+            weight,
+        };
+        let mut map = self.shard(&primary).write();
+        let family = map.entry(primary).or_insert_with(|| Family {
+            uri: String::from_utf8_lossy(uri).into(),
+            ..Family::default()
+        });
+        match variance {
+            None => family.primary = Some(slot),
+            Some(v) => match family.slot_mut(Some(v)) {
+                Some(existing) => *existing = slot,
+                None => family.variants.push((v, slot)),
+            },
+        }
+        weight
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for MemoryStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let primary = key.primary_bin();
+        let found = {
+            let map = self.shard(&primary).read();
+            map.get(&primary)
+                .and_then(|f| f.slot(key.variance_bin()))
+                .map(|s| (s.meta.clone(), s.body.clone(), s.weight))
+        };
+        let Some((meta, body, weight)) = found else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
+        let end = body.len();
+        let hit = Hit {
+            body,
+            start: 0,
+            end,
+            done: false,
+            weight,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let expected = meta
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        Ok(Box::new(Fill {
+            store: self,
+            key: key.to_compact(),
+            uri: key.primary_key().to_vec(),
+            meta: Arc::new(meta.serialize()?),
+            body: BytesMut::with_capacity(expected.min(1 << 20)),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let key = target.key();
+        let primary = key.primary_bin();
+        let removed: Vec<Slot> = {
+            let mut map = self.shard(&primary).write();
+            match key.variance_bin() {
+                // Without the primary slot no variant can be found again: drop them all.
+                None => map
+                    .remove(&primary)
+                    .map(|f| f.slots().collect())
+                    .unwrap_or_default(),
+                Some(v) => map
+                    .get_mut(&primary)
+                    .and_then(|f| {
+                        let i = f.variants.iter().position(|(h, _)| *h == v)?;
+                        Some(vec![f.variants.swap_remove(i).1])
+                    })
+                    .unwrap_or_default(),
+            }
+        };
+        if removed.is_empty() {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        // The manager already dropped the entry it evicted; the rest it must forget here.
+        let others = removed
+            .into_iter()
+            .filter(|s| !matches!(purge_type, PurgeType::Eviction) || &s.key != key);
+        self.forget(others);
+        Ok(PurgeOutcome::Purged(None))
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let serialized = Arc::new(meta.serialize()?);
+        let primary = key.primary_bin();
+        let mut map = self.shard(&primary).write();
+        match map
+            .get_mut(&primary)
+            .and_then(|f| f.slot_mut(key.variance_bin()))
+        {
+            Some(slot) => {
+                slot.meta = serialized;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Serves one stored body; seeking serves ranges without copying.
+struct Hit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+    weight: usize,
+}
+
+#[async_trait::async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        if start >= len {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start {start} beyond body of {len} bytes"),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(len, |e| e.min(len));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.weight
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Gathers one response body; stored only when `finish` runs (a dropped fill stores
+/// nothing).
+struct Fill {
+    store: &'static MemoryStore,
+    key: CompactCacheKey,
+    uri: Vec<u8>,
+    meta: SerializedMeta,
+    body: BytesMut,
+}
+
+#[async_trait::async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let Fill {
+            store,
+            key,
+            uri,
+            meta,
+            body,
+        } = *self;
+        let weight = store.insert(key, &uri, meta, body.freeze());
+        Ok(MissFinishType::Created(weight))
+    }
+}
