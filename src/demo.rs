@@ -117,6 +117,8 @@ pub struct Demo {
     pub runtime: Runtime,
     pub services: Vec<Box<dyn ServiceWithDependents>>,
     pub gateway: String,
+    /// The admin listener and its token, when the config has one.
+    pub admin: Option<(String, String)>,
     /// Example tokens, when the config has a JWT provider named `demo` with a secret.
     pub tokens: Option<DemoTokens>,
 }
@@ -173,6 +175,13 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
     for l in &mut cfg.listeners {
         fresh(&mut l.address)?;
     }
+    if let Some(a) = &mut cfg.admin {
+        fresh(&mut a.address)?;
+    }
+    let admin = cfg
+        .admin
+        .as_ref()
+        .and_then(|a| Some((a.address.clone(), a.token.clone()?)));
     let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
     for upstream in cfg.upstreams.iter_mut() {
         let Some(kind) = SERVICES.iter().find(|s| **s == upstream.name) else {
@@ -204,12 +213,17 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
         runtime,
         services,
         gateway,
+        admin,
         tokens,
     })
 }
 
 /// What the demo prints for a newcomer to try.
-pub fn instructions(gateway: &str, tokens: Option<&DemoTokens>) -> String {
+pub fn instructions(
+    gateway: &str,
+    admin: Option<&(String, String)>,
+    tokens: Option<&DemoTokens>,
+) -> String {
     let g = format!("http://{gateway}");
     let mut out = format!(
         "\
@@ -222,8 +236,16 @@ Try these in another terminal:
   curl -s -H 'x-user: ada' {g}/api/products               # products: public, consistent hashing on x-user
   for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {g}/api/products; done; echo   # 5 per 10 s, then 429
   curl -s -i {g}/nowhere                                  # 404 as JSON, with a request id
+  curl -s -o /dev/null -D - {g}/api/catalog | grep -i -e cache-status -e age   # cached 30 s: run twice, miss then hit
 "
     );
+    if let Some((address, token)) = admin {
+        out.push_str(&format!(
+            "  curl -s http://{address}/cache                   # admin: cache entries, bytes, budget, evictions
+  curl -s -X POST -H 'Authorization: Bearer {token}' http://{address}/cache/purge -d '{{\"prefix\": \"{g}/api/catalog\"}}'
+"
+        ));
+    }
     if let Some(t) = tokens {
         out.push_str(&format!(
             "  curl -s -H 'Authorization: Bearer {reader}' {g}/api/users/2   # 200: a token with users:read

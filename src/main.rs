@@ -151,7 +151,7 @@ fn demo(args: DemoArgs) -> ExitCode {
     let _ = writeln!(
         std::io::stdout(),
         "{}",
-        demo::instructions(&d.gateway, d.tokens.as_ref())
+        demo::instructions(&d.gateway, d.admin.as_ref(), d.tokens.as_ref())
     );
     server::build(d.runtime, StartMode::default(), d.services).run_forever()
 }

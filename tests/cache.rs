@@ -952,3 +952,41 @@ fn bad_cache_config_is_refused_with_its_path() {
     assert!(text.contains("cache.memory"), "{text}");
     assert!(text.contains("routes[0].cache.key.query"), "{text}");
 }
+
+#[test]
+fn large_heads_misses_and_ranges_are_handled_whole() {
+    let up = Upstream::start("app");
+    let big = "y".repeat(100 * 1024);
+    up.script("/big", 200, &[("cache-control", "max-age=60")], &big);
+    up.script(
+        "/doc",
+        200,
+        &[("cache-control", "max-age=60")],
+        "0123456789",
+    );
+    let gw = gateway(
+        &up,
+        "{}",
+        &admin_extra(free_port(), "  max_object_size: 64KiB\n"),
+    );
+    for _ in 0..2 {
+        let r = get(&gw.url("/big"));
+        assert_eq!(
+            (r.status, r.body.len()),
+            (200, big.len()),
+            "passed through whole"
+        );
+    }
+    assert_eq!(up.count_path("/big"), 2, "over max_object_size: not stored");
+    // A HEAD miss fetches the full GET for the cache and answers without a body.
+    let head = send("HEAD", &gw.url("/doc"), &[]);
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(up.last("/doc").unwrap().method, "GET");
+    let full = get(&gw.url("/doc"));
+    assert_eq!(full.body, "0123456789");
+    assert!(status_of(&full).contains("hit"), "{full:?}");
+    let part = get_h(&gw, "/doc", &[("range", "bytes=2-5")]);
+    assert_eq!((part.status, part.body.as_str()), (206, "2345"), "{part:?}");
+    assert_eq!(part.header("content-range"), Some("bytes 2-5/10"));
+    assert_eq!(up.count_path("/doc"), 1);
+}

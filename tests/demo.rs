@@ -54,6 +54,7 @@ fn demo_starts_and_answers() {
     // The printed tokens: the first with users:read, the second without.
     let tokens: Vec<String> = printed
         .iter()
+        .filter(|l| l.contains("/api/users"))
         .filter_map(|l| l.split("Bearer ").nth(1))
         .map(|rest| rest.split('\'').next().unwrap_or_default().to_string())
         .collect();
@@ -101,4 +102,44 @@ fn demo_starts_and_answers() {
         405
     );
     assert_eq!(get(&format!("{url}/nowhere")).status, 404);
+
+    // The cached catalogue: a miss, then hits; the printed admin commands work.
+    let catalog = format!("{url}/api/catalog?b=2&a=1");
+    let miss = get(&catalog);
+    assert_eq!(miss.json()["served_by"]["service"], "products");
+    assert!(
+        miss.header("cache-status").unwrap().contains("stored"),
+        "{miss:?}"
+    );
+    let hit = get(&format!("{url}/api/catalog?a=1&b=2&utm_source=x"));
+    assert!(
+        hit.header("cache-status").unwrap().contains("hit"),
+        "{hit:?}"
+    );
+    let admin_line = printed
+        .iter()
+        .find(|l| l.contains("/cache/purge"))
+        .expect("the demo prints a purge command");
+    let admin = admin_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let token = admin_line
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let stats = get(&format!("http://{admin}/cache")).json();
+    assert_eq!(stats["entries"], 1, "{stats}");
+    let purged = send_body(
+        "POST",
+        &format!("http://{admin}/cache/purge"),
+        &[("authorization", &format!("Bearer {token}"))],
+        &format!("{{\"prefix\": \"{url}/api/catalog\"}}"),
+    );
+    assert_eq!(purged.json()["purged"], 1, "{purged:?}");
 }
