@@ -16,7 +16,7 @@ use pingora_cache::storage::{
 };
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta};
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::ResponseHeader;
 use std::any::Any;
 use std::collections::HashMap;
@@ -25,8 +25,12 @@ use std::time::SystemTime;
 
 pub const SHARDS: usize = 16;
 
-/// Bookkeeping per entry beyond its bytes: map slot, key, `Arc`s, LRU node.
-const ENTRY_OVERHEAD: usize = 256;
+/// Bookkeeping per entry beyond its bytes: map slots (at the maps' load factor), keys,
+/// `Arc`s, LRU node. With [`HEADER_SLOT`] this matches what heaptrack shows a stored entry
+/// holding, so the budget bounds real memory.
+const ENTRY_OVERHEAD: usize = 640;
+/// A header map reserves a power of two of these slots (index and bucket).
+const HEADER_SLOT: usize = 128;
 
 /// What a hit needs to rebuild its `CacheMeta`. Decoding Pingora's serialized meta costs
 /// ~5 µs a hit (its header block is compressed); rebuilding from parts costs a header clone.
@@ -61,7 +65,7 @@ impl StoredMeta {
             swr: meta.stale_while_revalidate_sec(),
             sie: meta.stale_if_error_sec(),
             variance: meta.variance(),
-            header: meta.response_header_copy(),
+            header: compact(meta.response_header())?,
         })
     }
 
@@ -92,17 +96,39 @@ impl StoredMeta {
     /// Bytes it holds beyond its own struct.
     fn size(&self) -> usize {
         match self {
-            StoredMeta::Parts { header, .. } => header
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 32)
-                .sum(),
+            StoredMeta::Parts { header, .. } => {
+                let slots = header.headers.len().next_power_of_two() * HEADER_SLOT;
+                let bytes: usize = header
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len())
+                    .sum();
+                slots + bytes
+            }
             StoredMeta::Serialized(a, b) => a.len() + b.len(),
         }
     }
 }
 
 type SharedMeta = Arc<StoredMeta>;
+
+/// A deep copy sized to its headers. Parsed header values share the 4 KiB buffer the
+/// response was read into, so a plain clone would keep that buffer alive per entry (~5 KB
+/// unaccounted for a 100-byte response). Header-name case is not kept (names go out
+/// lower-case).
+fn compact(h: &ResponseHeader) -> Result<ResponseHeader> {
+    let mut out = ResponseHeader::build_no_case(h.status, Some(h.headers.len()))?;
+    out.set_version(h.version);
+    out.set_reason_phrase(h.get_reason_phrase())?;
+    for (name, value) in &h.headers {
+        let value = http::HeaderValue::from_bytes(value.as_bytes())
+            .or_err(ErrorType::InternalError, "stored header value")?;
+        let name = http::HeaderName::from_bytes(name.as_str().as_bytes())
+            .or_err(ErrorType::InternalError, "stored header name")?;
+        out.append_header(name, value)?;
+    }
+    Ok(out)
+}
 
 struct Slot {
     meta: SharedMeta,
