@@ -51,6 +51,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let limits = StoreLimits {
+        max_object_size: 1 << 20,
         default_ttl: None,
         max_ttl: Some(Duration::from_secs(3600)),
         allow_set_cookie: false,

@@ -307,9 +307,6 @@ impl ProxyHttp for Gateway {
             Some(engine.lock),
             Some(overrides),
         );
-        session
-            .cache
-            .set_max_file_size_bytes(engine.max_object_size);
         Ok(())
     }
 

@@ -983,6 +983,11 @@ fn large_heads_misses_and_ranges_are_handled_whole() {
     let up = Upstream::start("app");
     let big = "y".repeat(100 * 1024);
     up.script("/big", 200, &[("cache-control", "max-age=60")], &big);
+    let chunked = [
+        ("cache-control", "max-age=60"),
+        ("transfer-encoding", "chunked"),
+    ];
+    up.script("/stream", 200, &chunked, &big);
     up.script(
         "/doc",
         200,
@@ -1003,6 +1008,13 @@ fn large_heads_misses_and_ranges_are_handled_whole() {
         );
     }
     assert_eq!(up.count_path("/big"), 2, "over max_object_size: not stored");
+    // Without a Content-Length the size shows only while streaming: the client still gets
+    // every byte, the cache just does not keep it.
+    for _ in 0..2 {
+        let r = get(&gw.url("/stream"));
+        assert_eq!((r.status, r.body.len()), (200, big.len()));
+    }
+    assert_eq!(up.count_path("/stream"), 2);
     // A HEAD miss fetches the full GET for the cache and answers without a body.
     let head = send("HEAD", &gw.url("/doc"), &[]);
     assert_eq!((head.status, head.body.as_str()), (200, ""));

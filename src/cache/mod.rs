@@ -28,7 +28,6 @@ pub struct Engine {
     pub store: &'static MemoryStore,
     pub eviction: &'static lru::Manager<SHARDS>,
     pub lock: &'static CacheKeyLockImpl,
-    pub max_object_size: usize,
     pub purge_method: bool,
 }
 
@@ -56,11 +55,12 @@ impl Engine {
             }
         });
         s.eviction.set_weight_limit(budget);
+        s.store
+            .set_max_object_size(usize::try_from(section.max_object_size.0).unwrap_or(usize::MAX));
         Engine {
             store: s.store,
             eviction: s.eviction,
             lock: s.lock,
-            max_object_size: usize::try_from(section.max_object_size.0).unwrap_or(usize::MAX),
             purge_method: section.purge_method,
         }
     }
@@ -114,6 +114,7 @@ impl RoutePolicy {
             get,
             head,
             limits: StoreLimits {
+                max_object_size: usize::try_from(section.max_object_size.0).unwrap_or(usize::MAX),
                 default_ttl: c.default_ttl.map(|d| d.0),
                 max_ttl: c.max_ttl.map(|d| d.0),
                 allow_set_cookie: c.allow_set_cookie,

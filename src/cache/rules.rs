@@ -18,6 +18,8 @@ fn heuristically_cacheable(status: u16) -> bool {
 
 /// What the route allows, as far as these rules need it.
 pub struct StoreLimits {
+    /// Responses whose Content-Length exceeds this are not stored.
+    pub max_object_size: usize,
     pub default_ttl: Option<Duration>,
     pub max_ttl: Option<Duration>,
     pub allow_set_cookie: bool,
@@ -127,6 +129,14 @@ pub fn storable(
     let status = resp.status.as_u16();
     if status == 206 {
         return Err("partial-content");
+    }
+    let declared = resp
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limits.max_object_size) {
+        return Err("too-large");
     }
     if req.no_store {
         return Err("request-no-store");
@@ -297,6 +307,7 @@ mod tests {
     }
 
     const NO_LIMITS: StoreLimits = StoreLimits {
+        max_object_size: usize::MAX,
         default_ttl: None,
         max_ttl: None,
         allow_set_cookie: false,

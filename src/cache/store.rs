@@ -20,6 +20,7 @@ use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::ResponseHeader;
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -184,6 +185,8 @@ pub struct Stats {
 pub struct MemoryStore {
     shards: Vec<RwLock<HashMap<HashBinary, Family>>>,
     eviction: &'static lru::Manager<SHARDS>,
+    /// Bodies beyond this are not stored (the response itself streams on untouched).
+    max_object_size: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -191,7 +194,12 @@ impl MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             eviction,
+            max_object_size: AtomicUsize::new(usize::MAX),
         }
+    }
+
+    pub fn set_max_object_size(&self, bytes: usize) {
+        self.max_object_size.store(bytes, Ordering::Relaxed);
     }
 
     fn shard(&self, primary: &HashBinary) -> &RwLock<HashMap<HashBinary, Family>> {
@@ -323,6 +331,8 @@ impl Storage for MemoryStore {
             uri: key.primary_key().to_vec(),
             meta: Arc::new(StoredMeta::new(meta)?),
             body: BytesMut::with_capacity(expected.min(1 << 20)),
+            limit: self.max_object_size.load(Ordering::Relaxed),
+            too_large: false,
         }))
     }
 
@@ -455,22 +465,41 @@ struct Fill {
     uri: Vec<u8>,
     meta: SharedMeta,
     body: BytesMut,
+    limit: usize,
+    /// The body outgrew `limit`: gathering stopped and nothing will be stored. Pingora's own
+    /// size limit would instead cut the client's response off mid-body.
+    too_large: bool,
 }
 
 #[async_trait::async_trait]
 impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.too_large || self.body.len() + data.len() > self.limit {
+            self.too_large = true;
+            self.body = BytesMut::new();
+            return Ok(());
+        }
         self.body.extend_from_slice(&data);
         Ok(())
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        if self.too_large {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!(
+                    "response body over max_object_size ({} bytes): not stored",
+                    self.limit
+                ),
+            );
+        }
         let Fill {
             store,
             key,
             uri,
             meta,
             body,
+            ..
         } = *self;
         let weight = store.insert(key, &uri, meta, body.freeze());
         Ok(MissFinishType::Created(weight))

@@ -126,6 +126,15 @@ fn scripted(
     for (k, v) in &script.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
+    let chunked = find(&script.headers, "transfer-encoding").is_some_and(|v| v == "chunked");
+    if chunked {
+        let body = if body.is_empty() {
+            "0\r\n\r\n".to_string()
+        } else {
+            format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len())
+        };
+        return Some(format!("{head}\r\n{body}"));
+    }
     if !matches!(status, 204 | 304) {
         let len = if method == "HEAD" {
             script.body.len()
