@@ -288,6 +288,12 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         .admin
         .as_ref()
         .and_then(|a| admin_settings(a, &mut faults));
+    if cfg.cache.purge_method && admin.as_ref().is_none_or(|a| a.token_sha256.is_none()) {
+        faults.push(Fault::new(
+            "cache.purge_method",
+            "PURGE needs an admin token (admin.token or admin.token_file)",
+        ));
+    }
     if !faults.is_empty() {
         return Err(faults);
     }

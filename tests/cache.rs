@@ -976,6 +976,22 @@ fn bad_cache_config_is_refused_with_its_path() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("cache.memory"), "{text}");
     assert!(text.contains("routes[0].cache.key.query"), "{text}");
+    std::fs::write(
+        &conf,
+        "listeners: [{address: \"127.0.0.1:1\"}]\ncache:\n  purge_method: true\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(portico_bin())
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cache.purge_method: PURGE needs an admin token"),
+        "{text}"
+    );
 }
 
 #[test]
