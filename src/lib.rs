@@ -18,4 +18,5 @@ pub mod request_parts;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod transform;
 pub mod upstream;

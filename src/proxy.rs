@@ -12,6 +12,7 @@ use crate::policy::auth::Identity;
 use crate::policy::ratelimit;
 use crate::router::{normalize_host, RouteLookup};
 use crate::runtime::{HostPolicy, Runtime};
+use crate::transform::template::Vars;
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -25,6 +26,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -473,8 +475,31 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let client_req = session.req_header();
-        if let Some(path) = route.rewrite.apply(client_req.uri.path()) {
-            let target = match client_req.uri.query() {
+        let client_host = request_host(client_req).map(str::to_string);
+        let vars = Vars {
+            request_id: &ctx.request_id,
+            client_ip: ctx.client_ip,
+            identity: ctx.identity.as_deref(),
+            route: &route.name,
+            host: client_host.as_deref().unwrap_or(""),
+            req: client_req,
+        };
+        let rewritten = route.rewrite.apply(client_req.uri.path());
+        let transforms = route.transforms.as_ref();
+        if rewritten.is_some() || transforms.is_some_and(|t| t.rewrites_uri()) {
+            let mut path = rewritten.unwrap_or(Cow::Borrowed(client_req.uri.path()));
+            let mut query = client_req.uri.query().map(Cow::Borrowed);
+            if let Some(t) = transforms {
+                if let Some((re, replace)) = &t.path {
+                    if let Cow::Owned(p) = re.replace(&path, replace.as_str()) {
+                        path = Cow::Owned(p);
+                    }
+                }
+                if !t.query.is_empty() {
+                    query = t.query.apply(query.as_deref(), &vars).map(Cow::Owned);
+                }
+            }
+            let target = match query {
                 Some(q) => format!("{path}?{q}"),
                 None => path.into_owned(),
             };
@@ -484,7 +509,6 @@ impl ProxyHttp for Gateway {
             )?;
             upstream.set_uri(uri);
         }
-        let client_host = request_host(client_req).map(str::to_string);
         match &route.host {
             HostPolicy::Target => {
                 if let Some(h) = ctx.upstream_host.take() {
@@ -534,6 +558,9 @@ impl ProxyHttp for Gateway {
                 upstream.remove_header(h);
             }
         }
+        if let Some(t) = transforms {
+            t.request_headers.apply(upstream, &vars)?;
+        }
         Ok(())
     }
 
@@ -562,6 +589,22 @@ impl ProxyHttp for Gateway {
             resp.insert_header("cache-status", v)?;
         }
         let req = session.req_header();
+        if let Some(t) = ctx
+            .route
+            .and_then(|i| ctx.rt.routes[i].transforms.as_ref())
+            .filter(|t| !t.response_headers.is_empty())
+        {
+            let route = ctx.route.map_or("", |i| ctx.rt.routes[i].name.as_str());
+            let vars = Vars {
+                request_id: &ctx.request_id,
+                client_ip: ctx.client_ip,
+                identity: ctx.identity.as_deref(),
+                route,
+                host: request_host(req).unwrap_or(""),
+                req,
+            };
+            t.response_headers.apply(resp, &vars)?;
+        }
         if ctx.rt.caching && cache::is_unsafe(&req.method) && resp.status.as_u16() < 400 {
             let host = request_host(req).unwrap_or_default();
             let n = purge::invalidate(&ctx.rt, host, req, resp);

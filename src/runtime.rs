@@ -9,6 +9,7 @@ use crate::policy::ratelimit::local::GcraStore;
 use crate::policy::ratelimit::redis::RedisLimiter;
 use crate::policy::ratelimit::{self, Limit};
 use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
+use crate::transform::RouteTransforms;
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::health;
 use crate::upstream::{Pool, PoolOptions, TargetSpec};
@@ -78,6 +79,7 @@ pub struct RouteAction {
     pub access: Option<AccessRule>,
     pub limits: Vec<Limit>,
     pub cache: Option<RoutePolicy>,
+    pub transforms: Option<RouteTransforms>,
 }
 
 pub struct Runtime {
@@ -277,6 +279,14 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
                         None
                     }
                 };
+            }
+            if let Some(t) = &r.transform {
+                match RouteTransforms::compile(t) {
+                    Ok(t) => action.transforms = Some(t),
+                    Err((field, message)) => {
+                        faults.push(Fault::new(format!("{path}.transform.{field}"), message))
+                    }
+                }
             }
             matchers.push(matcher);
             routes.push(action);
@@ -831,6 +841,7 @@ fn build_route(
             access,
             limits: Vec::new(),
             cache: None,
+            transforms: None,
         },
     ))
 }

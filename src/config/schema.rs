@@ -237,6 +237,79 @@ pub struct Route {
     /// Cache responses of this route (RFC 9111 shared-cache rules).
     #[serde(default)]
     pub cache: Option<RouteCache>,
+    /// Changes to the request on its way up and the response on its way back.
+    #[serde(default)]
+    pub transform: Option<TransformSpec>,
+}
+
+/// Operations on named things (headers, query parameters). Values may hold variables.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NameOps {
+    /// Replace (or create) with this value.
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Add a value, keeping any already there.
+    pub add: std::collections::BTreeMap<String, String>,
+    pub remove: Vec<String>,
+    /// `old: new`, values kept.
+    pub rename: std::collections::BTreeMap<String, String>,
+}
+
+/// Rewrite the path with a regex; `replace` may use `$1` / `$name` captures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRewrite {
+    pub regex: String,
+    pub replace: String,
+}
+
+/// Edits of a JSON body, by JSON pointer (`/user/name`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonOps {
+    /// Replace (or create) the value at the pointer.
+    pub set: std::collections::BTreeMap<String, serde_yaml::Value>,
+    /// Create the value only where the pointer finds nothing.
+    pub add: std::collections::BTreeMap<String, serde_yaml::Value>,
+    pub remove: Vec<String>,
+    /// `/old/pointer: /new/pointer`.
+    pub rename: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestTransform {
+    pub headers: NameOps,
+    pub query: NameOps,
+    pub path: Option<PathRewrite>,
+    pub json: JsonOps,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseTransform {
+    pub headers: NameOps,
+    pub json: JsonOps,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformSpec {
+    pub request: RequestTransform,
+    pub response: ResponseTransform,
+    /// Largest JSON body a body transform buffers (413 for requests, 502 for responses
+    /// beyond it).
+    pub max_body: super::ByteSize,
+}
+
+impl Default for TransformSpec {
+    fn default() -> Self {
+        TransformSpec {
+            request: RequestTransform::default(),
+            response: ResponseTransform::default(),
+            max_body: super::ByteSize(1 << 20),
+        }
+    }
 }
 
 /// The process-wide response cache.

@@ -308,6 +308,18 @@ impl JwtProvider {
             hide_header: self
                 .strip_authorization
                 .then_some(http::header::AUTHORIZATION),
+            claims: claims
+                .iter()
+                .filter_map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some((k.clone(), v))
+                })
+                .collect(),
         }
     }
 }

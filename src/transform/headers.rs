@@ -1,0 +1,150 @@
+//! Header operations (remove, rename, set, add — in that order), compiled at load.
+
+use super::template::{Template, Vars};
+use crate::config::NameOps;
+use http::{HeaderName, HeaderValue};
+use pingora_error::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// Request and response headers alike, through Pingora's own methods so its header-case
+/// bookkeeping stays right.
+pub trait Headers {
+    fn map(&self) -> &http::HeaderMap;
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl Headers for RequestHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Headers for ResponseHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+#[derive(Default)]
+pub struct HeaderOps {
+    remove: Vec<HeaderName>,
+    rename: Vec<(HeaderName, HeaderName)>,
+    set: Vec<(HeaderName, Template)>,
+    add: Vec<(HeaderName, Template)>,
+}
+
+fn name(path: &str, n: &str) -> Result<HeaderName, (String, String)> {
+    HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+        (
+            path.to_string(),
+            format!("{n:?} is not a valid header name"),
+        )
+    })
+}
+
+impl HeaderOps {
+    /// Faults come back as (path below the ops, message).
+    pub fn compile(spec: &NameOps) -> Result<Self, (String, String)> {
+        let templates = |field: &str, m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| {
+                    let path = format!("{field}.{k}");
+                    let t = Template::parse(v).map_err(|e| (path.clone(), e))?;
+                    if let Some(s) = t.as_static() {
+                        HeaderValue::from_str(s)
+                            .map_err(|_| (path.clone(), format!("{s:?} is not a header value")))?;
+                    }
+                    Ok((name(&path, k)?, t))
+                })
+                .collect::<Result<Vec<_>, (String, String)>>()
+        };
+        Ok(HeaderOps {
+            remove: spec
+                .remove
+                .iter()
+                .enumerate()
+                .map(|(i, n)| name(&format!("remove[{i}]"), n))
+                .collect::<Result<_, _>>()?,
+            rename: spec
+                .rename
+                .iter()
+                .map(|(a, b)| {
+                    Ok((
+                        name(&format!("rename.{a}"), a)?,
+                        name(&format!("rename.{a}"), b)?,
+                    ))
+                })
+                .collect::<Result<_, (String, String)>>()?,
+            set: templates("set", &spec.set)?,
+            add: templates("add", &spec.add)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+    }
+
+    pub fn apply(&self, h: &mut impl Headers, v: &Vars) -> Result<()> {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (from, to) in &self.rename {
+            let values: Vec<HeaderValue> = h.map().get_all(from).iter().cloned().collect();
+            if values.is_empty() {
+                continue;
+            }
+            h.remove(from);
+            h.remove(to);
+            for value in values {
+                h.append(to.clone(), value)?;
+            }
+        }
+        for (n, t) in &self.set {
+            match render(t, v) {
+                Some(value) => h.insert(n.clone(), value)?,
+                None => h.remove(n),
+            }
+        }
+        for (n, t) in &self.add {
+            if let Some(value) = render(t, v) {
+                h.append(n.clone(), value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value, or `None` when variables left it empty or unusable as a header value.
+fn render(t: &Template, v: &Vars) -> Option<HeaderValue> {
+    if let Some(s) = t.as_static() {
+        return HeaderValue::from_str(s).ok();
+    }
+    let s = t.render(v);
+    if s.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&s).ok()
+}

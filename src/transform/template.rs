@@ -1,0 +1,190 @@
+//! Header and query values with variables (`$request_id`, `$header.x-user`, ...), parsed
+//! at load so an unknown variable is a config error and a request only fills in values.
+
+use crate::policy::auth::Identity;
+use http::HeaderName;
+use pingora_http::RequestHeader;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone)]
+enum Part {
+    Lit(String),
+    RequestId,
+    ClientIp,
+    Consumer,
+    Route,
+    Host,
+    Path,
+    Claim(String),
+    Query(String),
+    Header(HeaderName),
+}
+
+/// A compiled value template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+const KNOWN: &str = "$request_id, $client_ip, $consumer, $route, $host, $path, \
+                     $jwt.claim.NAME, $query.NAME, $header.NAME";
+
+fn variable(name: &str) -> Result<Part, String> {
+    let part = match name {
+        "request_id" => Part::RequestId,
+        "client_ip" => Part::ClientIp,
+        "consumer" => Part::Consumer,
+        "route" => Part::Route,
+        "host" => Part::Host,
+        "path" => Part::Path,
+        _ => {
+            if let Some(c) = name.strip_prefix("jwt.claim.").filter(|c| !c.is_empty()) {
+                Part::Claim(c.to_string())
+            } else if let Some(q) = name.strip_prefix("query.").filter(|q| !q.is_empty()) {
+                Part::Query(q.to_string())
+            } else if let Some(h) = name.strip_prefix("header.") {
+                Part::Header(
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| format!("${name}: {h:?} is not a header name"))?,
+                )
+            } else {
+                return Err(format!("unknown variable ${name}; known: {KNOWN}"));
+            }
+        }
+    };
+    Ok(part)
+}
+
+impl Template {
+    /// `$name` or `${name}`; `$$` is a literal `$`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            lit.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+                let end = braced
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+                (&braced[..end], &braced[end + 1..])
+            } else if let Some(tail) = after.strip_prefix('$') {
+                lit.push('$');
+                rest = tail;
+                continue;
+            } else {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            };
+            if name.is_empty() {
+                return Err(format!("a lone $ in {s:?}; write $$ for a dollar sign"));
+            }
+            if !lit.is_empty() {
+                parts.push(Part::Lit(std::mem::take(&mut lit)));
+            }
+            parts.push(variable(name)?);
+            rest = tail;
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        Ok(Template { parts })
+    }
+
+    /// The text when the template has no variables.
+    pub fn as_static(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Lit(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn render(&self, v: &Vars) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => out.push_str(s),
+                Part::RequestId => out.push_str(v.request_id),
+                Part::ClientIp => {
+                    if let Some(ip) = v.client_ip {
+                        let _ = write!(out, "{ip}");
+                    }
+                }
+                Part::Consumer => {
+                    out.push_str(v.identity.and_then(|i| i.consumer.as_deref()).unwrap_or(""))
+                }
+                Part::Route => out.push_str(v.route),
+                Part::Host => out.push_str(v.host),
+                Part::Path => out.push_str(v.req.uri.path()),
+                Part::Claim(c) => {
+                    if let Some((_, val)) = v
+                        .identity
+                        .and_then(|i| i.claims.iter().find(|(k, _)| k == c))
+                    {
+                        out.push_str(val);
+                    }
+                }
+                Part::Query(q) => {
+                    out.push_str(crate::request_parts::query_param(v.req, q).unwrap_or(""))
+                }
+                Part::Header(h) => {
+                    if let Some(val) = v.req.headers.get(h).and_then(|x| x.to_str().ok()) {
+                        out.push_str(val);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What variables are filled from: the client's request as it arrived.
+pub struct Vars<'a> {
+    pub request_id: &'a str,
+    pub client_ip: Option<IpAddr>,
+    pub identity: Option<&'a Identity>,
+    pub route: &'a str,
+    pub host: &'a str,
+    pub req: &'a RequestHeader,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_renders() {
+        let mut req = RequestHeader::build("GET", b"/p/1?page=3", None).unwrap();
+        req.insert_header("x-user", "ada").unwrap();
+        let id = Identity {
+            consumer: Some("app".into()),
+            claims: vec![("tenant".into(), "acme".into())],
+            ..Identity::default()
+        };
+        let v = Vars {
+            request_id: "rid",
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            identity: Some(&id),
+            route: "r",
+            host: "h",
+            req: &req,
+        };
+        let t = Template::parse(
+            "$request_id|$client_ip|${consumer}x|$route|$host|$path|$jwt.claim.tenant|$query.page|$header.x-user|$$|$query.none",
+        )
+        .unwrap();
+        assert_eq!(t.render(&v), "rid|10.0.0.1|appx|r|h|/p/1|acme|3|ada|$|");
+        assert_eq!(Template::parse("plain").unwrap().as_static(), Some("plain"));
+        assert!(Template::parse("$nope")
+            .unwrap_err()
+            .contains("unknown variable $nope"));
+        assert!(Template::parse("a $ b").is_err());
+        assert!(Template::parse("${route").is_err());
+    }
+}
