@@ -9,6 +9,7 @@ use crate::forwarding::{self, ClientInfo};
 use crate::observe::request_id;
 use crate::policy::auth::build::CONSUMER_HEADER;
 use crate::policy::auth::Identity;
+use crate::policy::cors::{Cors, Preflight};
 use crate::policy::ratelimit;
 use crate::router::{normalize_host, RouteLookup};
 use crate::runtime::{HostPolicy, Runtime};
@@ -61,6 +62,8 @@ pub struct Ctx {
     /// RateLimit-Policy and RateLimit values for the response.
     rate_headers: Option<(String, String)>,
     cache: cache::RequestState,
+    /// Request body bytes seen, against the route's `max_request_body`.
+    body_bytes: u64,
 }
 
 impl Ctx {
@@ -135,6 +138,7 @@ impl ProxyHttp for Gateway {
             identity: None,
             rate_headers: None,
             cache: cache::RequestState::default(),
+            body_bytes: 0,
         }
     }
 
@@ -160,6 +164,11 @@ impl ProxyHttp for Gateway {
             purge_request(session, ctx).await?;
             return Ok(true);
         }
+        if let Some(method) = Cors::is_preflight(session.req_header()) {
+            if preflight(session, ctx, &method).await? {
+                return Ok(true);
+            }
+        }
         let req = session.req_header();
         let host = request_host(req).map(normalize_host).unwrap_or_default();
         let lookup = ctx
@@ -171,6 +180,34 @@ impl ProxyHttp for Gateway {
                 ctx.route = Some(i);
                 let rt = ctx.rt.clone();
                 let route = &rt.routes[i];
+                if let Some(f) = &route.ip_filter {
+                    let ip =
+                        forwarding::effective_client_ip(req, ctx.client_ip, |ip| rt.is_trusted(ip));
+                    if !f.admits(ip) {
+                        log::info!(
+                            "request {} on route {}: 403 client address {ip:?} not admitted",
+                            ctx.request_id,
+                            route.name
+                        );
+                        let message = "your address may not call this route";
+                        error_response::send(session, 403, message, &ctx.request_id, &[]).await?;
+                        return Ok(true);
+                    }
+                }
+                if let Some(max) = route.max_request_body {
+                    let declared = session
+                        .req_header()
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    if declared.is_some_and(|len| len > max) {
+                        let message = format!("request body over {max} bytes");
+                        session.set_keepalive(None);
+                        error_response::send(session, 413, &message, &ctx.request_id, &[]).await?;
+                        return Ok(true);
+                    }
+                }
                 if let Some(access) = &route.access {
                     match access.check(session.req_header()).await {
                         Ok(identity) => ctx.identity = identity,
@@ -431,6 +468,26 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(max) = ctx.route.and_then(|i| ctx.rt.routes[i].max_request_body) else {
+            return Ok(());
+        };
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > max {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                format!("request body over {max} bytes"),
+            );
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool()
@@ -605,6 +662,9 @@ impl ProxyHttp for Gateway {
             };
             t.response_headers.apply(resp, &vars)?;
         }
+        if let Some(c) = ctx.route.and_then(|i| ctx.rt.routes[i].cors.as_ref()) {
+            c.respond(req, resp)?;
+        }
         if ctx.rt.caching && cache::is_unsafe(&req.method) && resp.status.as_u16() < 400 {
             let host = request_host(req).unwrap_or_default();
             let n = purge::invalidate(&ctx.rt, host, req, resp);
@@ -654,4 +714,38 @@ async fn purge_request(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     let n = purge::url(&ctx.rt, host, req.uri.path(), req.uri.query(), &req.headers);
     let body = serde_json::json!({"purged": n, "request_id": ctx.request_id}).to_string();
     error_response::reply(session, 200, body.into(), &ctx.request_id, &[]).await
+}
+
+/// Answer a CORS preflight for the route the announced method would take; `false` when
+/// no route with a CORS policy takes it (the request then goes on as any OPTIONS).
+async fn preflight(session: &mut Session, ctx: &mut Ctx, method: &http::Method) -> Result<bool> {
+    let req = session.req_header();
+    let host = request_host(req).map(normalize_host).unwrap_or_default();
+    let RouteLookup::Found(i) = ctx
+        .rt
+        .router
+        .find(&host, method, req.uri.path(), &req.headers)
+    else {
+        return Ok(false);
+    };
+    let rt = ctx.rt.clone();
+    let Some(cors) = &rt.routes[i].cors else {
+        return Ok(false);
+    };
+    match cors.preflight(req, method) {
+        Preflight::Allowed(headers) => {
+            let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
+            for (name, value) in headers {
+                resp.append_header(name, value)?;
+            }
+            resp.insert_header("content-length", "0")?;
+            resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+            session.write_response_header(Box::new(resp), true).await?;
+        }
+        Preflight::Refused(why) => {
+            let message = format!("CORS preflight refused: {why}");
+            error_response::send(session, 403, &message, &ctx.request_id, &[]).await?;
+        }
+    }
+    Ok(true)
 }

@@ -5,6 +5,8 @@ use crate::cache::{self, RoutePolicy};
 use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
 use crate::policy::access::AccessRule;
 use crate::policy::auth::build::{self as auth_build, Auth};
+use crate::policy::cors::Cors;
+use crate::policy::ip_filter::IpFilter;
 use crate::policy::ratelimit::local::GcraStore;
 use crate::policy::ratelimit::redis::RedisLimiter;
 use crate::policy::ratelimit::{self, Limit};
@@ -80,6 +82,9 @@ pub struct RouteAction {
     pub limits: Vec<Limit>,
     pub cache: Option<RoutePolicy>,
     pub transforms: Option<RouteTransforms>,
+    pub cors: Option<Cors>,
+    pub ip_filter: Option<IpFilter>,
+    pub max_request_body: Option<u64>,
 }
 
 pub struct Runtime {
@@ -280,6 +285,21 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
                     }
                 };
             }
+            if let Some(c) = &r.cors {
+                match Cors::compile(c) {
+                    Ok(c) => action.cors = Some(c),
+                    Err((field, message)) => {
+                        faults.push(Fault::new(format!("{path}.cors.{field}"), message))
+                    }
+                }
+            }
+            match IpFilter::compile(&r.ip_allow, &r.ip_deny) {
+                Ok(f) => action.ip_filter = f,
+                Err((field, message)) => {
+                    faults.push(Fault::new(format!("{path}.{field}"), message))
+                }
+            }
+            action.max_request_body = r.max_request_body.map(|b| b.0);
             if let Some(t) = &r.transform {
                 match RouteTransforms::compile(t) {
                     Ok(t) => action.transforms = Some(t),
@@ -842,6 +862,9 @@ fn build_route(
             limits: Vec::new(),
             cache: None,
             transforms: None,
+            cors: None,
+            ip_filter: None,
+            max_request_body: None,
         },
     ))
 }

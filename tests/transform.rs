@@ -110,3 +110,134 @@ fn an_unknown_variable_is_a_config_error_with_its_path() {
         "{text}"
     );
 }
+
+#[test]
+fn cors_preflights_are_answered_and_actual_requests_get_headers() {
+    let up = Upstream::start("app");
+    let gw = gateway_with(
+        &up,
+        r#"    match: {methods: [GET, PUT]}
+    cors:
+      allow_origins: ["https://app.example.com"]
+      allow_methods: [GET, PUT]
+      allow_headers: [content-type, x-api-key]
+      expose_headers: [x-request-id]
+      allow_credentials: true
+      max_age: 5m"#,
+        "",
+    );
+    let pre = |origin: &str, method: &str, headers: &str| {
+        raw(
+            gw.addr,
+            &format!(
+                "OPTIONS /things HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: {method}\r\nAccess-Control-Request-Headers: {headers}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let ok = pre("https://app.example.com", "PUT", "Content-Type, X-Api-Key");
+    assert!(ok.starts_with("HTTP/1.1 204"), "{ok}");
+    let lower = ok.to_ascii_lowercase();
+    assert!(
+        lower.contains("access-control-allow-origin: https://app.example.com"),
+        "{ok}"
+    );
+    assert!(
+        lower.contains("access-control-allow-methods: get, put"),
+        "{ok}"
+    );
+    assert!(
+        lower.contains("access-control-allow-headers: content-type, x-api-key"),
+        "{ok}"
+    );
+    assert!(
+        lower.contains("access-control-allow-credentials: true"),
+        "{ok}"
+    );
+    assert!(lower.contains("access-control-max-age: 300"), "{ok}");
+    assert_eq!(up.count(), 0, "preflights never reach the upstream");
+    assert!(pre("https://evil.example", "PUT", "").starts_with("HTTP/1.1 403"));
+    // No route takes DELETE here: the OPTIONS request gets the route table's 405.
+    assert!(pre("https://app.example.com", "DELETE", "").starts_with("HTTP/1.1 405"));
+    assert!(pre("https://app.example.com", "GET", "x-other").starts_with("HTTP/1.1 403"));
+    let actual = send(
+        "GET",
+        &gw.url("/things"),
+        &[("origin", "https://app.example.com")],
+    );
+    assert_eq!(
+        actual.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        actual.header("access-control-expose-headers"),
+        Some("x-request-id")
+    );
+    assert_eq!(actual.header("vary"), Some("Origin"));
+    let other = send(
+        "GET",
+        &gw.url("/things"),
+        &[("origin", "https://evil.example")],
+    );
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn oversized_request_bodies_get_413() {
+    let up = Upstream::start("app");
+    let gw = gateway_with(&up, "    max_request_body: 1KiB", "");
+    let small = send_body("POST", &gw.url("/u"), &[], &"a".repeat(1024));
+    assert_eq!(small.status, 200);
+    let big = send_body("POST", &gw.url("/u"), &[], &"a".repeat(1025));
+    assert_eq!(big.status, 413, "{big:?}");
+    assert_eq!(big.json()["status"], 413);
+    assert_eq!(
+        up.count_path("/u"),
+        1,
+        "a declared oversize body never goes upstream"
+    );
+    // Chunked: counted as it streams.
+    let chunk = "a".repeat(600);
+    let r = raw(
+        gw.addr,
+        &format!("POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"),
+    );
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+}
+
+#[test]
+fn ip_allow_and_deny_lists_use_the_client_address() {
+    let up = Upstream::start("app");
+    let deny = gateway_with(&up, "    ip_deny: [127.0.0.0/8]", "");
+    let r = get(&deny.url("/x"));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.json()["status"], 403);
+    let allow = gateway_with(&up, "    ip_allow: [10.0.0.0/8, 127.0.0.1]", "");
+    assert_eq!(get(&allow.url("/x")).status, 200);
+    // Behind a trusted proxy the client's own address decides.
+    let proxied = gateway_with(
+        &up,
+        "    ip_allow: [10.1.0.0/16]",
+        "trusted_proxies: [127.0.0.1]",
+    );
+    assert_eq!(
+        send(
+            "GET",
+            &proxied.url("/x"),
+            &[("x-forwarded-for", "10.1.2.3")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        send(
+            "GET",
+            &proxied.url("/x"),
+            &[("x-forwarded-for", "10.2.0.1")]
+        )
+        .status,
+        403
+    );
+    assert_eq!(get(&proxied.url("/x")).status, 403);
+    assert_eq!(up.count_path("/x"), 2);
+}

@@ -240,6 +240,45 @@ pub struct Route {
     /// Changes to the request on its way up and the response on its way back.
     #[serde(default)]
     pub transform: Option<TransformSpec>,
+    /// Cross-origin requests from browsers.
+    #[serde(default)]
+    pub cors: Option<Cors>,
+    /// Larger request bodies get 413.
+    #[serde(default)]
+    pub max_request_body: Option<super::ByteSize>,
+    /// Only these client addresses/CIDRs may call (behind trusted proxies, the client's).
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// These client addresses/CIDRs get 403; deny wins over allow.
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins such as `https://app.example.com`, or `"*"`.
+    pub allow_origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a cross-origin request may send (`"*"`: any).
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age: Dur,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+fn default_cors_max_age() -> Dur {
+    Dur::secs(600)
 }
 
 /// Operations on named things (headers, query parameters). Values may hold variables.

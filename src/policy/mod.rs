@@ -2,4 +2,6 @@
 
 pub mod access;
 pub mod auth;
+pub mod cors;
+pub mod ip_filter;
 pub mod ratelimit;
