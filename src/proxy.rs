@@ -14,6 +14,7 @@ use crate::policy::ratelimit;
 use crate::router::{normalize_host, RouteLookup};
 use crate::runtime::{HostPolicy, Runtime};
 use crate::transform::template::Vars;
+use crate::upstream::mirror::{self, MAX_MIRROR_BODY};
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -64,6 +65,10 @@ pub struct Ctx {
     cache: cache::RequestState,
     /// Request body bytes seen, against the route's `max_request_body`.
     body_bytes: u64,
+    /// The upstream a traffic split chose (else the route's).
+    upstream: Option<usize>,
+    /// The body gathered for a mirrored copy, sent when it is complete.
+    mirror_body: Option<Vec<u8>>,
 }
 
 impl Ctx {
@@ -73,7 +78,7 @@ impl Ctx {
 
     fn pool(&self) -> Option<&Pool> {
         let route = &self.rt.routes[self.route?];
-        Some(&self.rt.upstreams[route.upstream])
+        Some(&self.rt.upstreams[self.upstream.unwrap_or(route.upstream)])
     }
 }
 
@@ -139,6 +144,8 @@ impl ProxyHttp for Gateway {
             rate_headers: None,
             cache: cache::RequestState::default(),
             body_bytes: 0,
+            upstream: None,
+            mirror_body: None,
         }
     }
 
@@ -470,11 +477,25 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(buf) = &mut ctx.mirror_body {
+            if let Some(b) = body {
+                if buf.len() + b.len() > MAX_MIRROR_BODY {
+                    ctx.mirror_body = None;
+                } else {
+                    buf.extend_from_slice(b);
+                }
+            }
+            if end_of_stream {
+                if let Some(buf) = ctx.mirror_body.take() {
+                    send_mirror(session, ctx, buf);
+                }
+            }
+        }
         let Some(max) = ctx.route.and_then(|i| ctx.rt.routes[i].max_request_body) else {
             return Ok(());
         };
@@ -489,6 +510,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.upstream.is_none() {
+            choose_upstream(session, ctx);
+        }
         let pool = ctx
             .pool()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
@@ -748,4 +772,47 @@ async fn preflight(session: &mut Session, ctx: &mut Ctx, method: &http::Method) 
         }
     }
     Ok(true)
+}
+
+/// First attempt of a request: the upstream (split) and whether a copy goes to the mirror.
+fn choose_upstream(session: &Session, ctx: &mut Ctx) {
+    let Some(route) = ctx.route.map(|i| &ctx.rt.routes[i]) else {
+        return;
+    };
+    let req = session.req_header();
+    let consumer = ctx.identity.as_ref().and_then(|id| id.consumer.as_deref());
+    ctx.upstream = Some(match &route.split {
+        Some(split) => split.choose(req, ctx.client_ip, consumer),
+        None => route.upstream,
+    });
+    let Some(m) = &route.mirror else { return };
+    if crate::upstream::split::draw() >= m.share {
+        return;
+    }
+    let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if !chunked && length == 0 {
+        send_mirror(session, ctx, Vec::new());
+    } else if length <= MAX_MIRROR_BODY {
+        ctx.mirror_body = Some(Vec::with_capacity(length));
+    }
+}
+
+fn send_mirror(session: &Session, ctx: &Ctx, body: Vec<u8>) {
+    let Some(m) = ctx.route.and_then(|i| ctx.rt.routes[i].mirror.as_ref()) else {
+        return;
+    };
+    let pool = ctx.rt.upstreams[m.pool].clone();
+    mirror::send(
+        pool,
+        session.req_header(),
+        body,
+        m.timeout,
+        ctx.request_id.clone(),
+    );
 }

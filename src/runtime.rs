@@ -14,6 +14,8 @@ use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
 use crate::transform::RouteTransforms;
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::health;
+use crate::upstream::mirror::Mirror;
+use crate::upstream::split::{Pin, Split, Sticky};
 use crate::upstream::{Pool, PoolOptions, TargetSpec};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
@@ -85,6 +87,8 @@ pub struct RouteAction {
     pub cors: Option<Cors>,
     pub ip_filter: Option<IpFilter>,
     pub max_request_body: Option<u64>,
+    pub split: Option<Split>,
+    pub mirror: Option<Mirror>,
 }
 
 pub struct Runtime {
@@ -300,6 +304,8 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
                 }
             }
             action.max_request_body = r.max_request_body.map(|b| b.0);
+            (action.split, action.mirror) =
+                build_split_mirror(&path, r, upstream, &upstream_index, unparsed, &mut faults);
             if let Some(t) = &r.transform {
                 match RouteTransforms::compile(t) {
                     Ok(t) => action.transforms = Some(t),
@@ -348,6 +354,109 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         cache: cache::Engine::get(&cfg.cache),
         admin,
     })
+}
+
+fn find_upstream(
+    index: &HashMap<&str, usize>,
+    unparsed: &config::Unparsed,
+    field: String,
+    name: &str,
+    faults: &mut Vec<Fault>,
+) -> Option<usize> {
+    match index.get(name) {
+        Some(&i) if i != usize::MAX => Some(i),
+        Some(_) => None,
+        None => {
+            if !unparsed.upstreams.iter().any(|u| u == name) {
+                faults.push(Fault::new(field, format!("no upstream named {name:?}")));
+            }
+            None
+        }
+    }
+}
+
+/// A route's traffic split and mirror, with their upstreams resolved.
+fn build_split_mirror(
+    path: &str,
+    r: &Route,
+    main: usize,
+    index: &HashMap<&str, usize>,
+    unparsed: &config::Unparsed,
+    faults: &mut Vec<Fault>,
+) -> (Option<Split>, Option<Mirror>) {
+    let mut split = None;
+    if let Some(sp) = &r.split {
+        let before = faults.len();
+        let mut sides = Vec::new();
+        for (k, side) in sp.to.iter().enumerate() {
+            let field = format!("{path}.split.to[{k}].upstream");
+            if let Some(i) = find_upstream(index, unparsed, field, &side.upstream, faults) {
+                sides.push((i, side.weight));
+            }
+        }
+        let mut pins = Vec::new();
+        for (k, p) in sp.pins.iter().enumerate() {
+            let field = format!("{path}.split.pins[{k}]");
+            let pin = match (&p.header, &p.cookie) {
+                (Some(h), None) => match HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(h) => Pin::Header(h, p.value.clone()),
+                    Err(_) => {
+                        faults.push(Fault::new(field, format!("{h:?} is not a header name")));
+                        continue;
+                    }
+                },
+                (None, Some(c)) => Pin::Cookie(c.clone(), p.value.clone()),
+                _ => {
+                    faults.push(Fault::new(field, "give one of header or cookie"));
+                    continue;
+                }
+            };
+            if let Some(i) = find_upstream(
+                index,
+                unparsed,
+                format!("{field}.upstream"),
+                &p.upstream,
+                faults,
+            ) {
+                pins.push((pin, i));
+            }
+        }
+        let sticky = match sp.sticky.as_deref() {
+            None => None,
+            Some("consumer") => Some(Sticky::Consumer),
+            Some(k) => match HashKey::parse(k) {
+                Ok(k) => Some(Sticky::Key(k)),
+                Err(e) => {
+                    faults.push(Fault::new(format!("{path}.split.sticky"), e));
+                    None
+                }
+            },
+        };
+        if faults.len() == before {
+            match Split::new(main, &sides, sticky, pins) {
+                Ok(s) => split = Some(s),
+                Err(e) => faults.push(Fault::new(format!("{path}.split.to"), e)),
+            }
+        }
+    }
+    let mut mirror = None;
+    if let Some(m) = &r.mirror {
+        if !(0.0..=100.0).contains(&m.percent) {
+            faults.push(Fault::new(
+                format!("{path}.mirror.percent"),
+                "must be between 0 and 100",
+            ));
+        }
+        let field = format!("{path}.mirror.upstream");
+        if let Some(pool) = find_upstream(index, unparsed, field, &m.upstream, faults) {
+            mirror = Some(Mirror {
+                pool,
+                share: (m.percent * 100.0).round() as u32,
+                timeout: m.timeout.0,
+            });
+        }
+    }
+    (split, mirror)
 }
 
 fn check_cache(c: &config::CacheSection, faults: &mut Vec<Fault>) {
@@ -865,6 +974,8 @@ fn build_route(
             cors: None,
             ip_filter: None,
             max_request_body: None,
+            split: None,
+            mirror: None,
         },
     ))
 }

@@ -252,6 +252,64 @@ pub struct Route {
     /// These client addresses/CIDRs get 403; deny wins over allow.
     #[serde(default)]
     pub ip_deny: Vec<String>,
+    /// Send part of the traffic to other upstreams (canary, A/B).
+    #[serde(default)]
+    pub split: Option<SplitSpec>,
+    /// Copy part of the requests to a shadow upstream; its answers are dropped.
+    #[serde(default)]
+    pub mirror: Option<MirrorSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Other upstreams and the percentage each gets; the route's `upstream` gets the rest.
+    pub to: Vec<SplitSide>,
+    /// Keeps a caller on one side: `header:NAME`, `cookie:NAME`, `query:NAME`, `consumer`
+    /// or `client_ip`. Without it each request is drawn on its own.
+    #[serde(default)]
+    pub sticky: Option<String>,
+    /// Requests carrying a header or cookie with a given value go to a given upstream.
+    #[serde(default)]
+    pub pins: Vec<SplitPin>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSide {
+    pub upstream: String,
+    /// Percent of requests, e.g. `5` or `0.5`.
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitPin {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+    pub value: String,
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    pub upstream: String,
+    /// Percent of requests copied.
+    #[serde(default = "hundred")]
+    pub percent: f64,
+    /// How long a copy may take before it is dropped.
+    #[serde(default = "default_mirror_timeout")]
+    pub timeout: Dur,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+fn default_mirror_timeout() -> Dur {
+    Dur::secs(5)
 }
 
 #[derive(Debug, Clone, Deserialize)]

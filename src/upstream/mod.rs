@@ -2,6 +2,8 @@
 
 pub mod hash_key;
 pub mod health;
+pub mod mirror;
+pub mod split;
 
 use futures::FutureExt;
 use hash_key::HashKey;
