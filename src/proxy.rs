@@ -24,6 +24,7 @@ use pingora_cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
     NoCacheReason, RespCacheable,
 };
+use pingora_core::modules::http::compression::ResponseCompression;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -187,6 +188,7 @@ impl ProxyHttp for Gateway {
                 ctx.route = Some(i);
                 let rt = ctx.rt.clone();
                 let route = &rt.routes[i];
+
                 if let Some(f) = &route.ip_filter {
                     let ip =
                         forwarding::effective_client_ip(req, ctx.client_ip, |ip| rt.is_trusted(ip));
@@ -666,6 +668,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         forwarding::strip_response_hop_headers(resp);
+        if let Some(c) = ctx
+            .route
+            .and_then(|i| ctx.rt.routes[i].compression.as_ref())
+        {
+            if c.wants(resp) {
+                compress(session, c.level)?;
+            }
+        }
         if let Some(v) = cache_status::render(&session.cache, &ctx.cache, resp.status.as_u16()) {
             resp.insert_header("cache-status", v)?;
         }
@@ -689,6 +699,7 @@ impl ProxyHttp for Gateway {
         if let Some(c) = ctx.route.and_then(|i| ctx.rt.routes[i].cors.as_ref()) {
             c.respond(req, resp)?;
         }
+
         if ctx.rt.caching && cache::is_unsafe(&req.method) && resp.status.as_u16() < 400 {
             let host = request_host(req).unwrap_or_default();
             let n = purge::invalidate(&ctx.rt, host, req, resp);
@@ -815,4 +826,29 @@ fn send_mirror(session: &Session, ctx: &Ctx, body: Vec<u8>) {
         m.timeout,
         ctx.request_id.clone(),
     );
+}
+
+/// Switch Pingora's compression module on for this response. It saw the request while it
+/// was off (the route was not known yet), so it is shown the client's Accept-Encoding now.
+fn compress(session: &mut Session, level: u32) -> Result<()> {
+    let Some(accept) = session
+        .req_header()
+        .headers
+        .get(http::header::ACCEPT_ENCODING)
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let mut probe = RequestHeader::build("GET", b"/", Some(1))?;
+    probe.insert_header(http::header::ACCEPT_ENCODING, accept)?;
+    if let Some(m) = session
+        .downstream_modules_ctx
+        .get_mut::<ResponseCompression>()
+    {
+        if m.is_header_phase() {
+            m.adjust_level(level);
+            m.request_filter(&probe);
+        }
+    }
+    Ok(())
 }

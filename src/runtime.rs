@@ -5,6 +5,7 @@ use crate::cache::{self, RoutePolicy};
 use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
 use crate::policy::access::AccessRule;
 use crate::policy::auth::build::{self as auth_build, Auth};
+use crate::policy::compression::Compression;
 use crate::policy::cors::Cors;
 use crate::policy::ip_filter::IpFilter;
 use crate::policy::ratelimit::local::GcraStore;
@@ -89,6 +90,7 @@ pub struct RouteAction {
     pub max_request_body: Option<u64>,
     pub split: Option<Split>,
     pub mirror: Option<Mirror>,
+    pub compression: Option<Compression>,
 }
 
 pub struct Runtime {
@@ -288,6 +290,14 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
                         None
                     }
                 };
+            }
+            if let Some(c) = &r.compression {
+                match Compression::compile(c) {
+                    Ok(c) => action.compression = Some(c),
+                    Err((field, message)) => {
+                        faults.push(Fault::new(format!("{path}.compression.{field}"), message))
+                    }
+                }
             }
             if let Some(c) = &r.cors {
                 match Cors::compile(c) {
@@ -976,6 +986,7 @@ fn build_route(
             max_request_body: None,
             split: None,
             mirror: None,
+            compression: None,
         },
     ))
 }

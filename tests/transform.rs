@@ -241,3 +241,89 @@ fn ip_allow_and_deny_lists_use_the_client_address() {
     assert_eq!(get(&proxied.url("/x")).status, 403);
     assert_eq!(up.count_path("/x"), 2);
 }
+
+/// Status, lower-case headers and raw body bytes of one request on a fresh connection.
+fn raw_bytes(addr: std::net::SocketAddr, req: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+    (head, out[end..].to_vec())
+}
+
+#[test]
+fn compression_follows_accept_encoding_type_and_size() {
+    use std::io::Read;
+    let up = Upstream::start("app");
+    let json = format!("{{\"items\": [{}]}}", vec!["\"abcdefghij\""; 300].join(","));
+    up.script("/json", 200, &[("content-type", "application/json")], &json);
+    up.script("/tiny", 200, &[("content-type", "application/json")], "{}");
+    up.script(
+        "/png",
+        200,
+        &[("content-type", "image/png")],
+        &"x".repeat(5000),
+    );
+    let gw = gateway_with(&up, "    compression: {level: 5, min_size: 1KiB}", "");
+    let req = |path: &str, enc: &str| {
+        let ae = if enc.is_empty() {
+            String::new()
+        } else {
+            format!("Accept-Encoding: {enc}\r\n")
+        };
+        raw_bytes(
+            gw.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{ae}Connection: close\r\n\r\n"),
+        )
+    };
+    let (head, body) = req("/json", "gzip");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(&body)
+    } else {
+        body
+    };
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, json);
+    assert!(body.len() < json.len() / 4);
+    for enc in ["br", "zstd"] {
+        let (head, _) = req("/json", enc);
+        assert!(
+            head.contains(&format!("content-encoding: {enc}")),
+            "{enc}: {head}"
+        );
+    }
+    let (head, body) = req("/json", "");
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert_eq!(body, json.as_bytes());
+    let (head, _) = req("/tiny", "gzip");
+    assert!(!head.contains("content-encoding"), "under min_size: {head}");
+    let (head, _) = req("/png", "gzip");
+    assert!(
+        !head.contains("content-encoding"),
+        "not a listed type: {head}"
+    );
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}

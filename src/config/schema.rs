@@ -258,6 +258,38 @@ pub struct Route {
     /// Copy part of the requests to a shadow upstream; its answers are dropped.
     #[serde(default)]
     pub mirror: Option<MirrorSpec>,
+    /// Compress responses for clients that accept gzip, brotli or zstd.
+    #[serde(default)]
+    pub compression: Option<CompressionSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionSpec {
+    /// 1 (fast) to 9 (small); brotli and zstd use the same number.
+    pub level: u32,
+    /// Responses that declare a smaller length are sent as they are.
+    pub min_size: super::ByteSize,
+    /// Media types compressed; `text/*` matches every text type.
+    pub content_types: Vec<String>,
+}
+
+impl Default for CompressionSpec {
+    fn default() -> Self {
+        CompressionSpec {
+            level: 6,
+            min_size: super::ByteSize(1024),
+            content_types: [
+                "text/*",
+                "application/json",
+                "application/javascript",
+                "application/xml",
+                "image/svg+xml",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod compression;
 pub mod cors;
 pub mod ip_filter;
 pub mod ratelimit;
