@@ -13,6 +13,7 @@ use crate::policy::cors::{Cors, Preflight};
 use crate::policy::ratelimit;
 use crate::router::{normalize_host, RouteLookup};
 use crate::runtime::{HostPolicy, Runtime};
+use crate::transform::json;
 use crate::transform::template::Vars;
 use crate::upstream::mirror::{self, MAX_MIRROR_BODY};
 use crate::upstream::Pool;
@@ -70,6 +71,9 @@ pub struct Ctx {
     upstream: Option<usize>,
     /// The body gathered for a mirrored copy, sent when it is complete.
     mirror_body: Option<Vec<u8>>,
+    /// Request and response bodies gathered for a JSON transform.
+    request_json: Option<Vec<u8>>,
+    response_json: Option<Vec<u8>>,
 }
 
 impl Ctx {
@@ -147,6 +151,8 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             upstream: None,
             mirror_body: None,
+            request_json: None,
+            response_json: None,
         }
     }
 
@@ -484,6 +490,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.request_json.is_some() {
+            edit_request_json(body, end_of_stream, ctx)?;
+        }
         if let Some(buf) = &mut ctx.mirror_body {
             if let Some(b) = body {
                 if buf.len() + b.len() > MAX_MIRROR_BODY {
@@ -643,6 +652,22 @@ impl ProxyHttp for Gateway {
         }
         if let Some(t) = transforms {
             t.request_headers.apply(upstream, &vars)?;
+            if t.response_json.is_some() {
+                // Bodies to edit must come uncompressed; one that still does is passed on.
+                upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+            }
+            if t.request_json.is_some() && json_body_follows(client_req) {
+                if declared_length(&client_req.headers).is_some_and(|l| l > t.max_body as u64) {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(413),
+                        format!("JSON body over {} bytes", t.max_body),
+                    );
+                }
+                // The edited body has a new length, known only once it is all read.
+                upstream.remove_header(&http::header::CONTENT_LENGTH);
+                upstream.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                ctx.request_json = Some(Vec::new());
+            }
         }
         Ok(())
     }
@@ -699,6 +724,30 @@ impl ProxyHttp for Gateway {
         if let Some(c) = ctx.route.and_then(|i| ctx.rt.routes[i].cors.as_ref()) {
             c.respond(req, resp)?;
         }
+        if let Some(t) = ctx
+            .route
+            .and_then(|i| ctx.rt.routes[i].transforms.as_ref())
+            .filter(|t| t.response_json.is_some())
+        {
+            let has_body = req.method != http::Method::HEAD
+                && !matches!(resp.status.as_u16(), 204 | 304)
+                && !resp.status.is_informational();
+            let encoded = resp
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .is_some_and(|v| v.as_bytes() != b"identity");
+            if has_body && !encoded && json::is_json(resp.headers.get(http::header::CONTENT_TYPE)) {
+                if declared_length(&resp.headers).is_some_and(|l| l > t.max_body as u64) {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(502),
+                        format!("upstream JSON body over {} bytes", t.max_body),
+                    );
+                }
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+                resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                ctx.response_json = Some(Vec::new());
+            }
+        }
 
         if ctx.rt.caching && cache::is_unsafe(&req.method) && resp.status.as_u16() < 400 {
             let host = request_host(req).unwrap_or_default();
@@ -716,6 +765,43 @@ impl ProxyHttp for Gateway {
             resp.insert_header("ratelimit", state)?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        let Some(buf) = &mut ctx.response_json else {
+            return Ok(None);
+        };
+        let rt = ctx.rt.clone();
+        let Some(t) = ctx.route.and_then(|i| rt.routes[i].transforms.as_ref()) else {
+            return Ok(None);
+        };
+        if let Some(b) = body.as_mut() {
+            buf.extend_from_slice(b);
+            // Empty, not None: None would end the response.
+            *b = bytes::Bytes::new();
+        }
+        if buf.len() > t.max_body {
+            // The header is out already: all that is left is to end the response.
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                format!("upstream JSON body over {} bytes", t.max_body),
+            );
+        }
+        if end_of_stream {
+            let gathered = ctx.response_json.take().unwrap_or_default();
+            let out = match t.response_json.as_ref().and_then(|ops| ops.edit(&gathered)) {
+                Some(edited) => edited,
+                None => gathered,
+            };
+            *body = Some(out.into());
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -849,6 +935,53 @@ fn compress(session: &mut Session, level: u32) -> Result<()> {
             m.adjust_level(level);
             m.request_filter(&probe);
         }
+    }
+    Ok(())
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A JSON request body is on its way (not compressed, not empty).
+fn json_body_follows(req: &RequestHeader) -> bool {
+    let encoded = req.headers.contains_key(http::header::CONTENT_ENCODING);
+    let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || declared_length(&req.headers).is_some_and(|l| l > 0);
+    !encoded && has_body && json::is_json(req.headers.get(http::header::CONTENT_TYPE))
+}
+
+/// Gather the request body; at its end, send the edited one (or the original when it is
+/// not JSON).
+fn edit_request_json(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) -> Result<()> {
+    let rt = ctx.rt.clone();
+    let Some(t) = ctx.route.and_then(|i| rt.routes[i].transforms.as_ref()) else {
+        return Ok(());
+    };
+    let Some(buf) = &mut ctx.request_json else {
+        return Ok(());
+    };
+    if let Some(b) = body.as_mut() {
+        buf.extend_from_slice(b);
+        // Empty, not None: None would tell Pingora the body ended.
+        *b = bytes::Bytes::new();
+    }
+    if buf.len() > t.max_body {
+        return Error::e_explain(
+            ErrorType::HTTPStatus(413),
+            format!("JSON body over {} bytes", t.max_body),
+        );
+    }
+    if end {
+        let gathered = ctx.request_json.take().unwrap_or_default();
+        let out = match t.request_json.as_ref().and_then(|ops| ops.edit(&gathered)) {
+            Some(edited) => edited,
+            None => gathered,
+        };
+        *body = Some(out.into());
     }
     Ok(())
 }

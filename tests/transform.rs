@@ -327,3 +327,121 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         body = &body[size + 2..];
     }
 }
+
+#[test]
+fn json_bodies_are_edited_both_ways_and_bounded() {
+    let up = Upstream::start("app");
+    up.script(
+        "/users/1",
+        200,
+        &[("content-type", "application/json; charset=utf-8")],
+        r#"{"id":1,"name":"Ada","password_hash":"x","profile":{"city":"London"}}"#,
+    );
+    up.script(
+        "/chunky",
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+        ],
+        r#"{"password_hash":"x","ok":true}"#,
+    );
+    up.script(
+        "/packed",
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        "pretend-gzip",
+    );
+    up.script(
+        "/text",
+        200,
+        &[("content-type", "text/plain")],
+        "{\"password_hash\": 1}",
+    );
+    up.script(
+        "/huge",
+        200,
+        &[("content-type", "application/json")],
+        &format!("{{\"a\":\"{}\"}}", "x".repeat(3000)),
+    );
+    let gw = gateway_with(
+        &up,
+        r#"    transform:
+      max_body: 2KiB
+      request:
+        json:
+          set: {/meta/via: gateway}
+          remove: [/debug]
+          rename: {/user: /username}
+      response:
+        json:
+          remove: [/password_hash]
+          rename: {/profile/city: /city}
+          add: {/api_version: 2}"#,
+        "",
+    );
+    let r = get(&gw.url("/users/1"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"id": 1, "name": "Ada", "profile": {}, "city": "London", "api_version": 2})
+    );
+    assert_eq!(
+        up.last("/users/1").unwrap().header("accept-encoding"),
+        Some("identity")
+    );
+    assert_eq!(
+        get(&gw.url("/chunky")).json(),
+        serde_json::json!({"ok": true, "api_version": 2})
+    );
+    // Request body, sent chunked by the client.
+    let body = r#"{"user":"ada","debug":true,"n":1}"#;
+    let sent = raw(
+        gw.addr,
+        &format!(
+            "POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        ),
+    );
+    assert!(sent.starts_with("HTTP/1.1 200"), "{sent}");
+    let seen: serde_json::Value = serde_json::from_str(&up.last("/users").unwrap().body).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({"username": "ada", "n": 1, "meta": {"via": "gateway"}})
+    );
+    // Content-Length requests too; the upstream gets a correct framing.
+    let r = send_body(
+        "POST",
+        &gw.url("/users"),
+        &[("content-type", "application/json")],
+        r#"{"user":"bob"}"#,
+    );
+    assert_eq!(r.status, 200);
+    let seen = up.last("/users").unwrap();
+    assert_eq!(seen.body, r#"{"meta":{"via":"gateway"},"username":"bob"}"#);
+    // Compressed and non-JSON bodies pass untouched.
+    assert_eq!(get(&gw.url("/packed")).body, "pretend-gzip");
+    assert_eq!(get(&gw.url("/text")).body, "{\"password_hash\": 1}");
+    let plain = send_body(
+        "POST",
+        &gw.url("/t"),
+        &[("content-type", "text/plain")],
+        "{\"debug\":1}",
+    );
+    assert_eq!(plain.status, 200);
+    assert_eq!(up.last("/t").unwrap().body, "{\"debug\":1}");
+    // Over max_body: 413 for a request, 502 for a response.
+    let big = format!("{{\"a\":\"{}\"}}", "y".repeat(3000));
+    let r = send_body(
+        "POST",
+        &gw.url("/users"),
+        &[("content-type", "application/json")],
+        &big,
+    );
+    assert_eq!(r.status, 413, "{r:?}");
+    let r = get(&gw.url("/huge"));
+    assert_eq!(r.status, 502, "{r:?}");
+}

@@ -2,11 +2,13 @@
 //! variables), compiled at load.
 
 pub mod headers;
+pub mod json;
 pub mod query;
 pub mod template;
 
 use crate::config::TransformSpec;
 use headers::HeaderOps;
+use json::JsonOps;
 use query::QueryOps;
 use regex::Regex;
 
@@ -15,6 +17,10 @@ pub struct RouteTransforms {
     pub query: QueryOps,
     pub path: Option<(Regex, String)>,
     pub response_headers: HeaderOps,
+    pub request_json: Option<JsonOps>,
+    pub response_json: Option<JsonOps>,
+    /// Largest body a JSON transform buffers.
+    pub max_body: usize,
 }
 
 impl RouteTransforms {
@@ -37,6 +43,9 @@ impl RouteTransforms {
             path,
             response_headers: HeaderOps::compile(&spec.response.headers)
                 .map_err(under("response.headers"))?,
+            request_json: JsonOps::compile(&spec.request.json).map_err(under("request.json"))?,
+            response_json: JsonOps::compile(&spec.response.json).map_err(under("response.json"))?,
+            max_body: usize::try_from(spec.max_body.0).unwrap_or(usize::MAX),
         })
     }
 

@@ -33,6 +33,8 @@ pub struct Recorded {
     pub target: String,
     /// Lower-case names; repeated headers keep every value in order.
     pub headers: Vec<(String, String)>,
+    /// The request body (de-chunked).
+    pub body: String,
 }
 
 impl Recorded {
@@ -169,6 +171,39 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> O
     }
 }
 
+/// A chunked body from `buf` (more read from `stream` as needed); consumed from `buf`.
+async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let size_text = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        while buf.len() < line_end + 2 + size + 2 {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+        buf.drain(..line_end + 2 + size + 2);
+        if size == 0 {
+            return Some(body);
+        }
+    }
+}
+
 async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     name: String,
@@ -190,17 +225,27 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
         let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let body_len: usize = find("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_len + body_len {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            buf.drain(..head_len);
+            match read_chunked(&mut stream, &mut buf).await {
+                Some(b) => b,
+                None => return,
             }
-        }
-        buf.drain(..head_len + body_len);
+        } else {
+            let body_len: usize = find("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_len + body_len {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body = buf[head_len..head_len + body_len].to_vec();
+            buf.drain(..head_len + body_len);
+            body
+        };
         let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let is_health = target == "/health";
         if !is_health {
@@ -208,6 +253,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 method: method.clone(),
                 target: target.clone(),
                 headers: headers.clone(),
+                body: String::from_utf8_lossy(&body).to_string(),
             });
         }
         let delay = *state.delay.lock().unwrap();
