@@ -83,7 +83,10 @@ impl Ctx {
 
     fn pool(&self) -> Option<&Pool> {
         let route = &self.rt.routes[self.route?];
-        Some(&self.rt.upstreams[self.upstream.unwrap_or(route.upstream)])
+        self.rt
+            .upstreams
+            .get(self.upstream.unwrap_or(route.upstream))
+            .map(|p| &**p)
     }
 }
 
@@ -413,6 +416,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx
+            .route
+            .is_some_and(|i| ctx.rt.routes[i].compose.is_some())
+        {
+            compose(session, ctx).await?;
+            return Ok(false);
+        }
         let only_cached = ctx
             .cache
             .directives
@@ -984,4 +994,65 @@ fn edit_request_json(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) 
         *body = Some(out.into());
     }
     Ok(())
+}
+
+/// Answer a compose route: its calls made concurrently, combined into one JSON object.
+async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    let rt = ctx.rt.clone();
+    let Some(route) = ctx.route.map(|i| &rt.routes[i]) else {
+        return Ok(());
+    };
+    let Some(c) = &route.compose else {
+        return Ok(());
+    };
+    let req = session.req_header();
+    let vars = Vars {
+        request_id: &ctx.request_id,
+        client_ip: ctx.client_ip,
+        identity: ctx.identity.as_deref(),
+        route: &route.name,
+        host: request_host(req).unwrap_or(""),
+        req,
+    };
+    let fwd = crate::compose::Forward {
+        request_id: &ctx.request_id,
+        consumer: ctx.identity.as_ref().and_then(|i| i.consumer.as_deref()),
+    };
+    match c.run(&rt, &vars, &fwd).await {
+        Ok(body) => {
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            let mut resp = ResponseHeader::build(200, Some(6))?;
+            resp.insert_header("content-type", "application/json")?;
+            resp.insert_header("content-length", body.len())?;
+            resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+            if let Some((policy, state)) = &ctx.rate_headers {
+                resp.insert_header("ratelimit-policy", policy.as_str())?;
+                resp.insert_header("ratelimit", state.as_str())?;
+            }
+            // The route's response policies apply to a composed answer as to a proxied one.
+            if let Some(t) = &route.transforms {
+                t.response_headers.apply(&mut resp, &vars)?;
+            }
+            if let Some(cors) = &route.cors {
+                cors.respond(req, &mut resp)?;
+            }
+            let head_only = req.method == http::Method::HEAD;
+            session
+                .write_response_header(Box::new(resp), head_only)
+                .await?;
+            if !head_only {
+                session.write_response_body(Some(body.into()), true).await?;
+            }
+            Ok(())
+        }
+        Err((key, why)) => {
+            log::warn!(
+                "request {} on route {}: required call {key} failed: {why}",
+                ctx.request_id,
+                route.name
+            );
+            let message = format!("required call {key:?} failed: {why}");
+            error_response::send(session, 502, &message, &ctx.request_id, &[]).await
+        }
+    }
 }

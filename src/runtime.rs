@@ -2,6 +2,7 @@
 //! `portico check` builds exactly the same thing as `portico run`.
 
 use crate::cache::{self, RoutePolicy};
+use crate::compose::{Call, Compose};
 use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
 use crate::policy::access::AccessRule;
 use crate::policy::auth::build::{self as auth_build, Auth};
@@ -12,6 +13,7 @@ use crate::policy::ratelimit::local::GcraStore;
 use crate::policy::ratelimit::redis::RedisLimiter;
 use crate::policy::ratelimit::{self, Limit};
 use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
+use crate::transform::template::Template;
 use crate::transform::RouteTransforms;
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::health;
@@ -91,6 +93,7 @@ pub struct RouteAction {
     pub split: Option<Split>,
     pub mirror: Option<Mirror>,
     pub compression: Option<Compression>,
+    pub compose: Option<Compose>,
 }
 
 pub struct Runtime {
@@ -253,6 +256,22 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
             ));
         }
         let upstream = match upstream_index.get(r.upstream.as_str()) {
+            _ if r.compose.is_some() => {
+                if !r.upstream.is_empty() {
+                    faults.push(Fault::new(
+                        format!("{path}.upstream"),
+                        "a compose route calls its upstreams itself; remove upstream",
+                    ));
+                }
+                usize::MAX
+            }
+            _ if r.upstream.is_empty() => {
+                faults.push(Fault::new(
+                    format!("{path}.upstream"),
+                    "give the upstream (or compose) of this route",
+                ));
+                usize::MAX
+            }
             Some(&idx) => idx,
             None => {
                 if !unparsed.upstreams.contains(&r.upstream) {
@@ -316,6 +335,45 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
             action.max_request_body = r.max_request_body.map(|b| b.0);
             (action.split, action.mirror) =
                 build_split_mirror(&path, r, upstream, &upstream_index, unparsed, &mut faults);
+            if let Some(c) = &r.compose {
+                let mut calls = Vec::new();
+                for (k, call) in c.calls.iter().enumerate() {
+                    let field = format!("{path}.compose.calls[{k}]");
+                    let pool = find_upstream(
+                        &upstream_index,
+                        unparsed,
+                        format!("{field}.upstream"),
+                        &call.upstream,
+                        &mut faults,
+                    );
+                    let template = match Template::parse(&call.path) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            faults.push(Fault::new(format!("{field}.path"), e));
+                            None
+                        }
+                    };
+                    if c.calls[..k].iter().any(|o| o.key == call.key) {
+                        faults.push(Fault::new(format!("{field}.key"), "keys must differ"));
+                    }
+                    if let (Some(pool), Some(path)) = (pool, template) {
+                        calls.push(Call {
+                            key: call.key.clone(),
+                            pool,
+                            path,
+                            timeout: call.timeout.0,
+                            required: call.required,
+                        });
+                    }
+                }
+                if c.calls.is_empty() {
+                    faults.push(Fault::new(
+                        format!("{path}.compose.calls"),
+                        "list at least one call",
+                    ));
+                }
+                action.compose = Some(Compose { calls });
+            }
             if let Some(t) = &r.transform {
                 match RouteTransforms::compile(t) {
                     Ok(t) => action.transforms = Some(t),
@@ -961,7 +1019,7 @@ fn build_route(
             faults,
         ),
     };
-    if faults.len() > before || upstream == usize::MAX {
+    if faults.len() > before || (upstream == usize::MAX && r.compose.is_none()) {
         return None;
     }
     Some((
@@ -987,6 +1045,7 @@ fn build_route(
             split: None,
             mirror: None,
             compression: None,
+            compose: None,
         },
     ))
 }

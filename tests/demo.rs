@@ -103,6 +103,15 @@ fn demo_starts_and_answers() {
     );
     assert_eq!(get(&format!("{url}/nowhere")).status, 404);
 
+    // One call aggregating the three services.
+    let overview = send("GET", &format!("{url}/api/overview"), &key);
+    assert_eq!(overview.status, 200, "{overview:?}");
+    let o = overview.json();
+    assert_eq!(o["orders"]["served_by"]["service"], "orders");
+    assert_eq!(o["users"]["served_by"]["service"], "users");
+    assert_eq!(o["products"]["served_by"]["service"], "products");
+    assert_eq!(overview.header("x-composed-for"), Some("mobile-app"));
+
     // The cached catalogue: a miss, then hits; the printed admin commands work.
     let catalog = format!("{url}/api/catalog?b=2&a=1");
     let miss = get(&catalog);

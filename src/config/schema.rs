@@ -214,6 +214,8 @@ pub struct Route {
     /// Higher goes first; routes of equal priority are tried in file order.
     #[serde(default)]
     pub priority: i32,
+    /// Where requests go; a `compose` route has none.
+    #[serde(default)]
     pub upstream: String,
     /// Remove the matched prefix (prefix routes only) before forwarding.
     #[serde(default)]
@@ -261,6 +263,35 @@ pub struct Route {
     /// Compress responses for clients that accept gzip, brotli or zstd.
     #[serde(default)]
     pub compression: Option<CompressionSpec>,
+    /// Answer with one JSON object built from several upstream calls made concurrently.
+    #[serde(default)]
+    pub compose: Option<ComposeSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeSpec {
+    pub calls: Vec<ComposeCall>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeCall {
+    /// The key of this call's body in the combined object.
+    pub key: String,
+    pub upstream: String,
+    /// Path and query of the GET sent; may use variables (`/users/$query.id`).
+    pub path: String,
+    #[serde(default = "default_call_timeout")]
+    pub timeout: Dur,
+    /// A failed required call fails the whole request (502); an optional one gives `null`
+    /// and its error under `errors`.
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn default_call_timeout() -> Dur {
+    Dur::secs(2)
 }
 
 #[derive(Debug, Clone, Deserialize)]
