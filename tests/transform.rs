@@ -445,3 +445,51 @@ fn json_bodies_are_edited_both_ways_and_bounded() {
     let r = get(&gw.url("/huge"));
     assert_eq!(r.status, 502, "{r:?}");
 }
+
+#[test]
+fn jwt_claims_fill_header_variables() {
+    let up = Upstream::start("app");
+    let secret = "a-test-secret-that-is-long-enough-for-hs256!";
+    let gw = Gateway::start(&format!(
+        r#"auth:
+  jwt:
+    - name: corp
+      algorithms: [HS256]
+      keys: {{secret: "{secret}"}}
+upstreams:
+  - name: app
+    targets: [{{address: "{up}"}}]
+routes:
+  - name: api
+    upstream: app
+    access: {{providers: [corp]}}
+    transform:
+      request:
+        headers:
+          set: {{X-Tenant: "$jwt.claim.tenant", X-Level: "$jwt.claim.level", X-Sub: "$consumer"}}
+"#,
+        up = up.addr
+    ));
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({"sub": "ada", "tenant": "acme", "level": 3, "exp": exp});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let r = send(
+        "GET",
+        &gw.url("/c"),
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = up.last("/c").unwrap();
+    assert_eq!(seen.header("x-tenant"), Some("acme"));
+    assert_eq!(seen.header("x-level"), Some("3"));
+    assert_eq!(seen.header("x-sub"), Some("ada"));
+}

@@ -45,12 +45,18 @@ impl Headers for ResponseHeader {
     }
 }
 
+/// A value known at load (rendered once) or filled in per request.
+enum Value {
+    Fixed(HeaderValue),
+    Template(Template),
+}
+
 #[derive(Default)]
 pub struct HeaderOps {
     remove: Vec<HeaderName>,
     rename: Vec<(HeaderName, HeaderName)>,
-    set: Vec<(HeaderName, Template)>,
-    add: Vec<(HeaderName, Template)>,
+    set: Vec<(HeaderName, Value)>,
+    add: Vec<(HeaderName, Value)>,
 }
 
 fn name(path: &str, n: &str) -> Result<HeaderName, (String, String)> {
@@ -70,11 +76,14 @@ impl HeaderOps {
                 .map(|(k, v)| {
                     let path = format!("{field}.{k}");
                     let t = Template::parse(v).map_err(|e| (path.clone(), e))?;
-                    if let Some(s) = t.as_static() {
-                        HeaderValue::from_str(s)
-                            .map_err(|_| (path.clone(), format!("{s:?} is not a header value")))?;
-                    }
-                    Ok((name(&path, k)?, t))
+                    let value =
+                        match t.as_static() {
+                            Some(s) => Value::Fixed(HeaderValue::from_str(s).map_err(|_| {
+                                (path.clone(), format!("{s:?} is not a header value"))
+                            })?),
+                            None => Value::Template(t),
+                        };
+                    Ok((name(&path, k)?, value))
                 })
                 .collect::<Result<Vec<_>, (String, String)>>()
         };
@@ -138,10 +147,11 @@ impl HeaderOps {
 }
 
 /// The value, or `None` when variables left it empty or unusable as a header value.
-fn render(t: &Template, v: &Vars) -> Option<HeaderValue> {
-    if let Some(s) = t.as_static() {
-        return HeaderValue::from_str(s).ok();
-    }
+fn render(value: &Value, v: &Vars) -> Option<HeaderValue> {
+    let t = match value {
+        Value::Fixed(h) => return Some(h.clone()),
+        Value::Template(t) => t,
+    };
     let s = t.render(v);
     if s.is_empty() {
         return None;
