@@ -791,12 +791,13 @@ impl ProxyHttp for Gateway {
         let Some(t) = ctx.route.and_then(|i| rt.routes[i].transforms.as_ref()) else {
             return Ok(None);
         };
-        if let Some(b) = body.as_mut() {
-            buf.extend_from_slice(b);
-            // Empty, not None: None would end the response.
-            *b = bytes::Bytes::new();
-        }
-        if buf.len() > t.max_body {
+        if !json::gather(
+            buf,
+            body,
+            end_of_stream,
+            t.max_body,
+            t.response_json.as_ref(),
+        ) {
             // The header is out already: all that is left is to end the response.
             return Error::e_explain(
                 ErrorType::HTTPStatus(502),
@@ -804,12 +805,7 @@ impl ProxyHttp for Gateway {
             );
         }
         if end_of_stream {
-            let gathered = ctx.response_json.take().unwrap_or_default();
-            let out = match t.response_json.as_ref().and_then(|ops| ops.edit(&gathered)) {
-                Some(edited) => edited,
-                None => gathered,
-            };
-            *body = Some(out.into());
+            ctx.response_json = None;
         }
         Ok(None)
     }
@@ -974,24 +970,14 @@ fn edit_request_json(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) 
     let Some(buf) = &mut ctx.request_json else {
         return Ok(());
     };
-    if let Some(b) = body.as_mut() {
-        buf.extend_from_slice(b);
-        // Empty, not None: None would tell Pingora the body ended.
-        *b = bytes::Bytes::new();
-    }
-    if buf.len() > t.max_body {
+    if !json::gather(buf, body, end, t.max_body, t.request_json.as_ref()) {
         return Error::e_explain(
             ErrorType::HTTPStatus(413),
             format!("JSON body over {} bytes", t.max_body),
         );
     }
     if end {
-        let gathered = ctx.request_json.take().unwrap_or_default();
-        let out = match t.request_json.as_ref().and_then(|ops| ops.edit(&gathered)) {
-            Some(edited) => edited,
-            None => gathered,
-        };
-        *body = Some(out.into());
+        ctx.request_json = None;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Reading a named cookie, a query parameter or the client address as key bytes, without
-//! allocating.
+//! allocating; and the media type of a Content-Type.
 
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -23,6 +23,18 @@ pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
     })
+}
+
+/// The media type of a Content-Type value, lower-case, without parameters.
+pub fn media_type(content_type: Option<&http::HeaderValue>) -> Option<String> {
+    let ct = content_type?.to_str().ok()?;
+    Some(
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// The address's octets in `scratch`, or nothing without an address: a key without

@@ -959,35 +959,15 @@ routes:
 
 #[test]
 fn bad_cache_config_is_refused_with_its_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("bad.yaml");
-    std::fs::write(
-        &conf,
+    let (ok, text) = check_config(
         "listeners: [{address: \"127.0.0.1:1\"}]\ncache:\n  memory: 10KiB\nupstreams:\n  - name: app\n    targets: [{address: \"127.0.0.1:2\"}]\nroutes:\n  - name: api\n    upstream: app\n    cache:\n      methods: [POST]\n      key: {query: shuffled}\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(portico_bin())
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    );
+    assert!(!ok, "{text}");
     assert!(text.contains("cache.memory"), "{text}");
     assert!(text.contains("routes[0].cache.key.query"), "{text}");
-    std::fs::write(
-        &conf,
-        "listeners: [{address: \"127.0.0.1:1\"}]\ncache:\n  purge_method: true\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(portico_bin())
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let (ok, text) =
+        check_config("listeners: [{address: \"127.0.0.1:1\"}]\ncache:\n  purge_method: true\n");
+    assert!(!ok);
     assert!(
         text.contains("cache.purge_method: PURGE needs an admin token"),
         "{text}"

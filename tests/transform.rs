@@ -88,21 +88,10 @@ fn header_query_and_path_transforms_fill_in_variables() {
 
 #[test]
 fn an_unknown_variable_is_a_config_error_with_its_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("bad.yaml");
-    std::fs::write(
-        &conf,
+    let (ok, text) = check_config(
         "listeners: [{address: \"127.0.0.1:1\"}]\nupstreams: [{name: app, targets: [{address: \"127.0.0.1:2\"}]}]\nroutes:\n  - name: api\n    upstream: app\n    transform:\n      request:\n        headers:\n          set: {X-A: \"$nonsense\"}\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(portico_bin())
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    );
+    assert!(!ok);
     assert!(
         text.contains(
             "bad.yaml:9: routes[0].transform.request.headers.set.X-A: unknown variable $nonsense"

@@ -162,17 +162,36 @@ impl JsonOps {
     }
 }
 
+/// Take one chunk of a body being edited into `buf`; at the end put the edited body (or the
+/// original, when it is not JSON) in its place. `false` when the body outgrows `max`. A
+/// non-final chunk is replaced by empty bytes: `None` would tell Pingora the body ended.
+pub fn gather(
+    buf: &mut Vec<u8>,
+    body: &mut Option<bytes::Bytes>,
+    end: bool,
+    max: usize,
+    ops: Option<&JsonOps>,
+) -> bool {
+    if let Some(b) = body.as_mut() {
+        buf.extend_from_slice(b);
+        *b = bytes::Bytes::new();
+    }
+    if buf.len() > max {
+        return false;
+    }
+    if end {
+        let gathered = std::mem::take(buf);
+        let out = ops.and_then(|o| o.edit(&gathered)).unwrap_or(gathered);
+        *body = Some(out.into());
+    }
+    true
+}
+
 /// Whether a Content-Type names JSON (`application/json`, `application/*+json`).
 pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
-    let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+    let Some(media) = crate::request_parts::media_type(content_type) else {
         return false;
     };
-    let media = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 

@@ -563,6 +563,21 @@ impl Drop for Gateway {
     }
 }
 
+/// `portico check` on `yaml`: whether it passed, and everything it printed.
+pub fn check_config(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("bad.yaml");
+    std::fs::write(&conf, yaml).expect("write config");
+    let out = Command::new(portico_bin())
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .expect("run portico check");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text)
+}
+
 /// Send a signal (`QUIT`, `TERM`, ...) to a process.
 pub fn signal(pid: u32, name: &str) {
     let ok = Command::new("kill")
