@@ -35,6 +35,7 @@ fn connector() -> &'static Connector {
 
 /// Headers each call carries from the client request.
 pub struct Forward<'a> {
+    pub traceparent: Option<&'a str>,
     pub request_id: &'a str,
     pub consumer: Option<&'a str>,
 }
@@ -56,6 +57,9 @@ async fn fetch(rt: &Runtime, call: &Call, path: &str, fwd: &Forward<'_>) -> Resu
     set(&mut req, "x-request-id", fwd.request_id)?;
     if let Some(c) = fwd.consumer {
         set(&mut req, "x-consumer", c)?;
+    }
+    if let Some(t) = fwd.traceparent {
+        set(&mut req, "traceparent", t)?;
     }
     let c = connector();
     let (mut s, _) = c

@@ -7,6 +7,7 @@ use crate::cache::{self, purge, status as cache_status};
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
 use crate::observe::request_id;
+use crate::observe::trace::TraceContext;
 use crate::policy::auth::build::CONSUMER_HEADER;
 use crate::policy::auth::Identity;
 use crate::policy::cors::{Cors, Preflight};
@@ -74,6 +75,7 @@ pub struct Ctx {
     /// Request and response bodies gathered for a JSON transform.
     request_json: Option<Vec<u8>>,
     response_json: Option<Vec<u8>>,
+    trace: Option<TraceContext>,
 }
 
 impl Ctx {
@@ -156,6 +158,7 @@ impl ProxyHttp for Gateway {
             mirror_body: None,
             request_json: None,
             response_json: None,
+            trace: None,
         }
     }
 
@@ -173,6 +176,8 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let traceparent = session.req_header().headers.get("traceparent");
+        ctx.trace = Some(TraceContext::from_header(traceparent.map(|v| v.as_bytes())));
         Ok(())
     }
 
@@ -643,6 +648,9 @@ impl ProxyHttp for Gateway {
         };
         forwarding::set_forwarded_headers(upstream, &client);
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(t) = &ctx.trace {
+            upstream.insert_header("traceparent", t.header_value())?;
+        }
         // Identity headers come from the gateway only, never from the client.
         for name in &ctx.rt.auth.identity_headers {
             upstream.remove_header(name);
@@ -1000,7 +1008,9 @@ async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         host: request_host(req).unwrap_or(""),
         req,
     };
+    let traceparent = ctx.trace.as_ref().map(TraceContext::header_value);
     let fwd = crate::compose::Forward {
+        traceparent: traceparent.as_deref(),
         request_id: &ctx.request_id,
         consumer: ctx.identity.as_ref().and_then(|i| i.consumer.as_deref()),
     };

@@ -120,3 +120,49 @@ fn hop_by_hop_headers_are_not_forwarded() {
     }
     assert_eq!(r.header("x-kept"), Some("yes"));
 }
+
+#[test]
+fn trace_context_is_continued_or_started() {
+    let up = Upstream::start("up");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  - name: up\n    targets: [{{address: \"{}\"}}]\nroutes:\n  - {{name: all, upstream: up}}\n",
+        up.addr
+    ));
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    send(
+        "GET",
+        &gw.url("/t1"),
+        &[("traceparent", incoming), ("tracestate", "vendor=abc")],
+    );
+    let seen = up.last("/t1").unwrap();
+    let tp = seen.header("traceparent").unwrap();
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert!(tp.ends_with("-01"));
+    assert_ne!(
+        &tp[36..52],
+        "00f067aa0ba902b7",
+        "the gateway's span is the parent"
+    );
+    assert_eq!(seen.header("tracestate"), Some("vendor=abc"));
+    for (path, header) in [("/t2", None), ("/t3", Some("00-zz-bad-01"))] {
+        let headers: Vec<(&str, &str)> = header.map(|h| ("traceparent", h)).into_iter().collect();
+        send("GET", &gw.url(path), &headers);
+        let tp = up
+            .last(path)
+            .unwrap()
+            .header("traceparent")
+            .unwrap()
+            .to_string();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len()),
+            ("00", 32, 16),
+            "{tp}"
+        );
+        assert_ne!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}

@@ -1,4 +1,5 @@
-//! Observability: the error log and request ids.
+//! Observability: the error log, request ids and trace context.
 
 pub mod logger;
 pub mod request_id;
+pub mod trace;

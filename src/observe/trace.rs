@@ -1,0 +1,154 @@
+//! W3C Trace Context: a valid incoming `traceparent` keeps its trace id and the gateway
+//! becomes the parent of the upstream call; otherwise a new trace starts here.
+//! `tracestate` is passed on untouched.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::fmt::Write;
+use std::hash::BuildHasher;
+
+/// The trace this request belongs to and the gateway's own span in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+}
+
+fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// 64 random bits from a per-thread xorshift seeded by the OS.
+fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u8) | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+fn new_span() -> [u8; 8] {
+    loop {
+        let id = random_u64().to_be_bytes();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+impl TraceContext {
+    /// Continue the caller's trace when `traceparent` is valid (version 00 layout; future
+    /// versions are read by their first four fields), else start one.
+    pub fn from_header(traceparent: Option<&[u8]>) -> Self {
+        let parsed = traceparent
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| {
+                let v = v.trim();
+                let mut parts = v.split('-');
+                let version = hex_into::<1>(parts.next()?)?;
+                let trace: [u8; 16] = hex_into(parts.next()?)?;
+                let parent: [u8; 8] = hex_into(parts.next()?)?;
+                let flags = hex_into::<1>(parts.next()?)?[0];
+                let rest = parts.next();
+                let valid = version[0] != 0xff
+                    && trace != [0; 16]
+                    && parent != [0; 8]
+                    && (version[0] != 0 || rest.is_none());
+                valid.then_some((trace, flags))
+            });
+        match parsed {
+            Some((trace_id, flags)) => TraceContext {
+                trace_id,
+                span_id: new_span(),
+                flags,
+            },
+            None => {
+                let mut trace_id = [0u8; 16];
+                trace_id[..8].copy_from_slice(&random_u64().to_be_bytes());
+                trace_id[8..].copy_from_slice(&new_span());
+                TraceContext {
+                    trace_id,
+                    span_id: new_span(),
+                    // A trace the gateway starts is recorded by those who choose to.
+                    flags: 0x01,
+                }
+            }
+        }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        for b in self.trace_id {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+
+    /// The `traceparent` sent upstream: same trace, the gateway's span as parent.
+    pub fn header_value(&self) -> String {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        s.push_str(&self.trace_id_hex());
+        s.push('-');
+        for b in self.span_id {
+            let _ = write!(s, "{b:02x}");
+        }
+        let _ = write!(s, "-{:02x}", self.flags);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_valid_traces_and_starts_new_ones() {
+        let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = TraceContext::from_header(Some(incoming));
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let out = t.header_value();
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(out.ends_with("-01"));
+        assert_ne!(
+            &out[36..52],
+            "00f067aa0ba902b7",
+            "the gateway is the new parent"
+        );
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"garbage",
+        ] {
+            let t = TraceContext::from_header(Some(bad));
+            assert_ne!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_ne!(t.trace_id, [0; 16]);
+        }
+        let future = TraceContext::from_header(Some(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-whatever",
+        ));
+        assert_eq!(future.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(TraceContext::from_header(None).header_value().len(), 55);
+    }
+}
