@@ -94,6 +94,12 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("cannot open the error log: {e}");
         return ExitCode::FAILURE;
     }
+    if let Some(target) = &rt.access_log {
+        if let Err(e) = observe::access_log::LazyAccessLog::check(target) {
+            eprintln!("cannot open the access log {target}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let mode = StartMode {
         upgrade: args.upgrade,
         daemon: args.daemon,

@@ -6,6 +6,7 @@ use crate::cache::rules::{self, RequestDirectives, RequestFacts};
 use crate::cache::{self, purge, status as cache_status};
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
+use crate::observe::access_log::{self, LazyAccessLog};
 use crate::observe::request_id;
 use crate::observe::trace::TraceContext;
 use crate::policy::auth::build::CONSUMER_HEADER;
@@ -34,18 +35,22 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 const X_REQUEST_ID: &str = "x-request-id";
 
 /// The gateway; `runtime` is swapped whole on reload.
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
+    access_log: Option<Arc<LazyAccessLog>>,
 }
 
 impl Gateway {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
-        Gateway { runtime }
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, access_log: Option<Arc<LazyAccessLog>>) -> Self {
+        Gateway {
+            runtime,
+            access_log,
+        }
     }
 }
 
@@ -76,6 +81,17 @@ pub struct Ctx {
     request_json: Option<Vec<u8>>,
     response_json: Option<Vec<u8>>,
     trace: Option<TraceContext>,
+    times: Timings,
+    /// `allowed` or `limited` when the route has rate limits.
+    rate_limit: Option<&'static str>,
+}
+
+/// When the phases of a request happened, for the access log.
+struct Timings {
+    start: Instant,
+    connect_start: Option<Instant>,
+    connected: Option<Instant>,
+    response: Option<Instant>,
 }
 
 impl Ctx {
@@ -159,6 +175,13 @@ impl ProxyHttp for Gateway {
             request_json: None,
             response_json: None,
             trace: None,
+            times: Timings {
+                start: Instant::now(),
+                connect_start: None,
+                connected: None,
+                response: None,
+            },
+            rate_limit: None,
         }
     }
 
@@ -295,8 +318,10 @@ impl ProxyHttp for Gateway {
                 }
                 let Some(limit) = outcome.rejected_by else {
                     ctx.rate_headers = outcome.headers;
+                    ctx.rate_limit = Some("allowed");
                     return Ok(false);
                 };
+                ctx.rate_limit = Some("limited");
                 log::info!(
                     "request {} on route {}: 429 rate limit {limit}",
                     ctx.request_id,
@@ -539,6 +564,7 @@ impl ProxyHttp for Gateway {
         if ctx.upstream.is_none() {
             choose_upstream(session, ctx);
         }
+        ctx.times.connect_start = Some(Instant::now());
         let pool = ctx
             .pool()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
@@ -696,6 +722,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.times.response = Some(Instant::now());
         if resp.status == http::StatusCode::NOT_MODIFIED
             && session.cache.phase() == CachePhase::Stale
         {
@@ -816,6 +843,27 @@ impl ProxyHttp for Gateway {
             ctx.response_json = None;
         }
         Ok(None)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.times.connected = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(log) = self.access_log.as_ref().and_then(|l| l.get()) else {
+            return;
+        };
+        log.write(access_line(session, ctx));
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -1051,4 +1099,42 @@ async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
             error_response::send(session, 502, &message, &ctx.request_id, &[]).await
         }
     }
+}
+
+fn millis(from: Option<Instant>, to: Option<Instant>) -> serde_json::Value {
+    match (from, to) {
+        (Some(a), Some(b)) if b >= a => serde_json::json!((b - a).as_secs_f64() * 1000.0),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// One access-log line. The path is logged without its query, and no header values, so
+/// tokens and keys sent in either never reach the log.
+fn access_line(session: &Session, ctx: &Ctx) -> Vec<u8> {
+    let req = session.req_header();
+    let route = ctx.route.map(|i| ctx.rt.routes[i].name.as_str());
+    let status = session.response_written().map(|r| r.status.as_u16());
+    let t = &ctx.times;
+    let line = serde_json::json!({
+        "time": access_log::rfc3339(SystemTime::now()),
+        "request_id": ctx.request_id,
+        "trace_id": ctx.trace.as_ref().map(TraceContext::trace_id_hex),
+        "client_ip": ctx.client_ip.map(|ip| ip.to_string()),
+        "method": req.method.as_str(),
+        "host": request_host(req),
+        "path": req.uri.path(),
+        "status": status,
+        "route": route,
+        "upstream": ctx.pool().map(|p| p.name.as_str()),
+        "target": ctx.target.map(|a| a.to_string()),
+        "consumer": ctx.identity.as_ref().and_then(|i| i.consumer.as_deref()),
+        "bytes_in": session.body_bytes_read(),
+        "bytes_out": session.body_bytes_sent(),
+        "duration_ms": t.start.elapsed().as_secs_f64() * 1000.0,
+        "upstream_connect_ms": millis(t.connect_start, t.connected),
+        "upstream_response_ms": millis(t.connect_start, t.response),
+        "cache": ctx.cache.active.then(|| session.cache.phase().as_str()),
+        "rate_limit": ctx.rate_limit,
+    });
+    serde_json::to_vec(&line).unwrap_or_default()
 }

@@ -114,6 +114,7 @@ pub struct Runtime {
     /// Some route caches: unsafe requests must invalidate what they change.
     pub caching: bool,
     pub admin: Option<AdminSettings>,
+    pub access_log: Option<String>,
 }
 
 /// The admin listener and the digest of its token.
@@ -421,6 +422,7 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         caching,
         cache: cache::Engine::get(&cfg.cache),
         admin,
+        access_log: cfg.access_log.clone(),
     })
 }
 

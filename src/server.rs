@@ -2,6 +2,7 @@
 //! background health checks.
 
 use crate::admin::AdminApi;
+use crate::observe::access_log::LazyAccessLog;
 use crate::policy::auth::jwks;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
@@ -45,6 +46,7 @@ pub fn server_conf(rt: &Runtime, mode: StartMode) -> ServerConf {
 /// key set refreshes of every JWT provider with a `jwks_url`.
 struct BackgroundTasks {
     runtime: Arc<ArcSwap<Runtime>>,
+    access_log: Option<Arc<LazyAccessLog>>,
 }
 
 #[async_trait]
@@ -58,6 +60,22 @@ impl BackgroundService for BackgroundTasks {
             if let Some(remote) = &provider.remote {
                 jwks::spawn_refresh(remote);
             }
+        }
+        if let Some(log) = self.access_log.clone() {
+            // Started here, after any daemonizing fork; SIGUSR1 reopens it for logrotate.
+            log.get();
+            tokio::spawn(async move {
+                let Ok(mut usr1) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                else {
+                    return;
+                };
+                while usr1.recv().await.is_some() {
+                    if let Some(l) = log.get() {
+                        l.reopen();
+                    }
+                }
+            });
         }
         let _ = shutdown.changed().await;
     }
@@ -81,10 +99,14 @@ pub fn build(
     let companions = server.add_services(companions);
     let listeners = rt.listeners.clone();
     let admin_address = rt.admin.as_ref().map(|a| a.address);
+    let access_log = rt
+        .access_log
+        .clone()
+        .map(|t| Arc::new(LazyAccessLog::new(t)));
     let runtime = Arc::new(ArcSwap::from_pointee(rt));
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(runtime.clone()),
+        Gateway::new(runtime.clone(), access_log.clone()),
         "portico gateway",
     );
     for addr in listeners {
@@ -95,6 +117,7 @@ pub fn build(
         "health checks and key refresh",
         BackgroundTasks {
             runtime: runtime.clone(),
+            access_log,
         },
     ));
     if let Some(addr) = admin_address {

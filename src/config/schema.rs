@@ -22,6 +22,8 @@ pub struct Config {
     pub cache: CacheSection,
     /// The admin listener (cache purge and stats); off without this section.
     pub admin: Option<AdminSection>,
+    /// `stdout` or a file for one JSON line per request; off when unset.
+    pub access_log: Option<String>,
     /// Where each list item stood in the file, when items that failed to parse were left
     /// out; fault paths must name the file's index, not the list's.
     pub file_index: FileIndex,
