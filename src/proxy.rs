@@ -1101,40 +1101,65 @@ async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     }
 }
 
-fn millis(from: Option<Instant>, to: Option<Instant>) -> serde_json::Value {
+fn millis(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
     match (from, to) {
-        (Some(a), Some(b)) if b >= a => serde_json::json!((b - a).as_secs_f64() * 1000.0),
-        _ => serde_json::Value::Null,
+        (Some(a), Some(b)) if b >= a => Some((b - a).as_secs_f64() * 1000.0),
+        _ => None,
     }
+}
+
+/// One access-log line, serialized straight from borrowed fields (no intermediate map).
+#[derive(serde::Serialize)]
+struct AccessRecord<'a> {
+    time: String,
+    request_id: &'a str,
+    trace_id: Option<String>,
+    client_ip: Option<IpAddr>,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    status: Option<u16>,
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+    target: Option<SocketAddr>,
+    consumer: Option<&'a str>,
+    bytes_in: usize,
+    bytes_out: usize,
+    duration_ms: f64,
+    upstream_connect_ms: Option<f64>,
+    upstream_response_ms: Option<f64>,
+    cache: Option<&'static str>,
+    rate_limit: Option<&'static str>,
 }
 
 /// One access-log line. The path is logged without its query, and no header values, so
 /// tokens and keys sent in either never reach the log.
 fn access_line(session: &Session, ctx: &Ctx) -> Vec<u8> {
     let req = session.req_header();
-    let route = ctx.route.map(|i| ctx.rt.routes[i].name.as_str());
-    let status = session.response_written().map(|r| r.status.as_u16());
     let t = &ctx.times;
-    let line = serde_json::json!({
-        "time": access_log::rfc3339(SystemTime::now()),
-        "request_id": ctx.request_id,
-        "trace_id": ctx.trace.as_ref().map(TraceContext::trace_id_hex),
-        "client_ip": ctx.client_ip.map(|ip| ip.to_string()),
-        "method": req.method.as_str(),
-        "host": request_host(req),
-        "path": req.uri.path(),
-        "status": status,
-        "route": route,
-        "upstream": ctx.pool().map(|p| p.name.as_str()),
-        "target": ctx.target.map(|a| a.to_string()),
-        "consumer": ctx.identity.as_ref().and_then(|i| i.consumer.as_deref()),
-        "bytes_in": session.body_bytes_read(),
-        "bytes_out": session.body_bytes_sent(),
-        "duration_ms": t.start.elapsed().as_secs_f64() * 1000.0,
-        "upstream_connect_ms": millis(t.connect_start, t.connected),
-        "upstream_response_ms": millis(t.connect_start, t.response),
-        "cache": ctx.cache.active.then(|| session.cache.phase().as_str()),
-        "rate_limit": ctx.rate_limit,
-    });
-    serde_json::to_vec(&line).unwrap_or_default()
+    let record = AccessRecord {
+        time: access_log::rfc3339(SystemTime::now()),
+        request_id: &ctx.request_id,
+        trace_id: ctx.trace.as_ref().map(TraceContext::trace_id_hex),
+        client_ip: ctx.client_ip,
+        method: req.method.as_str(),
+        host: request_host(req),
+        path: req.uri.path(),
+        status: session.response_written().map(|r| r.status.as_u16()),
+        route: ctx.route.map(|i| ctx.rt.routes[i].name.as_str()),
+        upstream: ctx.pool().map(|p| p.name.as_str()),
+        target: ctx.target,
+        consumer: ctx.identity.as_ref().and_then(|i| i.consumer.as_deref()),
+        bytes_in: session.body_bytes_read(),
+        bytes_out: session.body_bytes_sent(),
+        duration_ms: t.start.elapsed().as_secs_f64() * 1000.0,
+        upstream_connect_ms: millis(t.connect_start, t.connected),
+        upstream_response_ms: millis(t.connect_start, t.response),
+        cache: ctx.cache.active.then(|| session.cache.phase().as_str()),
+        rate_limit: ctx.rate_limit,
+    };
+    let mut line = Vec::with_capacity(512);
+    // Serializing plain fields cannot fail; an empty line would only be skipped.
+    let _ = serde_json::to_writer(&mut line, &record);
+    line
 }

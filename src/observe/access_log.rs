@@ -6,13 +6,15 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lines waiting for the writer at most.
 const QUEUE: usize = 65_536;
-/// An idle writer flushes at least this often.
+/// Buffered lines reach the file at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How often the writer takes what is queued.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 enum Msg {
     Line(Vec<u8>),
@@ -61,36 +63,39 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
+                // The writer drains the queue on a clock instead of waiting on it: a blocked
+                // receiver would be woken (a futex call on each side) for every line.
                 let mut flushed = std::time::Instant::now();
                 loop {
-                    match rx.recv_timeout(FLUSH_EVERY) {
-                        Ok(Msg::Line(line)) => {
-                            if let Err(e) = sink.write(&line) {
-                                log::error!("access log write failed: {e}");
-                            }
-                            // Under steady traffic the queue never idles: flush by the clock too.
-                            if flushed.elapsed() >= FLUSH_EVERY {
-                                let _ = sink.flush();
-                                flushed = std::time::Instant::now();
-                            }
-                        }
-                        Ok(Msg::Reopen) => {
-                            let _ = sink.flush();
-                            if let Sink::File(path, w) = &mut sink {
-                                match open(path) {
-                                    Ok(new) => *w = new,
-                                    Err(e) => log::error!("cannot reopen access log {path}: {e}"),
+                    std::thread::sleep(DRAIN_EVERY);
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Msg::Line(line)) => {
+                                if let Err(e) = sink.write(&line) {
+                                    log::error!("access log write failed: {e}");
                                 }
                             }
+                            Ok(Msg::Reopen) => {
+                                let _ = sink.flush();
+                                if let Sink::File(path, w) = &mut sink {
+                                    match open(path) {
+                                        Ok(new) => *w = new,
+                                        Err(e) => {
+                                            log::error!("cannot reopen access log {path}: {e}")
+                                        }
+                                    }
+                                }
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                let _ = sink.flush();
+                                return;
+                            }
                         }
-                        Err(RecvTimeoutError::Timeout) => {
-                            let _ = sink.flush();
-                            flushed = std::time::Instant::now();
-                        }
-                        Err(RecvTimeoutError::Disconnected) => {
-                            let _ = sink.flush();
-                            return;
-                        }
+                    }
+                    if flushed.elapsed() >= FLUSH_EVERY {
+                        let _ = sink.flush();
+                        flushed = std::time::Instant::now();
                     }
                 }
             })?;
