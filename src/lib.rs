@@ -15,6 +15,7 @@ pub mod observe;
 pub mod periodic;
 pub mod policy;
 pub mod proxy;
+pub mod random;
 pub mod request_parts;
 pub mod router;
 pub mod runtime;

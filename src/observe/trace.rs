@@ -2,10 +2,7 @@
 //! becomes the parent of the upstream call; otherwise a new trace starts here.
 //! `tracestate` is passed on untouched.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
 use std::fmt::Write;
-use std::hash::BuildHasher;
 
 /// The trace this request belongs to and the gateway's own span in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,24 +27,9 @@ fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// 64 random bits from a per-thread xorshift seeded by the OS.
-fn random_u64() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u8) | 1);
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
-}
-
 fn new_span() -> [u8; 8] {
     loop {
-        let id = random_u64().to_be_bytes();
+        let id = crate::random::u64().to_be_bytes();
         if id != [0; 8] {
             return id;
         }
@@ -82,7 +64,7 @@ impl TraceContext {
             },
             None => {
                 let mut trace_id = [0u8; 16];
-                trace_id[..8].copy_from_slice(&random_u64().to_be_bytes());
+                trace_id[..8].copy_from_slice(&crate::random::u64().to_be_bytes());
                 trace_id[8..].copy_from_slice(&new_span());
                 TraceContext {
                     trace_id,

@@ -107,22 +107,5 @@ impl Split {
 
 /// A uniform draw in `0..10_000` basis points.
 pub fn draw() -> u32 {
-    fastrand_u32() % SCALE
-}
-
-/// A cheap per-thread random number for unsticky splits and mirror sampling.
-fn fastrand_u32() -> u32 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(ahash::RandomState::new().hash_one(0u8) | 1);
-    }
-    STATE.with(|s| {
-        // xorshift64*
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
-    })
+    ((crate::random::u64() >> 32) as u32) % SCALE
 }
