@@ -1,6 +1,6 @@
 //! Header operations (remove, rename, set, add — in that order), compiled at load.
 
-use super::template::{Template, Vars};
+use super::template::{parse_map, Template, Vars};
 use crate::config::NameOps;
 use http::{HeaderName, HeaderValue};
 use pingora_error::Result;
@@ -15,35 +15,28 @@ pub trait Headers {
     fn remove(&mut self, name: &HeaderName);
 }
 
-impl Headers for RequestHeader {
-    fn map(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+/// `RequestHeader` and `ResponseHeader` offer the same methods under the same names.
+macro_rules! pingora_headers {
+    ($t:ty) => {
+        impl Headers for $t {
+            fn map(&self) -> &http::HeaderMap {
+                &self.headers
+            }
+            fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
 }
 
-impl Headers for ResponseHeader {
-    fn map(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+pingora_headers!(RequestHeader);
+pingora_headers!(ResponseHeader);
 
 /// A value known at load (rendered once) or filled in per request.
 enum Value {
@@ -71,11 +64,11 @@ fn name(path: &str, n: &str) -> Result<HeaderName, (String, String)> {
 impl HeaderOps {
     /// Faults come back as (path below the ops, message).
     pub fn compile(spec: &NameOps) -> Result<Self, (String, String)> {
-        let templates = |field: &str, m: &std::collections::BTreeMap<String, String>| {
-            m.iter()
-                .map(|(k, v)| {
+        let values = |field: &str, m| {
+            parse_map(field, m)?
+                .into_iter()
+                .map(|(k, t)| {
                     let path = format!("{field}.{k}");
-                    let t = Template::parse(v).map_err(|e| (path.clone(), e))?;
                     let value =
                         match t.as_static() {
                             Some(s) => Value::Fixed(HeaderValue::from_str(s).map_err(|_| {
@@ -83,7 +76,7 @@ impl HeaderOps {
                             })?),
                             None => Value::Template(t),
                         };
-                    Ok((name(&path, k)?, value))
+                    Ok((name(&path, &k)?, value))
                 })
                 .collect::<Result<Vec<_>, (String, String)>>()
         };
@@ -104,8 +97,8 @@ impl HeaderOps {
                     ))
                 })
                 .collect::<Result<_, (String, String)>>()?,
-            set: templates("set", &spec.set)?,
-            add: templates("add", &spec.add)?,
+            set: values("set", &spec.set)?,
+            add: values("add", &spec.add)?,
         })
     }
 

@@ -1,6 +1,6 @@
 //! Query-string operations, on the raw (percent-encoded) string.
 
-use super::template::{Template, Vars};
+use super::template::{parse_map, Template, Vars};
 use crate::config::NameOps;
 
 #[derive(Default)]
@@ -23,20 +23,11 @@ fn encode(out: &mut String, s: &str) {
 
 impl QueryOps {
     pub fn compile(spec: &NameOps) -> Result<Self, (String, String)> {
-        let templates = |field: &str, m: &std::collections::BTreeMap<String, String>| {
-            m.iter()
-                .map(|(k, v)| {
-                    Template::parse(v)
-                        .map(|t| (k.clone(), t))
-                        .map_err(|e| (format!("{field}.{k}"), e))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
         Ok(QueryOps {
             remove: spec.remove.clone(),
             rename: spec.rename.clone().into_iter().collect(),
-            set: templates("set", &spec.set)?,
-            add: templates("add", &spec.add)?,
+            set: parse_map("set", &spec.set)?,
+            add: parse_map("add", &spec.add)?,
         })
     }
 

@@ -144,6 +144,20 @@ impl Template {
     }
 }
 
+/// Every value of a `name: template` map, parsed; a fault names `field.name`.
+pub fn parse_map(
+    field: &str,
+    m: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, Template)>, (String, String)> {
+    m.iter()
+        .map(|(k, v)| {
+            Template::parse(v)
+                .map(|t| (k.clone(), t))
+                .map_err(|e| (format!("{field}.{k}"), e))
+        })
+        .collect()
+}
+
 /// What variables are filled from: the client's request as it arrived.
 pub struct Vars<'a> {
     pub request_id: &'a str,
