@@ -463,8 +463,17 @@ fn status_codes_need_explicit_freshness_unless_cacheable_by_default() {
         "moved {n}",
     );
     up.script("/error", 500, &[], "err {n}");
+    up.script(
+        "/partial",
+        206,
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-range", "bytes 0-3/10"),
+        ],
+        "part",
+    );
     let gw = gateway(&up, "{default_ttl: 30s}", "");
-    for p in ["/missing", "/moved", "/moved-fresh", "/error"] {
+    for p in ["/missing", "/moved", "/moved-fresh", "/error", "/partial"] {
         get(&gw.url(p));
         get(&gw.url(p));
     }
@@ -472,6 +481,11 @@ fn status_codes_need_explicit_freshness_unless_cacheable_by_default() {
     assert_eq!(up.count_path("/moved"), 2, "302 needs explicit freshness");
     assert_eq!(up.count_path("/moved-fresh"), 1);
     assert_eq!(up.count_path("/error"), 2);
+    assert_eq!(
+        up.count_path("/partial"),
+        2,
+        "a 206 is never stored (only whole representations are)"
+    );
 }
 
 #[test]
