@@ -12,7 +12,8 @@ const DEFAULT_CONFIG: &str = "/etc/portico/portico.yaml";
 /// Portico, an API gateway on Cloudflare's Pingora.
 ///
 /// Routes HTTP requests by host, path, method and headers to pools of upstream services,
-/// balancing them and checking their health, all from one YAML file.
+/// balancing them and checking their health; authenticates, rate-limits, caches and
+/// transforms on the way, all from one YAML file.
 #[derive(Parser, Debug)]
 #[command(name = "portico", version, args_conflicts_with_subcommands = true)]
 #[command(
