@@ -1,8 +1,11 @@
-//! The admin listener: cache statistics and purges. Calls that change state need the
-//! configured admin token (`Authorization: Bearer ...`); without a token they are refused.
+//! The admin listener: metrics, health, readiness and status, cache statistics and purges.
+//! Calls that change state need the configured admin token (`Authorization: Bearer ...`);
+//! without a token they are refused.
 
 use crate::cache::purge;
-use crate::http_reply::json;
+use crate::http_reply::{self, json};
+use crate::lifecycle;
+use crate::observe::{access_log, metrics};
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -119,6 +122,35 @@ fn purge(rt: &Runtime, body: &[u8]) -> Response<Vec<u8>> {
     json(StatusCode::OK, json!({"purged": purged}))
 }
 
+/// What runs: version, state, which config, and every upstream target's health.
+fn status(rt: &Runtime) -> Value {
+    let upstreams: Vec<Value> = rt
+        .upstreams
+        .iter()
+        .map(|pool| {
+            let targets: Vec<Value> = pool
+                .targets()
+                .iter()
+                .map(|t| json!({"address": t.addr, "weight": t.weight, "healthy": t.healthy}))
+                .collect();
+            json!({"name": pool.name, "targets": targets})
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "state": lifecycle::state().as_str(),
+        "config": {
+            "generation": rt.info.generation,
+            "sha256": rt.info.sha256,
+            "loaded_at": access_log::rfc3339(rt.info.loaded_at),
+            "routes": rt.routes.len(),
+            "listeners": rt.listeners,
+        },
+        "upstreams": upstreams,
+    })
+}
+
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -126,6 +158,23 @@ impl ServeHttp for AdminApi {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         match (method.as_str(), path.as_str()) {
+            ("GET", "/metrics") => http_reply::bytes(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(&rt).into_bytes(),
+            ),
+            // The process answers, so it is alive.
+            ("GET", "/healthz") => json(StatusCode::OK, json!({"status": "alive"})),
+            ("GET", "/readyz") => {
+                let state = lifecycle::state();
+                let status = if state == lifecycle::State::Ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json(status, json!({"status": state.as_str()}))
+            }
+            ("GET", "/status") => json(StatusCode::OK, status(&rt)),
             ("GET", "/cache") => {
                 let stats = serde_json::to_value(rt.cache.store.stats()).unwrap_or(Value::Null);
                 json(StatusCode::OK, stats)
@@ -154,7 +203,7 @@ impl ServeHttp for AdminApi {
                 }
                 purge(&rt, &body)
             }
-            (_, "/cache" | "/cache/purge") => {
+            (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/cache" | "/cache/purge") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),

@@ -2,6 +2,7 @@
 //! to upstream pools, made concurrently, each with its own timeout. The calls pick their
 //! targets through the pools' balancers and health checks and reuse pooled connections.
 
+use crate::observe::request_id::RequestId;
 use crate::runtime::Runtime;
 use crate::transform::template::{Template, Vars};
 use pingora_core::connectors::http::Connector;
@@ -36,7 +37,7 @@ fn connector() -> &'static Connector {
 /// Headers each call carries from the client request.
 pub struct Forward<'a> {
     pub traceparent: Option<&'a str>,
-    pub request_id: &'a str,
+    pub request_id: &'a RequestId,
     pub consumer: Option<&'a str>,
 }
 
@@ -54,7 +55,8 @@ async fn fetch(rt: &Runtime, call: &Call, path: &str, fwd: &Forward<'_>) -> Resu
     req.insert_header(http::header::HOST, host.clone())
         .map_err(|e| e.to_string())?;
     set(&mut req, "accept", "application/json")?;
-    set(&mut req, "x-request-id", fwd.request_id)?;
+    req.insert_header(fwd.request_id.header.clone(), fwd.request_id.as_str())
+        .map_err(|e| e.to_string())?;
     if let Some(c) = fwd.consumer {
         set(&mut req, "x-consumer", c)?;
     }

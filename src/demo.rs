@@ -242,7 +242,9 @@ Try these in another terminal:
     );
     if let Some((address, token)) = admin {
         out.push_str(&format!(
-            "  curl -s http://{address}/cache                   # admin: cache entries, bytes, budget, evictions
+            "  curl -s http://{address}/status                  # admin: version, config hash, upstream target health
+  curl -s http://{address}/metrics | grep ^portico_requests_total   # Prometheus metrics per route, method, status
+  curl -s http://{address}/cache                   # admin: cache entries, bytes, budget, evictions
   curl -s -X POST -H 'Authorization: Bearer {token}' http://{address}/cache/purge -d '{{\"prefix\": \"{g}/api/catalog\"}}'
 "
         ));

@@ -1,5 +1,6 @@
 //! Every response the gateway makes up itself is JSON: `{"error", "status", "request_id"}`.
 
+use crate::observe::request_id::RequestId;
 use bytes::Bytes;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -20,7 +21,7 @@ pub async fn send(
     session: &mut Session,
     status: u16,
     message: &str,
-    request_id: &str,
+    request_id: &RequestId,
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
     reply(
@@ -38,13 +39,13 @@ pub async fn reply(
     session: &mut Session,
     status: u16,
     body: Bytes,
-    request_id: &str,
+    request_id: &RequestId,
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len())?;
-    resp.insert_header("x-request-id", request_id)?;
+    resp.insert_header(request_id.header.clone(), request_id.as_str())?;
     resp.insert_header("cache-control", "no-store")?;
     for (name, value) in extra {
         resp.insert_header(*name, *value)?;

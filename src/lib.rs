@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error_response;
 pub mod forwarding;
 pub mod http_reply;
+pub mod lifecycle;
 pub mod observe;
 pub mod periodic;
 pub mod policy;

@@ -112,7 +112,8 @@ fn run(args: RunArgs) -> ExitCode {
         rt.upstreams.len(),
         rt.listeners
     );
-    server::build(rt, mode, Vec::new()).run_forever()
+    let drain_delay = rt.server.drain_delay.0;
+    server::run(server::build(rt, mode, Vec::new()), drain_delay)
 }
 
 fn check(args: ConfigArg) -> ExitCode {
@@ -160,7 +161,11 @@ fn demo(args: DemoArgs) -> ExitCode {
         "{}",
         demo::instructions(&d.gateway, d.admin.as_ref(), d.tokens.as_ref())
     );
-    server::build(d.runtime, StartMode::default(), d.services).run_forever()
+    let drain_delay = d.runtime.server.drain_delay.0;
+    server::run(
+        server::build(d.runtime, StartMode::default(), d.services),
+        drain_delay,
+    )
 }
 
 fn hash_key(args: HashKeyArgs) -> ExitCode {

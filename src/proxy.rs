@@ -7,7 +7,8 @@ use crate::cache::{self, purge, status as cache_status};
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
 use crate::observe::access_log::{self, LazyAccessLog};
-use crate::observe::request_id;
+use crate::observe::metrics::{Outcome, RouteMetrics};
+use crate::observe::request_id::RequestId;
 use crate::observe::trace::TraceContext;
 use crate::policy::auth::build::CONSUMER_HEADER;
 use crate::policy::auth::Identity;
@@ -37,8 +38,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-const X_REQUEST_ID: &str = "x-request-id";
-
 /// The gateway; `runtime` is swapped whole on reload.
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
@@ -59,7 +58,7 @@ pub struct Ctx {
     /// The config this request started with; it finishes on it even across a reload.
     rt: Arc<Runtime>,
     route: Option<usize>,
-    request_id: String,
+    request_id: RequestId,
     client_ip: Option<IpAddr>,
     /// The target of the current attempt.
     target: Option<SocketAddr>,
@@ -161,7 +160,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             rt: self.runtime.load_full(),
             route: None,
-            request_id: String::new(),
+            request_id: RequestId::unset(),
             client_ip: None,
             target: None,
             failed: Vec::new(),
@@ -186,15 +185,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        ctx.request_id = match session
-            .req_header()
-            .headers
-            .get(X_REQUEST_ID)
-            .and_then(|v| request_id::accept(v.as_bytes()))
-        {
-            Some(id) => id.to_string(),
-            None => request_id::next(),
-        };
+        ctx.request_id = RequestId::take(&ctx.rt.request_id_header, &session.req_header().headers);
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -256,8 +247,16 @@ impl ProxyHttp for Gateway {
                 }
                 if let Some(access) = &route.access {
                     match access.check(session.req_header()).await {
-                        Ok(identity) => ctx.identity = identity,
+                        Ok(identity) => {
+                            if rt.metrics {
+                                route.metrics.auth_ok();
+                            }
+                            ctx.identity = identity
+                        }
                         Err(denial) => {
+                            if rt.metrics {
+                                route.metrics.auth_refused(denial.reason);
+                            }
                             log::info!(
                                 "request {} on route {}: {} {} ({})",
                                 ctx.request_id,
@@ -295,6 +294,9 @@ impl ProxyHttp for Gateway {
                     ratelimit::decide(&route.limits, &rt.limiter, rt.redis.as_deref(), &request)
                         .await;
                 if let Some((why, refuse)) = &outcome.store_failed {
+                    if rt.metrics {
+                        route.metrics.rate_limit_store_error();
+                    }
                     log::warn!(
                         "request {} on route {}: Redis could not decide the cluster limits ({why}); {}",
                         ctx.request_id,
@@ -309,6 +311,9 @@ impl ProxyHttp for Gateway {
                         return Ok(true);
                     }
                 }
+                if rt.metrics && !outcome.would_reject.is_empty() {
+                    route.metrics.rate_limit("dry_run_limited");
+                }
                 for name in &outcome.would_reject {
                     log::info!(
                         "request {} on route {}: dry-run limit {name} would answer 429",
@@ -319,9 +324,15 @@ impl ProxyHttp for Gateway {
                 let Some(limit) = outcome.rejected_by else {
                     ctx.rate_headers = outcome.headers;
                     ctx.rate_limit = Some("allowed");
+                    if rt.metrics {
+                        route.metrics.rate_limit("allowed");
+                    }
                     return Ok(false);
                 };
                 ctx.rate_limit = Some("limited");
+                if rt.metrics {
+                    route.metrics.rate_limit("limited");
+                }
                 log::info!(
                     "request {} on route {}: 429 rate limit {limit}",
                     ctx.request_id,
@@ -592,7 +603,14 @@ impl ProxyHttp for Gateway {
         // Retry only while the budget lasts and another healthy target exists; nothing has
         // reached the upstream yet, so any method is safe to retry.
         let retry = ctx.pool().is_some_and(|pool| {
-            ctx.failed.len() <= pool.retries && select(pool, session, ctx).is_some()
+            let retry = ctx.failed.len() <= pool.retries && select(pool, session, ctx).is_some();
+            if ctx.rt.metrics {
+                pool.metrics.connect_failures.inc();
+                if retry {
+                    pool.metrics.retries.inc();
+                }
+            }
+            retry
         });
         e.set_retry(retry);
         e
@@ -673,7 +691,7 @@ impl ProxyHttp for Gateway {
             host: client_host.as_deref(),
         };
         forwarding::set_forwarded_headers(upstream, &client);
-        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
         if let Some(t) = &ctx.trace {
             upstream.insert_header("traceparent", t.header_value())?;
         }
@@ -804,7 +822,7 @@ impl ProxyHttp for Gateway {
                 );
             }
         }
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        resp.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
         if let Some((policy, state)) = ctx.rate_headers.take() {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;
@@ -848,7 +866,7 @@ impl ProxyHttp for Gateway {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
@@ -856,14 +874,23 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.times.connected = Some(Instant::now());
+        if let Some(pool) = ctx.pool().filter(|_| ctx.rt.metrics) {
+            if reused {
+                pool.metrics.reused_connections.inc();
+            } else {
+                pool.metrics.new_connections.inc();
+            }
+        }
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let Some(log) = self.access_log.as_ref().and_then(|l| l.get()) else {
-            return;
-        };
-        log.write(access_line(session, ctx));
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.rt.metrics {
+            record_metrics(session, e, ctx);
+        }
+        if let Some(log) = self.access_log.as_ref().and_then(|l| l.get()) {
+            log.write(access_line(session, ctx));
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -895,7 +922,7 @@ async fn purge_request(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     }
     let host = request_host(req).unwrap_or_default();
     let n = purge::url(&ctx.rt, host, req.uri.path(), req.uri.query(), &req.headers);
-    let body = serde_json::json!({"purged": n, "request_id": ctx.request_id}).to_string();
+    let body = serde_json::json!({"purged": n, "request_id": ctx.request_id.as_str()}).to_string();
     error_response::reply(session, 200, body.into(), &ctx.request_id, &[]).await
 }
 
@@ -922,7 +949,7 @@ async fn preflight(session: &mut Session, ctx: &mut Ctx, method: &http::Method) 
                 resp.append_header(name, value)?;
             }
             resp.insert_header("content-length", "0")?;
-            resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+            resp.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
             session.write_response_header(Box::new(resp), true).await?;
         }
         Preflight::Refused(why) => {
@@ -972,7 +999,7 @@ fn send_mirror(session: &Session, ctx: &Ctx, body: Vec<u8>) {
         session.req_header(),
         body,
         m.timeout,
-        ctx.request_id.clone(),
+        ctx.request_id.to_string(),
     );
 }
 
@@ -1068,7 +1095,7 @@ async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
             let mut resp = ResponseHeader::build(200, Some(6))?;
             resp.insert_header("content-type", "application/json")?;
             resp.insert_header("content-length", body.len())?;
-            resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+            resp.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
             if let Some((policy, state)) = &ctx.rate_headers {
                 resp.insert_header("ratelimit-policy", policy.as_str())?;
                 resp.insert_header("ratelimit", state.as_str())?;
@@ -1098,6 +1125,38 @@ async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
             let message = format!("required call {key:?} failed: {why}");
             error_response::send(session, 502, &message, &ctx.request_id, &[]).await
         }
+    }
+}
+
+/// Count a finished request in the route's and upstream's metrics.
+fn record_metrics(session: &Session, e: Option<&Error>, ctx: &Ctx) {
+    let route = ctx.route.map(|i| &ctx.rt.routes[i]);
+    let metrics = route.map_or(RouteMetrics::unrouted(), |r| &r.metrics);
+    metrics.request(&Outcome {
+        method: &session.req_header().method,
+        status: session.response_written().map(|r| r.status.as_u16()),
+        duration: ctx.times.start.elapsed(),
+        bytes_in: session.body_bytes_read(),
+        bytes_out: session.body_bytes_sent(),
+    });
+    if ctx.cache.active {
+        metrics.cache(session.cache.phase().as_str());
+    }
+    let Some(pool) = ctx.pool() else {
+        return;
+    };
+    if let (Some(start), Some(end)) = (ctx.times.connect_start, ctx.times.response) {
+        pool.metrics
+            .response
+            .observe(end.saturating_duration_since(start).as_secs_f64());
+    }
+    let timed_out = e.is_some_and(|e| match e.etype() {
+        ErrorType::ConnectTimedout => true,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => e.esource() == &ErrorSource::Upstream,
+        _ => false,
+    });
+    if timed_out {
+        pool.metrics.timeouts.inc();
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::cache::{self, RoutePolicy};
 use crate::compose::{Call, Compose};
 use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstream};
+use crate::observe::metrics::RouteMetrics;
 use crate::policy::access::AccessRule;
 use crate::policy::auth::build::{self as auth_build, Auth};
 use crate::policy::compression::Compression;
@@ -27,7 +28,9 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// How the path sent upstream is derived from the client's.
 #[derive(Debug)]
@@ -94,6 +97,7 @@ pub struct RouteAction {
     pub mirror: Option<Mirror>,
     pub compression: Option<Compression>,
     pub compose: Option<Compose>,
+    pub metrics: RouteMetrics,
 }
 
 pub struct Runtime {
@@ -115,7 +119,24 @@ pub struct Runtime {
     pub caching: bool,
     pub admin: Option<AdminSettings>,
     pub access_log: Option<String>,
+    /// Metrics are recorded only when an admin listener can serve them.
+    pub metrics: bool,
+    /// The header that carries request ids in and out (`server.request_id_header`).
+    pub request_id_header: HeaderName,
+    pub info: LoadInfo,
 }
+
+/// Which config this is, for `/status` and the metrics.
+pub struct LoadInfo {
+    /// 1 for the config the process started with, +1 for each one applied after it.
+    pub generation: u64,
+    /// SHA-256 of the file's text, hex.
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+}
+
+/// Configs built so far in this process; the next one gets the next generation.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// The admin listener and the digest of its token.
 pub struct AdminSettings {
@@ -153,7 +174,14 @@ pub fn build_parsed(file: &str, parsed: config::Parsed) -> Result<Runtime, Confi
     let mut faults = parsed.faults;
     let built = build(&parsed.config, &parsed.unparsed);
     match built {
-        Ok(rt) if faults.is_empty() => return Ok(rt),
+        Ok(mut rt) if faults.is_empty() => {
+            rt.info = LoadInfo {
+                generation: GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1,
+                sha256: parsed.sha256,
+                loaded_at: SystemTime::now(),
+            };
+            return Ok(rt);
+        }
         Ok(_) => {}
         Err(more) => faults.extend(more),
     }
@@ -399,6 +427,16 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
             "PURGE needs an admin token (admin.token or admin.token_file)",
         ));
     }
+    let request_id_header = match HeaderName::from_bytes(cfg.server.request_id_header.as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            faults.push(Fault::new(
+                "server.request_id_header",
+                format!("{:?} is not a header name", cfg.server.request_id_header),
+            ));
+            HeaderName::from_static("x-request-id")
+        }
+    };
     if !faults.is_empty() {
         return Err(faults);
     }
@@ -421,8 +459,15 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         redis,
         caching,
         cache: cache::Engine::get(&cfg.cache),
+        metrics: admin.is_some(),
         admin,
         access_log: cfg.access_log.clone(),
+        request_id_header,
+        info: LoadInfo {
+            generation: 0,
+            sha256: String::new(),
+            loaded_at: SystemTime::now(),
+        },
     })
 }
 
@@ -1033,6 +1078,7 @@ fn build_route(
             priority: r.priority,
         },
         RouteAction {
+            metrics: RouteMetrics::new(&r.name),
             name: r.name.clone(),
             upstream,
             rewrite,

@@ -2,6 +2,7 @@
 //! background health checks.
 
 use crate::admin::AdminApi;
+use crate::lifecycle::Signals;
 use crate::observe::access_log::LazyAccessLog;
 use crate::policy::auth::jwks;
 use crate::proxy::Gateway;
@@ -10,7 +11,7 @@ use crate::upstream::health;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceWithDependents;
@@ -79,6 +80,14 @@ impl BackgroundService for BackgroundTasks {
         }
         let _ = shutdown.changed().await;
     }
+}
+
+/// Run `server` until it is told to stop, then exit the process.
+pub fn run(server: Server, drain_delay: std::time::Duration) -> ! {
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { drain_delay }),
+    });
+    std::process::exit(0)
 }
 
 /// A server ready to run: the gateway on its listeners plus its background services.

@@ -153,6 +153,8 @@ pub struct Parsed {
     pub positions: Positions,
     pub unparsed: Unparsed,
     pub faults: Vec<Fault>,
+    /// SHA-256 of the file's text, hex: which config is running, as `/status` reports it.
+    pub sha256: String,
 }
 
 /// Parse config text. Only a document that is not YAML at all, or not a mapping, is an
@@ -282,6 +284,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
         positions,
         unparsed,
         faults,
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
     })
 }
 

@@ -69,6 +69,11 @@ pub struct ServerSection {
     pub log_level: String,
     /// Idle upstream connections kept for reuse, across all upstreams.
     pub upstream_keepalive_pool_size: usize,
+    /// The header a request id is taken from (when valid), forwarded in and returned in.
+    pub request_id_header: String,
+    /// After SIGTERM, how long `/readyz` answers 503 while the listeners still accept, so
+    /// load balancers stop sending before the gateway stops accepting.
+    pub drain_delay: Dur,
 }
 
 impl Default for ServerSection {
@@ -82,6 +87,8 @@ impl Default for ServerSection {
             error_log: None,
             log_level: "info".into(),
             upstream_keepalive_pool_size: 128,
+            request_id_header: "x-request-id".into(),
+            drain_delay: Dur::secs(0),
         }
     }
 }

@@ -110,6 +110,7 @@ impl AccessLog {
         line.push(b'\n');
         if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::observe::metrics::access_log_dropped(1);
         }
     }
 

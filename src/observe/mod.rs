@@ -1,6 +1,7 @@
-//! Observability: the error log, request ids and trace context.
+//! Observability: the error log, access log, metrics, request ids and trace context.
 
 pub mod access_log;
 pub mod logger;
+pub mod metrics;
 pub mod request_id;
 pub mod trace;

@@ -5,6 +5,7 @@ pub mod health;
 pub mod mirror;
 pub mod split;
 
+use crate::observe::metrics::UpstreamMetrics;
 use futures::FutureExt;
 use hash_key::HashKey;
 use http::HeaderValue;
@@ -54,6 +55,14 @@ pub struct Pool {
     pub keepalive: bool,
     pub retries: usize,
     pub check_interval: Option<Duration>,
+    pub metrics: UpstreamMetrics,
+}
+
+/// A target as `/status` and the metrics show it.
+pub struct TargetState {
+    pub addr: SocketAddr,
+    pub weight: usize,
+    pub healthy: bool,
 }
 
 fn build_lb<S>(
@@ -117,6 +126,7 @@ impl Pool {
             keepalive: opts.keepalive,
             retries: opts.retries,
             check_interval: interval,
+            metrics: UpstreamMetrics::new(name),
         }
     }
 
@@ -138,6 +148,27 @@ impl Pool {
         self.peers
             .get(addr)
             .map(|(peer, host)| (Box::new(peer.clone()), host))
+    }
+
+    /// Every target with its weight and current health (always healthy without checks).
+    pub fn targets(&self) -> Vec<TargetState> {
+        fn states(b: &Backends) -> Vec<TargetState> {
+            b.get_backend()
+                .iter()
+                .filter_map(|t| {
+                    Some(TargetState {
+                        addr: *t.addr.as_inet()?,
+                        weight: t.weight,
+                        healthy: b.ready(t),
+                    })
+                })
+                .collect()
+        }
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => states(lb.backends()),
+            Balancer::Random(lb) => states(lb.backends()),
+            Balancer::Consistent(lb) => states(lb.backends()),
+        }
     }
 
     /// One pass of active checks over every target, all at once.

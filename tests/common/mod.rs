@@ -291,7 +291,9 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
 impl Upstream {
     /// Start on a free loopback port.
     pub fn start(name: &str) -> Upstream {
-        Self::start_on(name, 0)
+        // From the same registry as the gateways' ports: a port the OS picked for an
+        // upstream could be one just handed to a gateway that has not bound it yet.
+        Self::start_on(name, free_port())
     }
 
     /// Start on `port` (0 for any), e.g. to bring back a stopped upstream at its address.
@@ -322,7 +324,7 @@ impl Upstream {
         .unwrap();
         Self::spawn(
             name,
-            0,
+            free_port(),
             Arc::default(),
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
         )
@@ -515,12 +517,29 @@ impl Gateway {
     /// Run portico with `body` (upstreams, routes, ...) below a generated `server` and
     /// `listeners` section on a free port.
     pub fn start(body: &str) -> Gateway {
+        Gateway::start_with("", body)
+    }
+
+    /// As [`Gateway::start`], with `server` lines (two-space indented) added to the
+    /// generated server section; a key given here wins over the generated one.
+    pub fn start_with(server: &str, body: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let config = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  log_level: info\nlisteners:\n  - address: 127.0.0.1:{port}\n{body}",
+        let mut lines = format!(
+            "  threads: 2\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  log_level: info\n",
             d = dir.path().display()
         );
+        for line in server.lines() {
+            if let Some(key) = line.trim().split(':').next() {
+                lines = lines
+                    .lines()
+                    .filter(|l| l.trim().split(':').next() != Some(key))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+            }
+        }
+        lines.push_str(server);
+        let config = format!("server:\n{lines}listeners:\n  - address: 127.0.0.1:{port}\n{body}");
         let conf = dir.path().join("portico.yaml");
         std::fs::write(&conf, config).expect("write config");
         let log = dir.path().join("portico.log");

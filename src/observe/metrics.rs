@@ -1,0 +1,555 @@
+//! Prometheus metrics. The families live in the `prometheus` crate's default registry (the
+//! one `pingora-prometheus` serves as well). Label values come only from the config (route
+//! and upstream names) or from small fixed sets (method, status class, outcome), never from
+//! the request itself. The request path records through handles resolved once per label
+//! combination and kept with the route or upstream, so recording is a few atomic adds.
+
+use crate::runtime::Runtime;
+use http::Method;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// Seconds; from a cache hit (~0.1 ms) to a slow upstream.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every metric family Portico exports.
+pub struct Families {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    received: IntCounterVec,
+    sent: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_connect_failures: IntCounterVec,
+    upstream_retries: IntCounterVec,
+    upstream_timeouts: IntCounterVec,
+    upstream_connections: IntCounterVec,
+    target_healthy: IntGaugeVec,
+    auth: IntCounterVec,
+    rate_limit: IntCounterVec,
+    rate_limit_store_errors: IntCounterVec,
+    cache: IntCounterVec,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
+    cache_budget: IntGauge,
+    cache_evictions: IntCounter,
+    cache_evicted_bytes: IntCounter,
+    reloads: IntCounterVec,
+    generation: IntGauge,
+    loaded_at: Gauge,
+    access_log_dropped: IntCounter,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric options");
+    register(reg, Box::new(vec.clone()));
+    vec
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    let vec = HistogramVec::new(opts, labels).expect("valid metric options");
+    register(reg, Box::new(vec.clone()));
+    vec
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric options");
+    register(reg, Box::new(g.clone()));
+    g
+}
+
+fn register(reg: &Registry, c: Box<dyn prometheus::core::Collector>) {
+    // Only a second family of the same name can fail, which would be our own bug: the
+    // metric still counts, it just is not exported.
+    if let Err(e) = reg.register(c) {
+        log::error!("metric not registered: {e}");
+    }
+}
+
+impl Families {
+    fn new(reg: &Registry) -> Families {
+        let rms = ["route", "method", "status"];
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "portico_build_info",
+                "Version of the running binary (always 1)",
+            ),
+            &["version"],
+        )
+        .expect("valid metric options");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        register(reg, Box::new(build));
+        let loaded_at = Gauge::new(
+            "portico_config_load_timestamp_seconds",
+            "When the config in use was loaded (Unix time)",
+        )
+        .expect("valid metric options");
+        register(reg, Box::new(loaded_at.clone()));
+        let cache_evictions = IntCounter::new(
+            "portico_cache_evictions_total",
+            "Cached responses evicted to stay within cache.memory",
+        )
+        .expect("valid metric options");
+        register(reg, Box::new(cache_evictions.clone()));
+        let cache_evicted_bytes = IntCounter::new(
+            "portico_cache_evicted_bytes_total",
+            "Weight of the cached responses evicted",
+        )
+        .expect("valid metric options");
+        register(reg, Box::new(cache_evicted_bytes.clone()));
+        let access_log_dropped = IntCounter::new(
+            "portico_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind",
+        )
+        .expect("valid metric options");
+        register(reg, Box::new(access_log_dropped.clone()));
+        Families {
+            requests: counter(
+                reg,
+                "portico_requests_total",
+                "Requests answered, by route, method and status class",
+                &rms,
+            ),
+            duration: histogram(
+                reg,
+                "portico_request_duration_seconds",
+                "Time from the request's arrival to the end of its response",
+                &rms,
+            ),
+            received: counter(
+                reg,
+                "portico_request_body_bytes_total",
+                "Request body bytes read from clients",
+                &["route"],
+            ),
+            sent: counter(
+                reg,
+                "portico_response_body_bytes_total",
+                "Response body bytes sent to clients",
+                &["route"],
+            ),
+            upstream_duration: histogram(
+                reg,
+                "portico_upstream_response_duration_seconds",
+                "Time from choosing a target to its response header",
+                &["upstream"],
+            ),
+            upstream_connect_failures: counter(
+                reg,
+                "portico_upstream_connect_failures_total",
+                "Connections to targets that failed or timed out",
+                &["upstream"],
+            ),
+            upstream_retries: counter(
+                reg,
+                "portico_upstream_retries_total",
+                "Requests sent to another target after a failed connect",
+                &["upstream"],
+            ),
+            upstream_timeouts: counter(
+                reg,
+                "portico_upstream_timeouts_total",
+                "Requests that ended with a connect, read or write timeout upstream",
+                &["upstream"],
+            ),
+            upstream_connections: counter(
+                reg,
+                "portico_upstream_connections_total",
+                "Upstream connections used, new or reused from the keep-alive pool",
+                &["upstream", "reused"],
+            ),
+            target_healthy: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "portico_upstream_target_healthy",
+                        "1 while a target is in rotation, 0 while its health check fails",
+                    ),
+                    &["upstream", "target"],
+                )
+                .expect("valid metric options");
+                register(reg, Box::new(g.clone()));
+                g
+            },
+            auth: counter(
+                reg,
+                "portico_auth_total",
+                "Access checks by route and result (ok or the reason for refusing)",
+                &["route", "result"],
+            ),
+            rate_limit: counter(
+                reg,
+                "portico_rate_limit_decisions_total",
+                "Rate-limit decisions: allowed, limited, or dry_run_limited",
+                &["route", "result"],
+            ),
+            rate_limit_store_errors: counter(
+                reg,
+                "portico_rate_limit_store_errors_total",
+                "Cluster-wide limits Redis could not decide",
+                &["route"],
+            ),
+            cache: counter(
+                reg,
+                "portico_cache_requests_total",
+                "Cache lookups by result (hit, miss, stale, expired, revalidated, ...)",
+                &["route", "result"],
+            ),
+            cache_entries: gauge(reg, "portico_cache_entries", "Responses in the cache"),
+            cache_bytes: gauge(
+                reg,
+                "portico_cache_stored_bytes",
+                "Weight of the cached responses (bodies, headers and bookkeeping)",
+            ),
+            cache_budget: gauge(reg, "portico_cache_budget_bytes", "cache.memory"),
+            cache_evictions,
+            cache_evicted_bytes,
+            reloads: counter(
+                reg,
+                "portico_config_reloads_total",
+                "Config reloads by result (success or failure)",
+                &["result"],
+            ),
+            generation: gauge(
+                reg,
+                "portico_config_generation",
+                "Number of the config in use, counting from 1 at start",
+            ),
+            loaded_at,
+            access_log_dropped,
+        }
+    }
+}
+
+/// The families, registered in the default registry on first use.
+pub fn families() -> &'static Families {
+    static FAMILIES: OnceLock<Families> = OnceLock::new();
+    FAMILIES.get_or_init(|| Families::new(prometheus::default_registry()))
+}
+
+/// Methods with a label of their own; everything else is `other`.
+const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+];
+const METHOD_SLOTS: usize = METHODS.len() + 1;
+/// `none` (no response was written) and 1xx-5xx.
+const STATUS_LABELS: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_slot(m: &Method) -> usize {
+    METHODS.iter().position(|k| k == m).unwrap_or(METHODS.len())
+}
+
+fn method_label(slot: usize) -> &'static str {
+    METHODS.get(slot).map_or("other", |m| m.as_str())
+}
+
+fn status_slot(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => usize::from(s / 100),
+        _ => 0,
+    }
+}
+
+/// Cache results with a label of their own (Pingora's phase names).
+const CACHE_RESULTS: [&str; 10] = [
+    "hit",
+    "miss",
+    "stale",
+    "stale-updating",
+    "expired",
+    "revalidated",
+    "revalidated-nocache",
+    "bypass",
+    "disabled",
+    "other",
+];
+const RATE_RESULTS: [&str; 3] = ["allowed", "limited", "dry_run_limited"];
+
+fn slots<T, const N: usize>() -> [OnceLock<T>; N] {
+    std::array::from_fn(|_| OnceLock::new())
+}
+
+/// A route's handles, resolved on first use of each label combination so that a config
+/// with thousands of routes exports only the series that saw traffic.
+pub struct RouteMetrics {
+    route: Box<str>,
+    requests: [OnceLock<(IntCounter, Histogram)>; METHOD_SLOTS * STATUS_LABELS.len()],
+    bytes: OnceLock<(IntCounter, IntCounter)>,
+    auth_ok: OnceLock<IntCounter>,
+    rate: [OnceLock<IntCounter>; RATE_RESULTS.len()],
+    cache: [OnceLock<IntCounter>; CACHE_RESULTS.len()],
+}
+
+/// How a request went, as the metrics need it.
+pub struct Outcome<'a> {
+    pub method: &'a Method,
+    pub status: Option<u16>,
+    pub duration: Duration,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.into(),
+            requests: slots(),
+            bytes: OnceLock::new(),
+            auth_ok: OnceLock::new(),
+            rate: slots(),
+            cache: slots(),
+        }
+    }
+
+    /// Requests no route took (404, 405, preflights, purges): `route=""`.
+    pub fn unrouted() -> &'static RouteMetrics {
+        static NONE: OnceLock<RouteMetrics> = OnceLock::new();
+        NONE.get_or_init(|| RouteMetrics::new(""))
+    }
+
+    pub fn request(&self, o: &Outcome) {
+        let (m, s) = (method_slot(o.method), status_slot(o.status));
+        let (count, duration) = self.requests[m * STATUS_LABELS.len() + s].get_or_init(|| {
+            let f = families();
+            let labels = [&*self.route, method_label(m), STATUS_LABELS[s]];
+            (
+                f.requests.with_label_values(&labels),
+                f.duration.with_label_values(&labels),
+            )
+        });
+        count.inc();
+        duration.observe(o.duration.as_secs_f64());
+        let (received, sent) = self.bytes.get_or_init(|| {
+            let f = families();
+            (
+                f.received.with_label_values(&[&*self.route]),
+                f.sent.with_label_values(&[&*self.route]),
+            )
+        });
+        received.inc_by(o.bytes_in as u64);
+        sent.inc_by(o.bytes_out as u64);
+    }
+
+    pub fn auth_ok(&self) {
+        self.auth_ok
+            .get_or_init(|| families().auth.with_label_values(&[&*self.route, "ok"]))
+            .inc();
+    }
+
+    /// A refusal; reasons are a fixed set of static names, and refusals are the rare path.
+    pub fn auth_refused(&self, reason: &str) {
+        families()
+            .auth
+            .with_label_values(&[&*self.route, reason])
+            .inc();
+    }
+
+    /// `result` is one of `allowed`, `limited`, `dry_run_limited`.
+    pub fn rate_limit(&self, result: &str) {
+        let Some(i) = RATE_RESULTS.iter().position(|r| *r == result) else {
+            return;
+        };
+        self.rate[i]
+            .get_or_init(|| {
+                families()
+                    .rate_limit
+                    .with_label_values(&[&*self.route, RATE_RESULTS[i]])
+            })
+            .inc();
+    }
+
+    pub fn rate_limit_store_error(&self) {
+        families()
+            .rate_limit_store_errors
+            .with_label_values(&[&*self.route])
+            .inc();
+    }
+
+    /// `phase` is Pingora's cache phase name.
+    pub fn cache(&self, phase: &str) {
+        let i = CACHE_RESULTS
+            .iter()
+            .position(|r| *r == phase)
+            .unwrap_or(CACHE_RESULTS.len() - 1);
+        self.cache[i]
+            .get_or_init(|| {
+                families()
+                    .cache
+                    .with_label_values(&[&*self.route, CACHE_RESULTS[i]])
+            })
+            .inc();
+    }
+}
+
+/// An upstream's handles; few per config, so resolved at load.
+pub struct UpstreamMetrics {
+    pub response: Histogram,
+    pub connect_failures: IntCounter,
+    pub retries: IntCounter,
+    pub timeouts: IntCounter,
+    pub new_connections: IntCounter,
+    pub reused_connections: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn new(upstream: &str) -> UpstreamMetrics {
+        let f = families();
+        UpstreamMetrics {
+            response: f.upstream_duration.with_label_values(&[upstream]),
+            connect_failures: f.upstream_connect_failures.with_label_values(&[upstream]),
+            retries: f.upstream_retries.with_label_values(&[upstream]),
+            timeouts: f.upstream_timeouts.with_label_values(&[upstream]),
+            new_connections: f
+                .upstream_connections
+                .with_label_values(&[upstream, "false"]),
+            reused_connections: f
+                .upstream_connections
+                .with_label_values(&[upstream, "true"]),
+        }
+    }
+}
+
+/// Count a reload attempt; a successful one also publishes the new config's generation.
+pub fn reload(ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    families().reloads.with_label_values(&[result]).inc();
+}
+
+pub fn access_log_dropped(n: u64) {
+    families().access_log_dropped.inc_by(n);
+}
+
+/// Metrics that are states rather than events are read when scraped.
+fn refresh(rt: &Runtime) {
+    let f = families();
+    f.generation.set(rt.info.generation as i64);
+    if let Ok(t) = rt.info.loaded_at.duration_since(SystemTime::UNIX_EPOCH) {
+        f.loaded_at.set(t.as_secs_f64());
+    }
+    // Targets of a previous config must not linger after a reload.
+    f.target_healthy.reset();
+    for pool in &rt.upstreams {
+        for t in pool.targets() {
+            f.target_healthy
+                .with_label_values(&[pool.name.as_str(), &t.addr.to_string()])
+                .set(i64::from(t.healthy));
+        }
+    }
+    let s = rt.cache.store.stats();
+    f.cache_entries.set(s.entries as i64);
+    f.cache_bytes.set(s.bytes as i64);
+    f.cache_budget.set(s.budget as i64);
+    let evicted = s.evicted_entries as u64;
+    f.cache_evictions
+        .inc_by(evicted.saturating_sub(f.cache_evictions.get()));
+    let evicted_bytes = s.evicted_bytes as u64;
+    f.cache_evicted_bytes
+        .inc_by(evicted_bytes.saturating_sub(f.cache_evicted_bytes.get()));
+}
+
+/// The text exposition of every registered metric, process metrics included.
+pub fn render(rt: &Runtime) -> String {
+    refresh(rt);
+    let mut out = String::with_capacity(16 * 1024);
+    if let Err(e) = TextEncoder::new().encode_utf8(&prometheus::gather(), &mut out) {
+        log::error!("cannot encode metrics: {e}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family name registered, as Prometheus sees it.
+    fn registered_names() -> Vec<String> {
+        families();
+        // Empty vectors are left out of a gather, so ask every collector for its names.
+        let mut names: Vec<String> = prometheus::gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let f = families();
+        let collectors: Vec<&dyn prometheus::core::Collector> = vec![
+            &f.requests,
+            &f.duration,
+            &f.received,
+            &f.sent,
+            &f.upstream_duration,
+            &f.upstream_connect_failures,
+            &f.upstream_retries,
+            &f.upstream_timeouts,
+            &f.upstream_connections,
+            &f.target_healthy,
+            &f.auth,
+            &f.rate_limit,
+            &f.rate_limit_store_errors,
+            &f.cache,
+            &f.reloads,
+        ];
+        for c in collectors {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        }
+        names
+    }
+
+    #[test]
+    fn the_dashboard_uses_only_metrics_that_exist() {
+        let dashboard = include_str!("../../conf/grafana/portico-dashboard.json");
+        let names = registered_names();
+        let re = regex::Regex::new(r"\b((?:portico|process)_[a-z_]+)").expect("regex");
+        let mut used = 0;
+        for m in re.captures_iter(dashboard) {
+            let name = &m[1];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|base| names.iter().any(|n| n == base))
+                .unwrap_or(name);
+            assert!(names.iter().any(|n| n == family), "{name} is not exported");
+            used += 1;
+        }
+        assert!(used > 20, "the dashboard queries {used} metrics");
+    }
+
+    #[test]
+    fn labels_come_from_fixed_sets() {
+        assert_eq!(method_label(method_slot(&Method::GET)), "GET");
+        let odd = Method::from_bytes(b"PROPFIND").expect("valid method");
+        assert_eq!(method_label(method_slot(&odd)), "other");
+        assert_eq!(STATUS_LABELS[status_slot(Some(404))], "4xx");
+        assert_eq!(STATUS_LABELS[status_slot(None)], "none");
+        assert_eq!(STATUS_LABELS[status_slot(Some(700))], "none");
+    }
+
+    #[test]
+    fn a_route_counts_into_its_own_series() {
+        let m = RouteMetrics::new("metrics-unit-test");
+        let o = Outcome {
+            method: &Method::POST,
+            status: Some(201),
+            duration: Duration::from_millis(3),
+            bytes_in: 10,
+            bytes_out: 20,
+        };
+        m.request(&o);
+        m.request(&o);
+        let c = families()
+            .requests
+            .with_label_values(&["metrics-unit-test", "POST", "2xx"]);
+        assert_eq!(c.get(), 2);
+        let sent = families().sent.with_label_values(&["metrics-unit-test"]);
+        assert_eq!(sent.get(), 40);
+    }
+}
