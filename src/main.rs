@@ -112,8 +112,7 @@ fn run(args: RunArgs) -> ExitCode {
         rt.upstreams.len(),
         rt.listeners
     );
-    let drain_delay = rt.server.drain_delay.0;
-    server::run(server::build(rt, mode, Vec::new()), drain_delay)
+    server::build(rt, mode, Vec::new()).run()
 }
 
 fn check(args: ConfigArg) -> ExitCode {
@@ -161,11 +160,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         "{}",
         demo::instructions(&d.gateway, d.admin.as_ref(), d.tokens.as_ref())
     );
-    let drain_delay = d.runtime.server.drain_delay.0;
-    server::run(
-        server::build(d.runtime, StartMode::default(), d.services),
-        drain_delay,
-    )
+    server::build(d.runtime, StartMode::default(), d.services).run()
 }
 
 fn hash_key(args: HashKeyArgs) -> ExitCode {

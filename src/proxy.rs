@@ -6,7 +6,7 @@ use crate::cache::rules::{self, RequestDirectives, RequestFacts};
 use crate::cache::{self, purge, status as cache_status};
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
-use crate::observe::access_log::{self, LazyAccessLog};
+use crate::observe::access_log::{self, AccessLog, LazyAccessLog};
 use crate::observe::metrics::{Outcome, RouteMetrics};
 use crate::observe::request_id::RequestId;
 use crate::observe::trace::TraceContext;
@@ -889,7 +889,7 @@ impl ProxyHttp for Gateway {
             record_metrics(session, e, ctx);
         }
         if let Some(log) = self.access_log.as_ref().and_then(|l| l.get()) {
-            log.write(access_line(session, ctx));
+            write_access_line(log, session, ctx);
         }
     }
 
@@ -1170,7 +1170,7 @@ fn millis(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
 /// One access-log line, serialized straight from borrowed fields (no intermediate map).
 #[derive(serde::Serialize)]
 struct AccessRecord<'a> {
-    time: String,
+    time: access_log::Rfc3339,
     request_id: &'a str,
     trace_id: Option<String>,
     client_ip: Option<IpAddr>,
@@ -1193,11 +1193,11 @@ struct AccessRecord<'a> {
 
 /// One access-log line. The path is logged without its query, and no header values, so
 /// tokens and keys sent in either never reach the log.
-fn access_line(session: &Session, ctx: &Ctx) -> Vec<u8> {
+fn write_access_line(log: &AccessLog, session: &Session, ctx: &Ctx) {
     let req = session.req_header();
     let t = &ctx.times;
     let record = AccessRecord {
-        time: access_log::rfc3339(SystemTime::now()),
+        time: access_log::Rfc3339::new(SystemTime::now()),
         request_id: &ctx.request_id,
         trace_id: ctx.trace.as_ref().map(TraceContext::trace_id_hex),
         client_ip: ctx.client_ip,
@@ -1217,8 +1217,8 @@ fn access_line(session: &Session, ctx: &Ctx) -> Vec<u8> {
         cache: ctx.cache.active.then(|| session.cache.phase().as_str()),
         rate_limit: ctx.rate_limit,
     };
-    let mut line = Vec::with_capacity(512);
-    // Serializing plain fields cannot fail; an empty line would only be skipped.
-    let _ = serde_json::to_writer(&mut line, &record);
-    line
+    log.write_with(|buf| {
+        // Serializing plain fields into memory cannot fail.
+        let _ = serde_json::to_writer(buf, &record);
+    });
 }

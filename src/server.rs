@@ -82,12 +82,26 @@ impl BackgroundService for BackgroundTasks {
     }
 }
 
-/// Run `server` until it is told to stop, then exit the process.
-pub fn run(server: Server, drain_delay: std::time::Duration) -> ! {
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { drain_delay }),
-    });
-    std::process::exit(0)
+/// A built server with what it needs at the end of its life.
+pub struct Built {
+    pub server: Server,
+    access_log: Option<Arc<LazyAccessLog>>,
+    drain_delay: std::time::Duration,
+}
+
+impl Built {
+    /// Run until told to stop; write out the access log's last lines, then exit.
+    pub fn run(self) -> ! {
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(Signals {
+                drain_delay: self.drain_delay,
+            }),
+        });
+        if let Some(log) = self.access_log.as_ref().and_then(|l| l.started()) {
+            log.flush();
+        }
+        std::process::exit(0)
+    }
 }
 
 /// A server ready to run: the gateway on its listeners plus its background services.
@@ -96,7 +110,7 @@ pub fn build(
     rt: Runtime,
     mode: StartMode,
     companions: Vec<Box<dyn ServiceWithDependents>>,
-) -> Server {
+) -> Built {
     let conf = server_conf(&rt, mode);
     let opt = Opt {
         upgrade: mode.upgrade,
@@ -107,6 +121,7 @@ pub fn build(
     server.bootstrap();
     let companions = server.add_services(companions);
     let listeners = rt.listeners.clone();
+    let drain_delay = rt.server.drain_delay.0;
     let admin_address = rt.admin.as_ref().map(|a| a.address);
     let access_log = rt
         .access_log
@@ -126,7 +141,7 @@ pub fn build(
         "health checks and key refresh",
         BackgroundTasks {
             runtime: runtime.clone(),
-            access_log,
+            access_log: access_log.clone(),
         },
     ));
     if let Some(addr) = admin_address {
@@ -136,5 +151,9 @@ pub fn build(
     }
     gateway.add_dependencies(&companions);
     checks.add_dependencies(&companions);
-    server
+    Built {
+        server,
+        access_log,
+        drain_delay,
+    }
 }

@@ -84,3 +84,31 @@ routes:
     }));
     assert_eq!(lines(&rotated).len(), 2, "the old file keeps its lines");
 }
+
+#[test]
+fn lines_logged_just_before_a_graceful_stop_reach_the_file() {
+    let up = Upstream::start("app");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let mut gw = Gateway::start(&format!(
+        "access_log: {}\nupstreams:\n  - name: app\n    targets: [{{address: \"{}\"}}]\nroutes:\n  - name: all\n    upstream: app\n",
+        log.display(),
+        up.addr
+    ));
+    for i in 0..5 {
+        assert_eq!(get(&gw.url(&format!("/last/{i}"))).status, 200);
+    }
+    signal(gw.pid(), "TERM");
+    let status = gw.child.wait().expect("portico exits");
+    assert!(status.success(), "{status}");
+    // Threads write their own buffers: lines of one 20 ms window may interleave.
+    let mut paths: Vec<String> = lines(&log)
+        .iter()
+        .map(|l| l["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        (0..5).map(|i| format!("/last/{i}")).collect::<Vec<_>>()
+    );
+}

@@ -77,11 +77,7 @@ impl TraceContext {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        let mut s = String::with_capacity(32);
-        for b in self.trace_id {
-            let _ = write!(s, "{b:02x}");
-        }
-        s
+        hex::encode(self.trace_id)
     }
 
     /// The `traceparent` sent upstream: same trace, the gateway's span as parent.

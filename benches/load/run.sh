@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: Portico configurations against nginx and HAProxy as plain
+# reverse proxies, in front of one nginx origin. Run by hand, never in CI.
+#
+#   benches/load/run.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [TARGET...]
+#
+# Targets (default: all but metrics and accesslog): nginx haproxy plain routes1000 hs256
+# rs256 ratelimit metrics accesslog observe (both) chain cachehit. Each round runs every target once, interleaved (A B C A B C ...), so slow
+# drifts of a shared machine hit all of them alike. The proxy under test is pinned to CPU
+# 0 with one worker thread; origin and wrk share CPU 1. For each target and round it
+# prints req/s, p50/p99 latency, CPU-µs per request of the proxy process
+# (utime+stime from /proc/PID/stat over the run / requests answered), its peak RSS, and
+# errors; then per target the median and min-max over rounds of the CPU ratio to nginx
+# in the same round.
+#
+# Needs: nginx, haproxy, wrk, taskset (Debian: nginx-light haproxy wrk util-linux) and a
+# release build of portico (built here when missing).
+set -euo pipefail
+
+ROUNDS=5
+DURATION=5
+CONNS=32
+while getopts "r:d:c:h" opt; do
+  case $opt in
+    r) ROUNDS=$OPTARG ;;
+    d) DURATION=$OPTARG ;;
+    c) CONNS=$OPTARG ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nginx haproxy plain routes1000 hs256 rs256 ratelimit observe chain cachehit)
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=$ROOT/target/release/portico
+for tool in nginx haproxy wrk taskset; do
+  command -v $tool >/dev/null || { echo "missing $tool (apt-get install nginx-light haproxy wrk)"; exit 1; }
+done
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
+
+WORK=$(mktemp -d /tmp/portico-load.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1"; return 1
+}
+
+# ---- origin: nginx on CPU 1, a 100-byte body ---------------------------------------
+ORIGIN=$(free_port)
+BODY100=$(printf '%*s' 99 '' | tr ' ' 'x')
+mkdir -p "$WORK/origin"
+cat >"$WORK/origin/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/origin/nginx.pid;
+error_log $WORK/origin/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    location / { default_type application/json; add_header Cache-Control "max-age=600"; return 200 "$BODY100\n"; }
+  }
+}
+EOF
+taskset -c 1 nginx -c "$WORK/origin/nginx.conf" -e "$WORK/origin/error.log" &
+PIDS+=($!)
+wait_port "$ORIGIN"
+
+# ---- proxies (started in $(...): their output must not hold its pipe open) --------------------------------------------------------------------------
+declare -A PORT PID
+HS_TOKEN=""
+RS_TOKEN=""
+
+start_nginx() {
+  local port=$1 dir=$WORK/nginx
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
+  server {
+    listen 127.0.0.1:$port;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+  taskset -c 0 nginx -c "$dir/nginx.conf" -e "$dir/error.log" >/dev/null 2>&1 &
+  echo $!
+}
+
+start_haproxy() {
+  local port=$1 dir=$WORK/haproxy
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend origin
+backend origin
+  server o1 127.0.0.1:$ORIGIN
+EOF
+  taskset -c 0 haproxy -f "$dir/haproxy.cfg" -db >"$dir/log" 2>&1 &
+  echo $!
+}
+
+# Portico's config for a target: shared server/listener/upstream part plus its routes.
+portico_config() {
+  local target=$1 port=$2 dir=$3
+  cat <<EOF
+server:
+  threads: 1
+  pid_file: $dir/portico.pid
+  upgrade_sock: $dir/upgrade.sock
+  grace_period: 0s
+  shutdown_timeout: 1s
+  log_level: warn
+listeners:
+  - address: 127.0.0.1:$port
+upstreams:
+  - name: origin
+    targets: [{address: "127.0.0.1:$ORIGIN"}]
+EOF
+  case $target in
+    plain)
+      printf 'routes:\n  - name: all\n    upstream: origin\n' ;;
+    routes1000)
+      printf 'routes:\n'
+      for i in $(seq 1 999); do printf '  - {name: r%d, match: {path_prefix: /svc%d/}, upstream: origin}\n' "$i" "$i"; done
+      printf '  - {name: all, upstream: origin}\n' ;;
+    hs256|rs256|chain)
+      local alg=HS256 key="secret: \"$(printf 'k%.0s' $(seq 1 40))\""
+      if [ "$target" = rs256 ]; then alg=RS256; key="pem_files: [$WORK/rs_pub.pem]"; fi
+      cat <<EOF
+auth:
+  jwt:
+    - name: main
+      algorithms: [$alg]
+      keys: {$key}
+      issuer: bench
+routes:
+  - name: all
+    upstream: origin
+    access: {providers: [main]}
+EOF
+      if [ "$target" = chain ]; then
+        cat <<EOF
+    rate_limits:
+      - {name: big, requests: 1000000000, per: 1s, key: consumer}
+admin: {address: "127.0.0.1:$(free_port)"}
+access_log: $dir/access.log
+EOF
+      fi ;;
+    ratelimit)
+      printf 'routes:\n  - name: all\n    upstream: origin\n    rate_limits:\n      - {name: big, requests: 1000000000, per: 1s, key: client_ip}\n' ;;
+    metrics)
+      printf 'admin: {address: "127.0.0.1:%s"}\nroutes:\n  - name: all\n    upstream: origin\n' "$(free_port)" ;;
+    accesslog)
+      printf 'access_log: %s/access.log\nroutes:\n  - name: all\n    upstream: origin\n' "$dir" ;;
+    observe)
+      printf 'admin: {address: "127.0.0.1:%s"}\naccess_log: %s/access.log\nroutes:\n  - name: all\n    upstream: origin\n' "$(free_port)" "$dir" ;;
+    cachehit)
+      printf 'cache: {memory: 16MiB}\nroutes:\n  - name: all\n    upstream: origin\n    cache: {default_ttl: 60s}\n' ;;
+  esac
+}
+
+# Tokens for the JWT targets, made once with openssl and python3 (stdlib only).
+make_tokens() {
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rs_key.pem" 2>/dev/null
+  openssl rsa -in "$WORK/rs_key.pem" -pubout -out "$WORK/rs_pub.pem" 2>/dev/null
+  local claims
+  claims=$(printf '{"iss":"bench","sub":"user-1","exp":%d}' $(( $(date +%s) + 86400 )))
+  b64() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+  local hdr body
+  hdr=$(printf '{"alg":"HS256","typ":"JWT"}' | b64); body=$(printf '%s' "$claims" | b64)
+  HS_TOKEN="$hdr.$body.$(printf '%s' "$hdr.$body" | openssl dgst -sha256 -hmac "$(printf 'k%.0s' $(seq 1 40))" -binary | b64)"
+  hdr=$(printf '{"alg":"RS256","typ":"JWT"}' | b64)
+  RS_TOKEN="$hdr.$body.$(printf '%s' "$hdr.$body" | openssl dgst -sha256 -sign "$WORK/rs_key.pem" -binary | b64)"
+}
+
+start_target() {
+  local t=$1 port=$2
+  case $t in
+    nginx) start_nginx "$port" ;;
+    haproxy) start_haproxy "$port" ;;
+    *)
+      local dir=$WORK/$t
+      mkdir -p "$dir"
+      portico_config "$t" "$port" "$dir" >"$dir/portico.yaml"
+      taskset -c 0 "$BIN" run -c "$dir/portico.yaml" >/dev/null 2>"$dir/error.log" &
+      echo $! ;;
+  esac
+}
+
+make_tokens
+for t in "${TARGETS[@]}"; do
+  PORT[$t]=$(free_port)
+  PID[$t]=$(start_target "$t" "${PORT[$t]}")
+  PIDS+=("${PID[$t]}")
+done
+for t in "${TARGETS[@]}"; do wait_port "${PORT[$t]}"; done
+
+# The process whose CPU counts: nginx's worker (the master idles), else the one started.
+cpu_pid() {
+  local t=$1 p=${PID[$1]}
+  if [ "$t" = nginx ]; then pgrep -P "$p" | head -1; else echo "$p"; fi
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+
+header_for() {
+  case $1 in
+    hs256|chain) echo "Authorization: Bearer $HS_TOKEN" ;;
+    rs256) echo "Authorization: Bearer $RS_TOKEN" ;;
+    *) echo "X-Bench: 1" ;;
+  esac
+}
+
+RESULTS=$WORK/results.tsv
+printf 'round\ttarget\treq_s\tp50\tp99\tcpu_us_per_req\tpeak_rss_kb\terrors\n' >"$RESULTS"
+for t in "${TARGETS[@]}"; do   # warm-up: connections, caches, JIT-free but page-faults
+  taskset -c 1 wrk -t1 -c"$CONNS" -d1s -H "$(header_for "$t")" "http://127.0.0.1:${PORT[$t]}/bench" >/dev/null
+done
+for r in $(seq 1 "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    p=$(cpu_pid "$t")
+    before=$(cpu_ticks "$p")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$(header_for "$t")" "http://127.0.0.1:${PORT[$t]}/bench")
+    after=$(cpu_ticks "$p")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    errs=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(/[^0-9 ]/," "); n+=$1+$2+$3+$4} END {print n+0}' <<<"$out")
+    rss=$(awk '/VmHWM/ {print $2}' "/proc/$p/status")
+    cpu=$(awk -v a="$before" -v b="$after" -v n="$reqs" -v tck="$TCK" 'BEGIN {printf "%.1f", (b-a)/tck*1e6/n}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" >>"$RESULTS"
+    printf 'round %s  %-10s %10s req/s  p50 %-8s p99 %-8s %7s CPU-us/req  peak RSS %6s KB  errors %s\n' \
+      "$r" "$t" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs"
+  done
+done
+
+echo
+echo "CPU-us/request relative to nginx in the same round: median [min-max]; req/s median"
+python3 - "$RESULTS" <<'EOF'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+by = {}
+for r in rows:
+    by.setdefault(r["round"], {})[r["target"]] = r
+targets = list(dict.fromkeys(r["target"] for r in rows))
+for t in targets:
+    cpu = [float(by[k][t]["cpu_us_per_req"]) for k in by if t in by[k]]
+    rps = [float(by[k][t]["req_s"]) for k in by if t in by[k]]
+    line = f"{t:<11} cpu {statistics.median(cpu):7.1f} us/req  {statistics.median(rps):10.0f} req/s"
+    if "nginx" in targets:
+        ratios = [float(by[k][t]["cpu_us_per_req"]) / float(by[k]["nginx"]["cpu_us_per_req"])
+                  for k in by if t in by[k] and "nginx" in by[k]]
+        line += f"  x nginx {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+    if "plain" in targets and t != "plain":
+        ratios = [float(by[k][t]["cpu_us_per_req"]) / float(by[k]["plain"]["cpu_us_per_req"])
+                  for k in by if t in by[k] and "plain" in by[k]]
+        line += f"  x plain {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+    print(line)
+EOF
+echo "raw results: $RESULTS"
