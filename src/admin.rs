@@ -6,6 +6,7 @@ use crate::cache::purge;
 use crate::http_reply::{self, json};
 use crate::lifecycle;
 use crate::observe::{access_log, metrics};
+use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -21,11 +22,12 @@ const MAX_BODY: usize = 64 * 1024;
 
 pub struct AdminApi {
     runtime: Arc<ArcSwap<Runtime>>,
+    reloader: Arc<Reloader>,
 }
 
 impl AdminApi {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
-        AdminApi { runtime }
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, reloader: Arc<Reloader>) -> Self {
+        AdminApi { runtime, reloader }
     }
 }
 
@@ -175,6 +177,30 @@ impl ServeHttp for AdminApi {
                 json(status, json!({"status": state.as_str()}))
             }
             ("GET", "/status") => json(StatusCode::OK, status(&rt)),
+            ("POST", "/reload") => {
+                let expected = rt.admin.as_ref().and_then(|a| a.token_sha256.as_ref());
+                let auth = session
+                    .req_header()
+                    .headers
+                    .get(http::header::AUTHORIZATION);
+                if let Err((status, message)) = token_matches(expected, auth) {
+                    return error(status, message);
+                }
+                match self.reloader.reload().await {
+                    Ok(applied) => json(
+                        StatusCode::OK,
+                        serde_json::to_value(applied).unwrap_or(Value::Null),
+                    ),
+                    Err(faults) => json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({
+                            "error": "config refused; the running config keeps serving",
+                            "faults": faults,
+                            "generation": rt.info.generation,
+                        }),
+                    ),
+                }
+            }
             ("GET", "/cache") => {
                 let stats = serde_json::to_value(rt.cache.store.stats()).unwrap_or(Value::Null);
                 json(StatusCode::OK, stats)
@@ -203,9 +229,11 @@ impl ServeHttp for AdminApi {
                 }
                 purge(&rt, &body)
             }
-            (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/cache" | "/cache/purge") => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
+            (
+                _,
+                "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/cache"
+                | "/cache/purge",
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }

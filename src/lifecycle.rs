@@ -3,6 +3,8 @@
 
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
+use sd_notify::NotifyState;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -47,6 +49,24 @@ impl State {
 /// `/readyz` stop sending first.
 pub struct Signals {
     pub drain_delay: Duration,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Tell systemd (`Type=notify`, `NotifyAccess=all`) that this process serves and is the
+/// service's main process — after a binary upgrade that is the new process. Outside
+/// systemd this does nothing.
+pub fn notify_ready() {
+    let pid = std::process::id();
+    let _ = sd_notify::notify(&[NotifyState::MainPid(pid), NotifyState::Ready]);
+}
+
+pub fn notify_reloading() {
+    let _ = sd_notify::notify(&[NotifyState::Reloading]);
+}
+
+fn enter_draining() {
+    set(State::Draining);
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
 async fn next(s: &mut Option<Signal>) {
@@ -69,20 +89,27 @@ impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         // Pingora asks for the signal once every service has been started.
         set(State::Ready);
+        if let Some(path) = &self.pid_file {
+            // `portico upgrade` waits for the new process's pid here.
+            if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+                log::warn!("cannot write the pid file {}: {e}", path.display());
+            }
+        }
+        notify_ready();
         let mut quit = listen(SignalKind::quit(), "SIGQUIT");
         let mut term = listen(SignalKind::terminate(), "SIGTERM");
         let mut int = listen(SignalKind::interrupt(), "SIGINT");
         tokio::select! {
             _ = next(&mut quit) => {
-                set(State::Draining);
+                enter_draining();
                 ShutdownSignal::GracefulUpgrade
             }
             _ = next(&mut int) => {
-                set(State::Draining);
+                enter_draining();
                 ShutdownSignal::FastShutdown
             }
             _ = next(&mut term) => {
-                set(State::Draining);
+                enter_draining();
                 if !self.drain_delay.is_zero() {
                     log::info!(
                         "SIGTERM: reporting not ready for {:?} before the listeners close",

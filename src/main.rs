@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use portico::server::StartMode;
-use portico::{demo, observe, runtime, server};
+use portico::{control, demo, observe, runtime, server};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,14 @@ enum Command {
     /// Start three example services and the gateway in front of them, then print commands
     /// to try.
     Demo(DemoArgs),
+    /// Check the config, then tell the running gateway to reload it (SIGHUP). If this
+    /// binary's file was replaced since the gateway started, upgrade it instead: this is
+    /// what systemd's ExecReload runs.
+    Reload(ControlArgs),
+    /// Check the config, then replace the running gateway with a new process of this
+    /// binary without closing a listener (Pingora's socket hand-over); the old process
+    /// drains its in-flight requests.
+    Upgrade(ControlArgs),
     /// Make a new API key (or take one) and print the SHA-256 digest that goes under
     /// `consumers[].api_keys`; the config never holds keys themselves.
     HashKey(HashKeyArgs),
@@ -49,6 +57,16 @@ struct HashKeyArgs {
     /// An existing key to hash; `-` reads it from standard input. Without it a new random
     /// key is made.
     key: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// The YAML config file.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    conf: PathBuf,
+    /// The running gateway's pid (default: read from server.pid_file).
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -112,7 +130,7 @@ fn run(args: RunArgs) -> ExitCode {
         rt.upstreams.len(),
         rt.listeners
     );
-    server::build(rt, mode, Vec::new()).run()
+    server::build(rt, Some(args.conf.clone()), mode, Vec::new()).run()
 }
 
 fn check(args: ConfigArg) -> ExitCode {
@@ -160,7 +178,35 @@ fn demo(args: DemoArgs) -> ExitCode {
         "{}",
         demo::instructions(&d.gateway, d.admin.as_ref(), d.tokens.as_ref())
     );
-    server::build(d.runtime, StartMode::default(), d.services).run()
+    server::build(d.runtime, None, StartMode::default(), d.services).run()
+}
+
+fn control(args: ControlArgs, force_upgrade: bool) -> ExitCode {
+    let rt = match runtime::load(&args.conf) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}\nnothing changed: the running gateway keeps its config");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = control::running_pid(args.pid, &rt).and_then(|pid| {
+        if force_upgrade || control::runs_older_binary(pid) {
+            control::upgrade(&args.conf, pid, &rt)
+                .map(|new| format!("upgraded: process {new} serves; {pid} drains and exits"))
+        } else {
+            control::reload(pid).map(|()| format!("reload requested from process {pid}"))
+        }
+    });
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn hash_key(args: HashKeyArgs) -> ExitCode {
@@ -203,6 +249,8 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => run(a),
         Some(Command::Check(a)) => check(a),
         Some(Command::Demo(a)) => demo(a),
+        Some(Command::Reload(a)) => control(a, false),
+        Some(Command::Upgrade(a)) => control(a, true),
         Some(Command::HashKey(a)) => hash_key(a),
     }
 }

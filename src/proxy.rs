@@ -6,6 +6,7 @@ use crate::cache::rules::{self, RequestDirectives, RequestFacts};
 use crate::cache::{self, purge, status as cache_status};
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
+use crate::lifecycle;
 use crate::observe::access_log::{self, AccessLog, LazyAccessLog};
 use crate::observe::metrics::{Outcome, RouteMetrics};
 use crate::observe::request_id::RequestId;
@@ -185,6 +186,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if lifecycle::state() == lifecycle::State::Draining {
+            // Answer with `Connection: close` while draining, so that keep-alive clients
+            // move to the new process (or away) before idle connections are closed under
+            // them, which would fail a request sent at that moment.
+            session.set_keepalive(None);
+        }
         ctx.request_id = RequestId::take(&ctx.rt.request_id_header, &session.req_header().headers);
         ctx.client_ip = session
             .client_addr()

@@ -7,6 +7,7 @@ use crate::config::{self, Config, ConfigError, Fault, HealthCheck, Route, Upstre
 use crate::observe::metrics::RouteMetrics;
 use crate::policy::access::AccessRule;
 use crate::policy::auth::build::{self as auth_build, Auth};
+use crate::policy::auth::jwks::RemoteKeys;
 use crate::policy::compression::Compression;
 use crate::policy::cors::Cors;
 use crate::policy::ip_filter::IpFilter;
@@ -113,6 +114,8 @@ pub struct Runtime {
     pub limiter: Arc<GcraStore>,
     /// The store of cluster-wide limits, when configured.
     pub redis: Option<Arc<RedisLimiter>>,
+    /// The `redis` section as configured, to keep the connection over a reload.
+    redis_source: String,
     /// The process's response cache (shared by every config).
     pub cache: cache::Engine,
     /// Some route caches: unsafe requests must invalidate what they change.
@@ -171,8 +174,27 @@ pub fn load_str(file: &str, text: &str) -> Result<Runtime, ConfigError> {
 
 /// Build from a parsed config; faults of parsing and of building are reported together.
 pub fn build_parsed(file: &str, parsed: config::Parsed) -> Result<Runtime, ConfigError> {
+    build_parsed_with(file, parsed, &Carry::default())
+}
+
+/// Read and build the config at `path` as a successor of the running one.
+pub fn reload(path: &Path, running: &Runtime) -> Result<Runtime, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        faults: vec![Fault::new("", format!("cannot read the config file: {e}"))],
+    })?;
+    let parsed = config::parse(&file, &text)?;
+    build_parsed_with(&file, parsed, &Carry::from_running(running))
+}
+
+fn build_parsed_with(
+    file: &str,
+    parsed: config::Parsed,
+    carry: &Carry,
+) -> Result<Runtime, ConfigError> {
     let mut faults = parsed.faults;
-    let built = build(&parsed.config, &parsed.unparsed);
+    let built = build_with(&parsed.config, &parsed.unparsed, carry);
     match built {
         Ok(mut rt) if faults.is_empty() => {
             rt.info = LoadInfo {
@@ -197,9 +219,53 @@ pub fn build_parsed(file: &str, parsed: config::Parsed) -> Result<Runtime, Confi
     Err(err)
 }
 
+/// What a new config takes over from the running one: pools (with target health and check
+/// tasks), remote key sets, the Redis connection — each where its section is unchanged —
+/// and the local rate-limit counters (keyed by stable limit ids). The cache is
+/// process-wide and needs no carrying.
+#[derive(Default)]
+pub struct Carry {
+    pools: HashMap<String, Arc<Pool>>,
+    remote_keys: HashMap<String, Arc<RemoteKeys>>,
+    limiter: Option<Arc<GcraStore>>,
+    redis: Option<(String, Arc<RedisLimiter>)>,
+}
+
+impl Carry {
+    pub fn from_running(rt: &Runtime) -> Carry {
+        Carry {
+            pools: rt
+                .upstreams
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect(),
+            remote_keys: rt
+                .auth
+                .jwt
+                .iter()
+                .filter_map(|(name, p)| Some((name.clone(), p.remote.clone()?)))
+                .collect(),
+            limiter: Some(rt.limiter.clone()),
+            redis: rt
+                .redis
+                .as_ref()
+                .map(|r| (rt.redis_source.clone(), r.clone())),
+        }
+    }
+}
+
 /// Build the runtime, or every fault found. `unparsed` names the upstreams and providers
 /// that failed to parse: routes naming them are not reported a second time.
 pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<Fault>> {
+    build_with(cfg, unparsed, &Carry::default())
+}
+
+/// As [`build`], taking over what `carry` holds from a running config.
+pub fn build_with(
+    cfg: &Config,
+    unparsed: &config::Unparsed,
+    carry: &Carry,
+) -> Result<Runtime, Vec<Fault>> {
     let mut faults = Vec::new();
     check_server(&cfg.server, &mut faults);
 
@@ -246,7 +312,13 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
             ));
             continue;
         }
-        if let Some(pool) = build_upstream(&path, u, &mut faults) {
+        let source = format!("{u:?}");
+        let running = carry.pools.get(&u.name).filter(|p| p.source == source);
+        if let Some(pool) = running {
+            upstream_index.insert(u.name.as_str(), upstreams.len());
+            upstreams.push(pool.clone());
+        } else if let Some(mut pool) = build_upstream(&path, u, &mut faults) {
+            pool.source = source;
             upstream_index.insert(u.name.as_str(), upstreams.len());
             upstreams.push(Arc::new(pool));
         } else {
@@ -255,8 +327,14 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         }
     }
 
-    let auth = auth_build::build(cfg, &mut faults);
+    let auth = auth_build::build(cfg, &carry.remote_keys, &mut faults);
+    let redis_source = format!("{:?}", cfg.redis);
     let redis = cfg.redis.as_ref().and_then(|r| {
+        if let Some((source, running)) = &carry.redis {
+            if *source == redis_source {
+                return Some(running.clone());
+            }
+        }
         if r.timeout.0.is_zero() {
             faults.push(Fault::new("redis.timeout", "must be longer than 0s"));
         }
@@ -272,7 +350,6 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
 
     let mut matchers = Vec::new();
     let mut routes = Vec::new();
-    let mut limit_ids = 0;
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = cfg.item_path("routes", i);
@@ -327,7 +404,6 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
                 limits,
                 (&r.name, &matcher.path),
                 cfg.redis.is_some(),
-                &mut limit_ids,
                 &mut faults,
             );
             if let Some(c) = &r.cache {
@@ -455,7 +531,11 @@ pub fn build(cfg: &Config, unparsed: &config::Unparsed) -> Result<Runtime, Vec<F
         upstreams,
         trusted_proxies,
         auth,
-        limiter: Arc::new(GcraStore::new(LIMITER_MAX_KEYS)),
+        limiter: carry
+            .limiter
+            .clone()
+            .unwrap_or_else(|| Arc::new(GcraStore::new(LIMITER_MAX_KEYS))),
+        redis_source,
         redis,
         caching,
         cache: cache::Engine::get(&cfg.cache),

@@ -2,19 +2,24 @@
 //! background health checks.
 
 use crate::admin::AdminApi;
-use crate::lifecycle::Signals;
+use crate::lifecycle::{self, Signals};
 use crate::observe::access_log::LazyAccessLog;
 use crate::policy::auth::jwks;
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use crate::upstream::health;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceWithDependents;
+use pingora_proxy::HttpProxy;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How the process was asked to start.
@@ -48,6 +53,7 @@ pub fn server_conf(rt: &Runtime, mode: StartMode) -> ServerConf {
 struct BackgroundTasks {
     runtime: Arc<ArcSwap<Runtime>>,
     access_log: Option<Arc<LazyAccessLog>>,
+    reloader: Arc<Reloader>,
 }
 
 #[async_trait]
@@ -78,7 +84,51 @@ impl BackgroundService for BackgroundTasks {
                 }
             });
         }
+        let reloader = self.reloader.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                log::error!("cannot listen for SIGHUP: config reloads only through the admin API");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                log::info!("SIGHUP: reloading the config");
+                lifecycle::notify_reloading();
+                // The outcome is logged and counted by the reloader.
+                let _ = reloader.reload().await;
+                lifecycle::notify_ready();
+            }
+        });
         let _ = shutdown.changed().await;
+    }
+}
+
+/// How long connections accepted just before the listeners stopped get to send their
+/// request before Pingora closes every connection still waiting for one.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The proxy, with a short pause between the end of accepting and Pingora's closing of
+/// connections that wait for a request header. Without it, a connection accepted a moment
+/// before a stop or an upgrade is closed before its request arrives, and that request
+/// fails; with it, such requests are answered (with `Connection: close`).
+struct LingeringProxy {
+    inner: Arc<HttpProxy<Gateway>>,
+}
+
+#[async_trait]
+impl ServerApp for LingeringProxy {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.inner.process_new(session, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        tokio::time::sleep(LINGER).await;
+        self.inner.cleanup().await;
     }
 }
 
@@ -87,6 +137,8 @@ pub struct Built {
     pub server: Server,
     access_log: Option<Arc<LazyAccessLog>>,
     drain_delay: std::time::Duration,
+    /// Written once serving, in the foreground (Pingora writes it itself in daemon mode).
+    pid_file: Option<PathBuf>,
 }
 
 impl Built {
@@ -95,6 +147,7 @@ impl Built {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(Signals {
                 drain_delay: self.drain_delay,
+                pid_file: self.pid_file,
             }),
         });
         if let Some(log) = self.access_log.as_ref().and_then(|l| l.started()) {
@@ -108,6 +161,7 @@ impl Built {
 /// `companions` (the demo's example services) start before the gateway and its checks.
 pub fn build(
     rt: Runtime,
+    config_path: Option<PathBuf>,
     mode: StartMode,
     companions: Vec<Box<dyn ServiceWithDependents>>,
 ) -> Built {
@@ -127,11 +181,18 @@ pub fn build(
         .access_log
         .clone()
         .map(|t| Arc::new(LazyAccessLog::new(t)));
+    let pid_file = (!mode.daemon).then(|| PathBuf::from(&rt.server.pid_file));
     let runtime = Arc::new(ArcSwap::from_pointee(rt));
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
+    let proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway::new(runtime.clone(), access_log.clone()),
-        "portico gateway",
+    );
+    let mut proxy = Service::new(
+        "portico gateway".into(),
+        LingeringProxy {
+            inner: Arc::new(proxy_app),
+        },
     );
     for addr in listeners {
         proxy.add_tcp(&addr.to_string());
@@ -142,10 +203,14 @@ pub fn build(
         BackgroundTasks {
             runtime: runtime.clone(),
             access_log: access_log.clone(),
+            reloader: reloader.clone(),
         },
     ));
     if let Some(addr) = admin_address {
-        let mut admin = Service::new("portico admin".into(), AdminApi::new(runtime.clone()));
+        let mut admin = Service::new(
+            "portico admin".into(),
+            AdminApi::new(runtime.clone(), reloader),
+        );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
@@ -155,5 +220,6 @@ pub fn build(
         server,
         access_log,
         drain_delay,
+        pid_file,
     }
 }

@@ -56,6 +56,9 @@ pub struct Pool {
     pub retries: usize,
     pub check_interval: Option<Duration>,
     pub metrics: UpstreamMetrics,
+    /// The upstream's section as configured: a reload that leaves it unchanged keeps this
+    /// pool, with its targets' health and its check task.
+    pub source: String,
 }
 
 /// A target as `/status` and the metrics show it.
@@ -127,6 +130,7 @@ impl Pool {
             retries: opts.retries,
             check_interval: interval,
             metrics: UpstreamMetrics::new(name),
+            source: String::new(),
         }
     }
 

@@ -523,6 +523,11 @@ impl Gateway {
     /// As [`Gateway::start`], with `server` lines (two-space indented) added to the
     /// generated server section; a key given here wins over the generated one.
     pub fn start_with(server: &str, body: &str) -> Gateway {
+        Gateway::start_with_binary(std::path::Path::new(portico_bin()), server, body)
+    }
+
+    /// As [`Gateway::start_with`], running `binary` instead of the one under test.
+    pub fn start_with_binary(binary: &std::path::Path, server: &str, body: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut lines = format!(
@@ -544,7 +549,7 @@ impl Gateway {
         std::fs::write(&conf, config).expect("write config");
         let log = dir.path().join("portico.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(portico_bin())
+        let mut child = Command::new(binary)
             .args(["run", "-c"])
             .arg(&conf)
             .stdout(Stdio::null())

@@ -36,7 +36,13 @@ fn header_name(path: String, name: &str, faults: &mut Vec<Fault>) -> Option<Head
     }
 }
 
-pub fn build(cfg: &Config, faults: &mut Vec<Fault>) -> Auth {
+/// Build the auth section; `previous` holds the running config's remote key sets by
+/// provider name, taken over where a provider's keys are configured the same.
+pub fn build(
+    cfg: &Config,
+    previous: &HashMap<String, Arc<RemoteKeys>>,
+    faults: &mut Vec<Fault>,
+) -> Auth {
     let mut groups = HashMap::new();
     let mut by_digest = HashMap::new();
     let key_header = header_name(
@@ -102,7 +108,8 @@ pub fn build(cfg: &Config, faults: &mut Vec<Fault>) -> Auth {
             ));
             continue;
         }
-        if let Some(provider) = build_provider(&path, p, consumer_groups.clone(), faults) {
+        if let Some(provider) = build_provider(&path, p, consumer_groups.clone(), previous, faults)
+        {
             identity_headers.extend(provider.forwarded_headers().cloned());
             jwt.insert(p.name.clone(), Arc::new(provider));
         }
@@ -120,6 +127,7 @@ fn build_provider(
     path: &str,
     p: &config::JwtProvider,
     consumer_groups: Arc<HashMap<String, Vec<String>>>,
+    previous: &HashMap<String, Arc<RemoteKeys>>,
     faults: &mut Vec<Fault>,
 ) -> Option<JwtProvider> {
     let before = faults.len();
@@ -193,13 +201,18 @@ fn build_provider(
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() =>
             {
-                Some(Arc::new(RemoteKeys::new(
-                    &p.name,
-                    uri,
-                    k.jwks_ca_file.clone(),
-                    k.refresh_interval.0,
-                    k.min_refetch_interval.0,
-                )))
+                let source = format!("{k:?}");
+                match previous.get(&p.name).filter(|r| r.source == source) {
+                    Some(running) => Some(running.clone()),
+                    None => Some(Arc::new(RemoteKeys::new(
+                        &p.name,
+                        uri,
+                        k.jwks_ca_file.clone(),
+                        k.refresh_interval.0,
+                        k.min_refetch_interval.0,
+                        source,
+                    ))),
+                }
             }
             _ => {
                 faults.push(Fault::new(

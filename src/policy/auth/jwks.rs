@@ -96,6 +96,9 @@ impl KeySet {
 /// system's CAs or those of a configured CA file.
 pub struct RemoteKeys {
     pub provider: String,
+    /// The provider's `keys` section as configured: a reload that leaves it unchanged
+    /// keeps this key set (and its refresh task) instead of starting empty.
+    pub source: String,
     url: http::Uri,
     current: ArcSwap<KeySet>,
     /// Bumped whenever a new set is installed, so cached verifications can be retired.
@@ -122,11 +125,13 @@ impl RemoteKeys {
         ca_file: Option<String>,
         refresh: Duration,
         min_refetch: Duration,
+        source: String,
     ) -> Self {
         let mut options = ConnectorOptions::new(4);
         options.ca_file = ca_file;
         RemoteKeys {
             provider: provider.to_string(),
+            source,
             url,
             current: ArcSwap::from_pointee(KeySet::default()),
             generation: AtomicU64::new(0),

@@ -69,9 +69,9 @@ impl GcraStore {
     }
 
     /// Hash a limit id and key bytes to the store's key.
-    pub fn key(&self, limit: u32, parts: &[&[u8]]) -> u64 {
+    pub fn key(&self, limit: u64, parts: &[&[u8]]) -> u64 {
         let mut h = self.hasher.build_hasher();
-        h.write_u32(limit);
+        h.write_u64(limit);
         for p in parts {
             h.write(p);
             h.write_u8(0xff);

@@ -27,8 +27,8 @@ pub enum LimitKey {
 }
 
 pub struct Limit {
-    /// Unique over the config, part of every store key.
-    pub id: u32,
+    /// Part of every store key; stable across reloads (see [`stable_id`]).
+    pub id: u64,
     pub name: String,
     gcra: Gcra,
     key: LimitKey,
@@ -219,13 +219,26 @@ fn note_rejections(limits: &[Limit], verdicts: &[Option<Verdict>], out: &mut Out
     }
 }
 
-/// Compile a route's limits. `next_id` numbers limits across the whole config.
+/// A limit's identity in the counter store: the same route, name and parameters give the
+/// same id in every config, so a reload keeps the counters of limits it does not change
+/// and starts fresh ones for limits it changes.
+fn stable_id(route: &str, l: &config::RateLimit) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same in every config of this process.
+    let mut h = std::hash::DefaultHasher::new();
+    (
+        route, &l.name, l.requests, l.per.0, l.burst, &l.key, l.cluster,
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
+/// Compile a route's limits.
 pub fn compile(
     path: &str,
     limits: &[config::RateLimit],
     route: (&str, &PathMatch),
     have_redis: bool,
-    next_id: &mut u32,
     faults: &mut Vec<Fault>,
 ) -> Vec<Limit> {
     let (route_name, route_path) = route;
@@ -308,9 +321,8 @@ pub fn compile(
             continue;
         }
         let burst = l.burst.unwrap_or(l.requests);
-        *next_id += 1;
         out.push(Limit {
-            id: *next_id,
+            id: stable_id(route_name, l),
             name: l.name.clone(),
             gcra: Gcra::new(l.requests, l.per.0, burst),
             key,
