@@ -495,3 +495,39 @@ fn the_reload_command_checks_reloads_or_upgrades() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
     }));
 }
+
+/// An unchanged upstream keeps its pool over a reload: a target its health check took out
+/// stays out, instead of coming back healthy with a fresh pool.
+#[test]
+fn reload_keeps_target_health_of_an_unchanged_upstream() {
+    let (good, bad) = (Upstream::start("good"), Upstream::start("bad"));
+    // Its checks (of /probe, which the test upstream delays like any path) time out after
+    // 200 ms, so a fresh pool would show it healthy that long.
+    bad.set_delay(Duration::from_secs(2));
+    let admin = free_port();
+    let body = |route: &str| {
+        format!(
+            "admin: {{address: 127.0.0.1:{admin}, token: {TOKEN}}}\nupstreams:\n  - name: pool\n    targets: [{{address: \"{}\"}}, {{address: \"{}\"}}]\n    health_check: {{type: http, path: /probe, interval: 5s, timeout: 200ms, unhealthy_threshold: 1, healthy_threshold: 1}}\nroutes:\n  - {{name: {route}, upstream: pool}}\n",
+            good.addr, bad.addr
+        )
+    };
+    let gw = Gateway::start(&body("first"));
+    let bad_healthy = || {
+        get(&format!("http://127.0.0.1:{admin}/status")).json()["upstreams"][0]["targets"]
+            .as_array()
+            .and_then(|ts| {
+                ts.iter()
+                    .find(|t| t["address"] == bad.addr.to_string())
+                    .map(|t| t["healthy"] == true)
+            })
+            .unwrap_or(true)
+    };
+    assert!(eventually(Duration::from_secs(5), || !bad_healthy()));
+    // A route change only; the next check is seconds away.
+    write_config(&gw, &body("second"));
+    assert_eq!(admin_reload(admin).status, 200);
+    assert!(!bad_healthy(), "the reload forgot the target's health");
+    for _ in 0..10 {
+        assert_eq!(get(&gw.url("/x")).server(), "good");
+    }
+}
