@@ -62,6 +62,18 @@ pub fn token_matches(
     }
 }
 
+/// Calls that change state need the configured token: the answer when it is missing.
+fn refusal(rt: &Runtime, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+    let expected = rt.admin.as_ref().and_then(|a| a.token_sha256.as_ref());
+    let auth = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION);
+    token_matches(expected, auth)
+        .err()
+        .map(|(status, message)| error(status, message))
+}
+
 /// What `POST /cache/purge` accepts.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,13 +190,8 @@ impl ServeHttp for AdminApi {
             }
             ("GET", "/status") => json(StatusCode::OK, status(&rt)),
             ("POST", "/reload") => {
-                let expected = rt.admin.as_ref().and_then(|a| a.token_sha256.as_ref());
-                let auth = session
-                    .req_header()
-                    .headers
-                    .get(http::header::AUTHORIZATION);
-                if let Err((status, message)) = token_matches(expected, auth) {
-                    return error(status, message);
+                if let Some(refused) = refusal(&rt, session) {
+                    return refused;
                 }
                 match self.reloader.reload().await {
                     Ok(applied) => json(
@@ -206,13 +213,8 @@ impl ServeHttp for AdminApi {
                 json(StatusCode::OK, stats)
             }
             ("POST", "/cache/purge") => {
-                let expected = rt.admin.as_ref().and_then(|a| a.token_sha256.as_ref());
-                let auth = session
-                    .req_header()
-                    .headers
-                    .get(http::header::AUTHORIZATION);
-                if let Err((status, message)) = token_matches(expected, auth) {
-                    return error(status, message);
+                if let Some(refused) = refusal(&rt, session) {
+                    return refused;
                 }
                 let mut body = Vec::new();
                 loop {

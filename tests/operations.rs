@@ -22,6 +22,13 @@ struct Tally {
     latencies: Vec<(Instant, Duration)>,
 }
 
+/// The two upstreams `/svc` alternates between, and a slow one (300 ms).
+fn load_upstreams() -> (Upstream, Upstream, Upstream) {
+    let slow = Upstream::start("slow");
+    slow.set_delay(Duration::from_millis(300));
+    (Upstream::start("a"), Upstream::start("b"), slow)
+}
+
 /// The upstream generation `g` routes `/svc` to.
 fn side(g: usize) -> &'static str {
     if g.is_multiple_of(2) {
@@ -182,12 +189,7 @@ fn generation(admin: u16) -> u64 {
 
 #[test]
 fn twenty_reloads_and_a_bad_config_under_load_lose_no_request() {
-    let (a, b, slow) = (
-        Upstream::start("a"),
-        Upstream::start("b"),
-        Upstream::start("slow"),
-    );
-    slow.set_delay(Duration::from_millis(300));
+    let (a, b, slow) = load_upstreams();
     let admin = free_port();
     let gw = Gateway::start(&config(1, admin, &a, &b, &slow));
     let stop = Arc::new(AtomicBool::new(false));
@@ -312,12 +314,7 @@ fn reload_keeps_state_of_unchanged_sections_and_reports_what_needs_an_upgrade() 
 
 #[test]
 fn two_binary_upgrades_under_load_lose_no_request() {
-    let (a, b, slow) = (
-        Upstream::start("a"),
-        Upstream::start("b"),
-        Upstream::start("slow"),
-    );
-    slow.set_delay(Duration::from_millis(300));
+    let (a, b, slow) = load_upstreams();
     let admin = free_port();
     let mut gw = Gateway::start_with("  grace_period: 2s\n", &config(2, admin, &a, &b, &slow));
     let stop = Arc::new(AtomicBool::new(false));
