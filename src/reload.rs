@@ -135,6 +135,7 @@ fn needs_upgrade(old: &Runtime, new: &Runtime) -> Vec<String> {
         o.shutdown_timeout != n.shutdown_timeout,
     );
     differs("server.drain_delay", o.drain_delay != n.drain_delay);
+    differs("server.read_buffer", o.read_buffer != n.read_buffer);
     differs(
         "server.upstream_keepalive_pool_size",
         o.upstream_keepalive_pool_size != n.upstream_keepalive_pool_size,

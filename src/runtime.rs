@@ -739,6 +739,12 @@ fn check_server(s: &config::ServerSection, faults: &mut Vec<Fault>) {
             ),
         ));
     }
+    if !(1024..=16 << 20).contains(&s.read_buffer.0) {
+        faults.push(Fault::new(
+            "server.read_buffer",
+            "must be between 1KiB and 16MiB",
+        ));
+    }
     for (field, value) in [("pid_file", &s.pid_file), ("upgrade_sock", &s.upgrade_sock)] {
         if value.is_empty() {
             faults.push(Fault::new(format!("server.{field}"), "must not be empty"));

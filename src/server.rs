@@ -12,6 +12,8 @@ use crate::upstream::health;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
@@ -176,6 +178,7 @@ pub fn build(
     let companions = server.add_services(companions);
     let listeners = rt.listeners.clone();
     let drain_delay = rt.server.drain_delay.0;
+    let read_buffer = usize::try_from(rt.server.read_buffer.0).unwrap_or(usize::MAX);
     let admin_address = rt.admin.as_ref().map(|a| a.address);
     let access_log = rt
         .access_log
@@ -195,7 +198,8 @@ pub fn build(
         },
     );
     for addr in listeners {
-        proxy.add_tcp(&addr.to_string());
+        let buffers = L4BufferSettings::default().read(read_buffer);
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     let gateway = server.add_service(proxy);
     let checks = server.add_service(background_service(

@@ -2,7 +2,8 @@
 # Side-by-side load benchmark: Portico configurations against nginx and HAProxy as plain
 # reverse proxies, in front of one nginx origin. Run by hand, never in CI.
 #
-#   benches/load/run.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [TARGET...]
+#   benches/load/run.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-p PATH] [TARGET...]
+#   benches/load/run.sh -m IDLE [TARGET...]
 #
 # Targets (default: all but metrics and accesslog): nginx haproxy plain routes1000 hs256
 # rs256 ratelimit metrics accesslog observe (both) chain cachehit. Each round runs every target once, interleaved (A B C A B C ...), so slow
@@ -13,6 +14,20 @@
 # errors; then per target the median and min-max over rounds of the CPU ratio to nginx
 # in the same round.
 #
+# PATH is /bench (a 100-byte body, the default) or /4k (a 4 KiB JSON body).
+#
+# -m IDLE measures memory instead: per target, the proxy's PSS with no client, with IDLE
+# idle keep-alive connections (each has made one request), and 2 s after they closed;
+# printed as KB per idle connection and the share of it returned after close. HAProxy is
+# set to 9,500 connections at most: it reserves two descriptors per connection and these
+# machines cap a process at 20,000 descriptors, so use -m 9000 when it is among the targets.
+#
+# A target NAME@LABEL runs configuration NAME with the binary in $PORTICO_BIN_LABEL
+# (e.g. plain@glibc with PORTICO_BIN_glibc=/tmp/portico-glibc), to compare builds.
+#
+# SERVER_EXTRA (environment): lines added to Portico's server section, to try a setting,
+# e.g. SERVER_EXTRA='  read_buffer: 4KiB'.
+#
 # Needs: nginx, haproxy, wrk, taskset (Debian: nginx-light haproxy wrk util-linux) and a
 # release build of portico (built here when missing).
 set -euo pipefail
@@ -20,17 +35,24 @@ set -euo pipefail
 ROUNDS=5
 DURATION=5
 CONNS=32
-while getopts "r:d:c:h" opt; do
+URL_PATH=/bench
+IDLE=0
+while getopts "r:d:c:p:m:h" opt; do
   case $opt in
     r) ROUNDS=$OPTARG ;;
     d) DURATION=$OPTARG ;;
     c) CONNS=$OPTARG ;;
-    *) sed -n '2,16p' "$0"; exit 2 ;;
+    p) URL_PATH=$OPTARG ;;
+    m) IDLE=$OPTARG ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nginx haproxy plain routes1000 hs256 rs256 ratelimit observe chain cachehit)
+
+# Room for the idle connections of the memory mode (each also holds a client socket here).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$ROOT/target/release/portico
@@ -62,6 +84,7 @@ wait_port() {
 ORIGIN=$(free_port)
 BODY100=$(printf '%*s' 99 '' | tr ' ' 'x')
 mkdir -p "$WORK/origin"
+python3 -c 'import json; print(json.dumps([{"id": i, "name": "item-%04d" % i} for i in range(400)])[:4095])' >"$WORK/origin/4k.json"
 cat >"$WORK/origin/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -74,6 +97,7 @@ http {
   server {
     listen 127.0.0.1:$ORIGIN;
     location / { default_type application/json; add_header Cache-Control "max-age=600"; return 200 "$BODY100\n"; }
+    location = /4k { default_type application/json; add_header Cache-Control "max-age=600"; alias $WORK/origin/4k.json; }
   }
 }
 EOF
@@ -94,10 +118,11 @@ worker_processes 1;
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log;
-events { worker_connections 4096; }
+events { worker_connections 30000; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  keepalive_timeout 300s;
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
   server {
     listen 127.0.0.1:$port;
@@ -115,11 +140,12 @@ start_haproxy() {
   cat >"$dir/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 4000
+  maxconn 9500
 defaults
   mode http
   timeout connect 5s
-  timeout client 30s
+  timeout client 300s
+  timeout http-keep-alive 300s
   timeout server 30s
   http-reuse always
 frontend fe
@@ -143,6 +169,7 @@ server:
   grace_period: 0s
   shutdown_timeout: 1s
   log_level: warn
+${SERVER_EXTRA:-}
 listeners:
   - address: 127.0.0.1:$port
 upstreams:
@@ -212,10 +239,16 @@ start_target() {
     nginx) start_nginx "$port" ;;
     haproxy) start_haproxy "$port" ;;
     *)
-      local dir=$WORK/$t
+      # NAME@LABEL: configuration NAME run by the binary in $PORTICO_BIN_LABEL, to compare
+      # two builds in one interleaved run.
+      local dir=$WORK/$t bin=$BIN
+      if [[ $t == *@* ]]; then
+        local var="PORTICO_BIN_${t#*@}"
+        bin=${!var:?set $var to the binary for $t}
+      fi
       mkdir -p "$dir"
-      portico_config "$t" "$port" "$dir" >"$dir/portico.yaml"
-      taskset -c 0 "$BIN" run -c "$dir/portico.yaml" >/dev/null 2>"$dir/error.log" &
+      portico_config "${t%@*}" "$port" "$dir" >"$dir/portico.yaml"
+      taskset -c 0 "$bin" run -c "$dir/portico.yaml" >/dev/null 2>"$dir/error.log" &
       echo $! ;;
   esac
 }
@@ -237,23 +270,65 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)
 
 header_for() {
-  case $1 in
+  case ${1%@*} in
     hs256|chain) echo "Authorization: Bearer $HS_TOKEN" ;;
     rs256) echo "Authorization: Bearer $RS_TOKEN" ;;
     *) echo "X-Bench: 1" ;;
   esac
 }
 
+# Proportional set size of a process, KB.
+pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+
+if [ "$IDLE" -gt 0 ]; then
+  echo "memory with $IDLE idle keep-alive connections (PSS of the proxy process, KB)"
+  for t in "${TARGETS[@]}"; do
+    p=$(cpu_pid "$t")
+    python3 - "${PORT[$t]}" "$IDLE" "$p" "$t" <<'PY'
+import socket, subprocess, sys, time
+port, n, pid, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def pss():
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+base = pss()
+conns = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /bench HTTP/1.1\r\nHost: x\r\n\r\n")
+    conns.append(s)
+for s in conns:  # read each response so every connection sits idle, kept alive
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+time.sleep(1)
+idle = pss()
+for s in conns:
+    s.close()
+time.sleep(2)
+after = pss()
+per = (idle - base) / n
+returned = (idle - after) / max(idle - base, 1) * 100
+print(f"{name:<11} base {base:>8}  idle {idle:>8}  after close {after:>8}  "
+      f"= {per * 1024 / 1024:6.2f} KB per idle connection, {returned:5.1f}% returned")
+PY
+  done
+  exit 0
+fi
+
 RESULTS=$WORK/results.tsv
 printf 'round\ttarget\treq_s\tp50\tp99\tcpu_us_per_req\tpeak_rss_kb\terrors\n' >"$RESULTS"
 for t in "${TARGETS[@]}"; do   # warm-up: connections, caches, JIT-free but page-faults
-  taskset -c 1 wrk -t1 -c"$CONNS" -d1s -H "$(header_for "$t")" "http://127.0.0.1:${PORT[$t]}/bench" >/dev/null
+  taskset -c 1 wrk -t1 -c"$CONNS" -d1s -H "$(header_for "$t")" "http://127.0.0.1:${PORT[$t]}$URL_PATH" >/dev/null
 done
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     p=$(cpu_pid "$t")
     before=$(cpu_ticks "$p")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$(header_for "$t")" "http://127.0.0.1:${PORT[$t]}/bench")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$(header_for "$t")" "http://127.0.0.1:${PORT[$t]}$URL_PATH")
     after=$(cpu_ticks "$p")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
