@@ -47,21 +47,35 @@ pub struct Families {
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric options");
-    register(reg, Box::new(vec.clone()));
-    vec
+    registered(reg, vec)
 }
 
 fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-    let vec = HistogramVec::new(opts, labels).expect("valid metric options");
-    register(reg, Box::new(vec.clone()));
-    vec
+    registered(
+        reg,
+        HistogramVec::new(opts, labels).expect("valid metric options"),
+    )
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric options");
-    register(reg, Box::new(g.clone()));
-    g
+    registered(
+        reg,
+        IntGauge::new(name, help).expect("valid metric options"),
+    )
+}
+
+fn single_counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(
+        reg,
+        IntCounter::new(name, help).expect("valid metric options"),
+    )
+}
+
+/// `c`, registered in `reg`.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
+    register(reg, Box::new(c.clone()));
+    c
 }
 
 fn register(reg: &Registry, c: Box<dyn prometheus::core::Collector>) {
@@ -85,30 +99,14 @@ impl Families {
         .expect("valid metric options");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         register(reg, Box::new(build));
-        let loaded_at = Gauge::new(
-            "portico_config_load_timestamp_seconds",
-            "When the config in use was loaded (Unix time)",
-        )
-        .expect("valid metric options");
-        register(reg, Box::new(loaded_at.clone()));
-        let cache_evictions = IntCounter::new(
-            "portico_cache_evictions_total",
-            "Cached responses evicted to stay within cache.memory",
-        )
-        .expect("valid metric options");
-        register(reg, Box::new(cache_evictions.clone()));
-        let cache_evicted_bytes = IntCounter::new(
-            "portico_cache_evicted_bytes_total",
-            "Weight of the cached responses evicted",
-        )
-        .expect("valid metric options");
-        register(reg, Box::new(cache_evicted_bytes.clone()));
-        let access_log_dropped = IntCounter::new(
-            "portico_access_log_dropped_total",
-            "Access log lines dropped because the writer fell behind",
-        )
-        .expect("valid metric options");
-        register(reg, Box::new(access_log_dropped.clone()));
+        let loaded_at = registered(
+            reg,
+            Gauge::new(
+                "portico_config_load_timestamp_seconds",
+                "When the config in use was loaded (Unix time)",
+            )
+            .expect("valid metric options"),
+        );
         Families {
             requests: counter(
                 reg,
@@ -164,18 +162,17 @@ impl Families {
                 "Upstream connections used, new or reused from the keep-alive pool",
                 &["upstream", "reused"],
             ),
-            target_healthy: {
-                let g = IntGaugeVec::new(
+            target_healthy: registered(
+                reg,
+                IntGaugeVec::new(
                     Opts::new(
                         "portico_upstream_target_healthy",
                         "1 while a target is in rotation, 0 while its health check fails",
                     ),
                     &["upstream", "target"],
                 )
-                .expect("valid metric options");
-                register(reg, Box::new(g.clone()));
-                g
-            },
+                .expect("valid metric options"),
+            ),
             auth: counter(
                 reg,
                 "portico_auth_total",
@@ -207,8 +204,16 @@ impl Families {
                 "Weight of the cached responses (bodies, headers and bookkeeping)",
             ),
             cache_budget: gauge(reg, "portico_cache_budget_bytes", "cache.memory"),
-            cache_evictions,
-            cache_evicted_bytes,
+            cache_evictions: single_counter(
+                reg,
+                "portico_cache_evictions_total",
+                "Cached responses evicted to stay within cache.memory",
+            ),
+            cache_evicted_bytes: single_counter(
+                reg,
+                "portico_cache_evicted_bytes_total",
+                "Weight of the cached responses evicted",
+            ),
             reloads: counter(
                 reg,
                 "portico_config_reloads_total",
@@ -221,7 +226,11 @@ impl Families {
                 "Number of the config in use, counting from 1 at start",
             ),
             loaded_at,
-            access_log_dropped,
+            access_log_dropped: single_counter(
+                reg,
+                "portico_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind",
+            ),
         }
     }
 }
