@@ -184,7 +184,9 @@ pub fn build(
         .access_log
         .clone()
         .map(|t| Arc::new(LazyAccessLog::new(t)));
-    let pid_file = (!mode.daemon).then(|| PathBuf::from(&rt.server.pid_file));
+    // For `portico reload`/`upgrade`, which need a config file (the demo has none).
+    let pid_file =
+        (!mode.daemon && config_path.is_some()).then(|| PathBuf::from(&rt.server.pid_file));
     let runtime = Arc::new(ArcSwap::from_pointee(rt));
     let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
     let proxy_app = pingora_proxy::http_proxy(
