@@ -20,7 +20,7 @@ use crate::runtime::{HostPolicy, Runtime};
 use crate::transform::json;
 use crate::transform::template::Vars;
 use crate::upstream::mirror::{self, MAX_MIRROR_BODY};
-use crate::upstream::Pool;
+use crate::upstream::{InFlight, Pool};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{HeaderValue, Uri};
@@ -38,6 +38,9 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+/// The error of a request refused by an upstream's `max_concurrent`.
+const AT_CAPACITY: &str = "upstream at capacity";
 
 /// The gateway; `runtime` is swapped whole on reload.
 pub struct Gateway {
@@ -84,6 +87,8 @@ pub struct Ctx {
     times: Timings,
     /// `allowed` or `limited` when the route has rate limits.
     rate_limit: Option<&'static str>,
+    /// The request's slot in an upstream's `max_concurrent`, freed when the request ends.
+    in_flight: Option<InFlight>,
 }
 
 /// When the phases of a request happened, for the access log.
@@ -97,6 +102,13 @@ struct Timings {
 impl Ctx {
     fn cache_policy(&self) -> Option<&cache::RoutePolicy> {
         self.rt.routes[self.route?].cache.as_ref()
+    }
+
+    fn pool_arc(&self) -> Option<&Arc<Pool>> {
+        let route = &self.rt.routes[self.route?];
+        self.rt
+            .upstreams
+            .get(self.upstream.unwrap_or(route.upstream))
     }
 
     fn pool(&self) -> Option<&Pool> {
@@ -129,6 +141,10 @@ fn describe(e: &Error, upstream: &str) -> (u16, String) {
     use ErrorType::*;
     match e.etype() {
         HTTPStatus(503) => (503, format!("no healthy target in upstream {upstream:?}")),
+        Custom(AT_CAPACITY) => (
+            503,
+            format!("upstream {upstream:?} is at its concurrency limit"),
+        ),
         HTTPStatus(code) => (*code, e.reason_str().to_string()),
         ConnectTimedout => (
             504,
@@ -182,6 +198,7 @@ impl ProxyHttp for Gateway {
                 response: None,
             },
             rate_limit: None,
+            in_flight: None,
         }
     }
 
@@ -583,6 +600,22 @@ impl ProxyHttp for Gateway {
             choose_upstream(session, ctx);
         }
         ctx.times.connect_start = Some(Instant::now());
+        if ctx.in_flight.is_none() && ctx.failed.is_empty() {
+            if let Some(pool) = ctx.pool_arc() {
+                match pool.admit() {
+                    Ok(slot) => ctx.in_flight = slot,
+                    Err(_at_capacity) => {
+                        if ctx.rt.metrics {
+                            pool.metrics.overloaded.inc();
+                        }
+                        return Error::e_explain(
+                            ErrorType::Custom(AT_CAPACITY),
+                            "every max_concurrent slot is taken",
+                        );
+                    }
+                }
+            }
+        }
         let pool = ctx
             .pool()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
@@ -905,8 +938,14 @@ impl ProxyHttp for Gateway {
         let (status, message) = describe(e, upstream);
         if status > 0 && session.response_written().is_none() {
             session.set_keepalive(None);
+            let overloaded = e.etype() == &ErrorType::Custom(AT_CAPACITY);
+            let extra: &[(&str, &str)] = if overloaded {
+                &[("retry-after", "1")]
+            } else {
+                &[]
+            };
             if let Err(we) =
-                error_response::send(session, status, &message, &ctx.request_id, &[]).await
+                error_response::send(session, status, &message, &ctx.request_id, extra).await
             {
                 log::debug!("could not send the {status} response: {we}");
             }

@@ -884,7 +884,14 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
         idle_timeout: t.idle.0,
         keepalive: u.keepalive,
         retries: u.retries,
+        max_concurrent: u.max_concurrent,
     };
+    if u.max_concurrent == Some(0) {
+        faults.push(Fault::new(
+            format!("{path}.max_concurrent"),
+            "must be at least 1",
+        ));
+    }
     Some(Pool::new(
         &u.name,
         targets,

@@ -128,6 +128,10 @@ pub struct Upstream {
     /// Further targets tried after a failed connect, each a different target.
     #[serde(default = "default_retries")]
     pub retries: usize,
+    /// Requests this upstream serves at once at most; beyond it the gateway answers 503
+    /// with `Retry-After` at once instead of queueing.
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
 }
 
 fn yes() -> bool {

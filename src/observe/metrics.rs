@@ -29,6 +29,7 @@ pub struct Families {
     upstream_retries: IntCounterVec,
     upstream_timeouts: IntCounterVec,
     upstream_connections: IntCounterVec,
+    upstream_overloaded: IntCounterVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
     rate_limit: IntCounterVec,
@@ -161,6 +162,12 @@ impl Families {
                 "portico_upstream_connections_total",
                 "Upstream connections used, new or reused from the keep-alive pool",
                 &["upstream", "reused"],
+            ),
+            upstream_overloaded: counter(
+                reg,
+                "portico_upstream_overload_rejections_total",
+                "Requests answered 503 because the upstream was at max_concurrent",
+                &["upstream"],
             ),
             target_healthy: registered(
                 reg,
@@ -409,6 +416,7 @@ pub struct UpstreamMetrics {
     pub timeouts: IntCounter,
     pub new_connections: IntCounter,
     pub reused_connections: IntCounter,
+    pub overloaded: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -425,6 +433,7 @@ impl UpstreamMetrics {
             reused_connections: f
                 .upstream_connections
                 .with_label_values(&[upstream, "true"]),
+            overloaded: f.upstream_overloaded.with_label_values(&[upstream]),
         }
     }
 }
@@ -500,6 +509,7 @@ mod tests {
             &f.upstream_retries,
             &f.upstream_timeouts,
             &f.upstream_connections,
+            &f.upstream_overloaded,
             &f.target_healthy,
             &f.auth,
             &f.rate_limit,

@@ -18,6 +18,8 @@ use pingora_load_balancing::selection::{
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Hash-based pools look this far along their ring for a usable target.
@@ -44,6 +46,7 @@ pub struct PoolOptions {
     pub idle_timeout: Duration,
     pub keepalive: bool,
     pub retries: usize,
+    pub max_concurrent: Option<usize>,
 }
 
 pub struct Pool {
@@ -55,10 +58,27 @@ pub struct Pool {
     pub keepalive: bool,
     pub retries: usize,
     pub check_interval: Option<Duration>,
+    max_concurrent: Option<usize>,
+    in_flight: AtomicUsize,
     pub metrics: UpstreamMetrics,
     /// The upstream's section as configured: a reload that leaves it unchanged keeps this
     /// pool, with its targets' health and its check task.
     pub source: String,
+}
+
+/// Every `max_concurrent` slot of a pool is taken.
+#[derive(Debug)]
+pub struct AtCapacity;
+
+/// One admitted request of a pool with `max_concurrent`; frees its slot when dropped.
+pub struct InFlight {
+    pool: Arc<Pool>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pool.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A target as `/status` and the metrics show it.
@@ -129,6 +149,8 @@ impl Pool {
             keepalive: opts.keepalive,
             retries: opts.retries,
             check_interval: interval,
+            max_concurrent: opts.max_concurrent,
+            in_flight: AtomicUsize::new(0),
             metrics: UpstreamMetrics::new(name),
             source: String::new(),
         }
@@ -152,6 +174,19 @@ impl Pool {
         self.peers
             .get(addr)
             .map(|(peer, host)| (Box::new(peer.clone()), host))
+    }
+
+    /// A slot among the pool's `max_concurrent`, held until the request ends: `Ok(None)`
+    /// when the pool has no limit, `Err` when every slot is taken.
+    pub fn admit(self: &Arc<Pool>) -> Result<Option<InFlight>, AtCapacity> {
+        let Some(max) = self.max_concurrent else {
+            return Ok(None);
+        };
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(AtCapacity);
+        }
+        Ok(Some(InFlight { pool: self.clone() }))
     }
 
     /// Every target with its weight and current health (always healthy without checks).
