@@ -112,11 +112,7 @@ impl Ctx {
     }
 
     fn pool(&self) -> Option<&Pool> {
-        let route = &self.rt.routes[self.route?];
-        self.rt
-            .upstreams
-            .get(self.upstream.unwrap_or(route.upstream))
-            .map(|p| &**p)
+        self.pool_arc().map(|p| &**p)
     }
 }
 

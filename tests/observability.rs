@@ -32,15 +32,9 @@ fn sample(all: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {series}; have:\n{all:#?}"))
 }
 
-/// A tool from Debian's `prometheus` package, which `.ci/run` installs.
+/// A tool from Debian's `prometheus` package.
 fn tool(name: &str) -> String {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    found.unwrap_or_else(|| panic!("{name} is not installed: apt-get install prometheus"))
+    installed(name, "prometheus")
 }
 
 fn metrics_gateway(up: &Upstream, admin: u16) -> Gateway {

@@ -394,9 +394,7 @@ fn two_binary_upgrades_under_load_lose_no_request() {
 #[test]
 fn the_systemd_unit_verifies() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let Ok(analyze) = which("systemd-analyze") else {
-        panic!("systemd-analyze is not installed: apt-get install systemd");
-    };
+    let analyze = installed("systemd-analyze", "systemd");
     let unit = std::fs::read_to_string(format!("{root}/systemd/portico.service")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portico.service");
@@ -414,18 +412,6 @@ fn the_systemd_unit_verifies() {
         .filter(|l| l.contains("portico.service"))
         .collect();
     assert!(out.status.success() && ours.is_empty(), "{text}");
-}
-
-fn which(name: &str) -> Result<String, ()> {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map_err(|_| ())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(())
-    }
 }
 
 /// `portico reload` (systemd's ExecReload): checks first, so a bad file fails the command

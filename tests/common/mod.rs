@@ -602,6 +602,18 @@ pub fn check_config(yaml: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The path of an installed command; a missing one fails the test, naming the Debian
+/// package that `.ci/run` installs for it.
+pub fn installed(name: &str, package: &str) -> String {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    found.unwrap_or_else(|| panic!("{name} is not installed: apt-get install {package}"))
+}
+
 /// Send a signal (`QUIT`, `TERM`, ...) to a process.
 pub fn signal(pid: u32, name: &str) {
     let ok = Command::new("kill")
