@@ -8,6 +8,7 @@ use crate::lifecycle;
 use crate::observe::{access_log, metrics};
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
+use crate::upstream::clock;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -142,12 +143,45 @@ fn status(rt: &Runtime) -> Value {
         .upstreams
         .iter()
         .map(|pool| {
+            let now = clock::now_ms();
             let targets: Vec<Value> = pool
                 .targets()
                 .iter()
-                .map(|t| json!({"address": t.addr, "weight": t.weight, "healthy": t.healthy}))
+                .map(|t| {
+                    let mut v =
+                        json!({"address": t.addr, "weight": t.weight, "healthy": t.healthy});
+                    if pool.outlier.is_some() {
+                        v["ejected_for_ms"] = json!(t.ejected_ms);
+                        v["ejections"] = json!(t.ejections);
+                    }
+                    v
+                })
                 .collect();
-            json!({"name": pool.name, "targets": targets})
+            let budget = pool.budget.usage(now);
+            let mut v = json!({
+                "name": pool.name,
+                "targets": targets,
+                "retry_budget": {
+                    "window_requests": budget.requests,
+                    "window_retries": budget.retries,
+                    "allowed": budget.allowed,
+                },
+            });
+            if let Some(l) = &pool.limit {
+                v["in_flight"] = json!(l.in_flight());
+                v["max_concurrent"] = json!(l.max);
+            }
+            if let Some(b) = &pool.breaker {
+                let (attempts, failures) = b.window(now);
+                v["circuit_breaker"] = json!({
+                    "state": b.state().as_str(),
+                    "half_open_in_ms": b.opens_in(now),
+                    "window_attempts": attempts,
+                    "window_failures": failures,
+                    "opened": b.opened.load(std::sync::atomic::Ordering::Relaxed),
+                });
+            }
+            v
         })
         .collect();
     json!({

@@ -19,8 +19,12 @@ use crate::router::{normalize_host, RouteLookup};
 use crate::runtime::{HostPolicy, Runtime};
 use crate::transform::json;
 use crate::transform::template::Vars;
+use crate::upstream::clock;
+use crate::upstream::failure::Failure;
+use crate::upstream::limit::Slot;
 use crate::upstream::mirror::{self, MAX_MIRROR_BODY};
-use crate::upstream::{InFlight, Pool};
+use crate::upstream::retry::RetryPolicy;
+use crate::upstream::{Pool, Probe};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{HeaderValue, Uri};
@@ -31,16 +35,34 @@ use pingora_cache::{
 };
 use pingora_core::modules::http::compression::ResponseCompression;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The error of a request refused by an upstream's `max_concurrent`.
 const AT_CAPACITY: &str = "upstream at capacity";
+/// The error of a request refused by its route's `max_concurrent`.
+const ROUTE_AT_CAPACITY: &str = "route at capacity";
+/// The error of a request refused because the upstream's circuit breaker is open.
+const BREAKER_OPEN: &str = "circuit breaker open";
+/// The error of a request whose route deadline passed.
+const DEADLINE: &str = "route deadline passed";
+/// A response status the route retries: the attempt is ended as an error to try again.
+const RETRY_STATUS: &str = "retryable status";
+
+/// Errors that refuse a request without trying the upstream: cheap, counted in the
+/// metrics, answered by the route's fallback when it has one, and not logged one by one.
+fn fast_fail(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::Custom(AT_CAPACITY | ROUTE_AT_CAPACITY | BREAKER_OPEN)
+            | ErrorType::HTTPStatus(503)
+    )
+}
 
 /// The gateway; `runtime` is swapped whole on reload.
 pub struct Gateway {
@@ -66,8 +88,19 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     /// The target of the current attempt.
     target: Option<SocketAddr>,
-    /// Targets whose connect failed, not to be tried again.
+    /// Targets of failed attempts, tried again only when no other target is left.
     failed: Vec<SocketAddr>,
+    /// Attempts started at the upstream.
+    attempts: u32,
+    /// Wait before the next attempt (a retry's back-off).
+    backoff: Duration,
+    /// When the route's `timeout` runs out.
+    deadline: Option<Instant>,
+    /// Seconds until an open breaker lets probes through, for `Retry-After`.
+    breaker_retry_after: u64,
+    /// The upstream's response header came and was no failure: the attempt succeeds
+    /// unless its body breaks off.
+    answered: bool,
     upstream_host: Option<HeaderValue>,
     /// Who is calling, when the route's access rule established it.
     identity: Option<Arc<Identity>>,
@@ -87,8 +120,12 @@ pub struct Ctx {
     times: Timings,
     /// `allowed` or `limited` when the route has rate limits.
     rate_limit: Option<&'static str>,
-    /// The request's slot in an upstream's `max_concurrent`, freed when the request ends.
-    in_flight: Option<InFlight>,
+    /// The request's slots in its route's and its upstream's `max_concurrent`, freed when
+    /// the request ends.
+    route_slot: Option<Slot>,
+    upstream_slot: Option<Slot>,
+    /// Set while this request is a half-open breaker's probe.
+    probe: Option<Probe>,
 }
 
 /// When the phases of a request happened, for the access log.
@@ -114,6 +151,73 @@ impl Ctx {
     fn pool(&self) -> Option<&Pool> {
         self.pool_arc().map(|p| &**p)
     }
+
+    fn retry_policy(&self) -> Option<&RetryPolicy> {
+        let route = &self.rt.routes[self.route?];
+        route
+            .retry
+            .as_ref()
+            .or_else(|| self.pool().map(|p| &p.default_retry))
+    }
+
+    /// Count the current attempt's outcome for outlier detection and the breaker.
+    fn record_attempt(&mut self, outcome: std::result::Result<(), Failure>) {
+        let probe = self.probe.take();
+        if let Some(pool) = self.pool() {
+            pool.record(self.target, outcome, probe);
+        }
+    }
+
+    /// After a failed attempt (whose target is already in `failed`): whether to try again,
+    /// with the back-off to wait first set. Connect failures never reached the upstream;
+    /// anything else is tried again only for idempotent requests whose body is still at
+    /// hand and whose response has not started.
+    fn retry(&mut self, session: &Session, failure: Failure) -> bool {
+        let (Some(pool), Some(policy)) = (self.pool(), self.retry_policy()) else {
+            return false;
+        };
+        if self.attempts as usize >= policy.attempts || !policy.retries(failure) {
+            return false;
+        }
+        if failure != Failure::Connect {
+            let safe = session.req_header().method.is_idempotent()
+                && !session.as_ref().retry_buffer_truncated()
+                && session.response_written().is_none();
+            if !safe {
+                return false;
+            }
+        }
+        // A refused connect goes to another target or nowhere; other failures may try the
+        // same target again when it is the only one.
+        if failure == Failure::Connect && select(pool, session, self).is_none() {
+            return false;
+        }
+        let backoff = policy.backoff(self.attempts);
+        if self.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+            return false;
+        }
+        if !pool.budget.try_retry(clock::now_ms()) {
+            pool.metrics.budget_exhausted.inc();
+            log::debug!(
+                "request {}: retry budget of upstream {:?} used up",
+                self.request_id,
+                pool.name
+            );
+            return false;
+        }
+        if self.rt.metrics {
+            pool.metrics.retries.inc();
+        }
+        self.backoff = backoff;
+        true
+    }
+
+    /// The current attempt failed: its target is not the first choice again.
+    fn attempt_failed(&mut self) {
+        if let Some(t) = self.target.take() {
+            self.failed.push(t);
+        }
+    }
 }
 
 fn request_host(req: &RequestHeader) -> Option<&str> {
@@ -123,13 +227,23 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// A target not failed yet in this request.
 fn select(pool: &Pool, session: &Session, ctx: &Ctx) -> Option<SocketAddr> {
+    select_excluding(pool, session, ctx, &ctx.failed)
+}
+
+fn select_excluding(
+    pool: &Pool,
+    session: &Session,
+    ctx: &Ctx,
+    exclude: &[SocketAddr],
+) -> Option<SocketAddr> {
     let mut scratch = [0u8; 16];
     let key = match &pool.hash_key {
         Some(k) => k.extract(session.req_header(), ctx.client_ip, &mut scratch),
         None => b"",
     };
-    pool.select(key, &ctx.failed)
+    pool.select(key, exclude)
 }
 
 /// Status and message for an error that ended a request.
@@ -140,6 +254,15 @@ fn describe(e: &Error, upstream: &str) -> (u16, String) {
         Custom(AT_CAPACITY) => (
             503,
             format!("upstream {upstream:?} is at its concurrency limit"),
+        ),
+        Custom(ROUTE_AT_CAPACITY) => (503, "the route is at its concurrency limit".into()),
+        Custom(BREAKER_OPEN) => (
+            503,
+            format!("upstream {upstream:?} is failing: its circuit breaker is open"),
+        ),
+        Custom(DEADLINE) => (
+            504,
+            format!("upstream {upstream:?} did not answer within the route's timeout"),
         ),
         HTTPStatus(code) => (*code, e.reason_str().to_string()),
         ConnectTimedout => (
@@ -194,7 +317,14 @@ impl ProxyHttp for Gateway {
                 response: None,
             },
             rate_limit: None,
-            in_flight: None,
+            attempts: 0,
+            backoff: Duration::ZERO,
+            deadline: None,
+            breaker_retry_after: 0,
+            answered: false,
+            route_slot: None,
+            upstream_slot: None,
+            probe: None,
         }
     }
 
@@ -595,32 +725,85 @@ impl ProxyHttp for Gateway {
         if ctx.upstream.is_none() {
             choose_upstream(session, ctx);
         }
-        ctx.times.connect_start = Some(Instant::now());
-        if ctx.in_flight.is_none() && ctx.failed.is_empty() {
-            if let Some(pool) = ctx.pool_arc() {
-                match pool.admit() {
-                    Ok(slot) => ctx.in_flight = slot,
-                    Err(_at_capacity) => {
-                        if ctx.rt.metrics {
-                            pool.metrics.overloaded.inc();
-                        }
-                        return Error::e_explain(
-                            ErrorType::Custom(AT_CAPACITY),
-                            "every max_concurrent slot is taken",
-                        );
-                    }
-                }
+        if !ctx.backoff.is_zero() {
+            tokio::time::sleep(std::mem::take(&mut ctx.backoff)).await;
+        }
+        let now = Instant::now();
+        ctx.times.connect_start = Some(now);
+        let (Some(ri), Some(pool)) = (ctx.route, ctx.pool_arc().cloned()) else {
+            return Error::e_explain(ErrorType::InternalError, "no route selected");
+        };
+        let first = ctx.attempts == 0;
+        ctx.attempts += 1;
+        match pool.breaker_admit(first) {
+            Ok(probe) => ctx.probe = probe,
+            Err(ms) => {
+                ctx.breaker_retry_after = ms.div_ceil(1000).max(1);
+                pool.metrics.breaker_rejections.inc();
+                return Error::e_explain(ErrorType::Custom(BREAKER_OPEN), "not tried");
             }
         }
-        let pool = ctx
-            .pool()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
-        let Some(addr) = select(pool, session, ctx) else {
+        if first {
+            let route = &ctx.rt.routes[ri];
+            if let Some(limit) = &route.limit {
+                ctx.route_slot = limit.acquire();
+                if ctx.route_slot.is_none() {
+                    if ctx.rt.metrics {
+                        route.metrics.overloaded();
+                    }
+                    return Error::e_explain(
+                        ErrorType::Custom(ROUTE_AT_CAPACITY),
+                        "every max_concurrent slot of the route is taken",
+                    );
+                }
+            }
+            match pool.admit() {
+                Ok(slot) => ctx.upstream_slot = slot,
+                Err(_at_capacity) => {
+                    if ctx.rt.metrics {
+                        pool.metrics.overloaded.inc();
+                    }
+                    return Error::e_explain(
+                        ErrorType::Custom(AT_CAPACITY),
+                        "every max_concurrent slot is taken",
+                    );
+                }
+            }
+            ctx.deadline = route.deadline.map(|d| ctx.times.start + d);
+            pool.budget.request(clock::now_ms());
+        }
+        // Each wait of this attempt ends by the try timeout and by the route's deadline.
+        let mut bound = ctx.retry_policy().and_then(|p| p.try_timeout);
+        if let Some(deadline) = ctx.deadline {
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return Error::e_explain(ErrorType::Custom(DEADLINE), "before an attempt");
+            }
+            bound = Some(bound.map_or(left, |b| b.min(left)));
+        }
+        let addr = select(&pool, session, ctx).or_else(|| {
+            // Every target failed once already: a failure worth retrying may pass on a
+            // second try at the same one.
+            (!ctx.failed.is_empty())
+                .then(|| select_excluding(&pool, session, ctx, &[]))
+                .flatten()
+        });
+        let Some(addr) = addr else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
         };
-        let (peer, host) = pool.peer(&addr).ok_or_else(|| {
+        let (mut peer, host) = pool.peer(&addr).ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "selected target has no peer")
         })?;
+        if let Some(b) = bound {
+            let o = &mut peer.options;
+            for t in [
+                &mut o.connection_timeout,
+                &mut o.read_timeout,
+                &mut o.write_timeout,
+            ] {
+                *t = Some(t.map_or(b, |t| t.min(b)));
+            }
+        }
         ctx.upstream_host = Some(host.clone());
         ctx.target = Some(addr);
         Ok(peer)
@@ -633,21 +816,58 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(t) = ctx.target.take() {
-            ctx.failed.push(t);
-        }
-        // Retry only while the budget lasts and another healthy target exists; nothing has
-        // reached the upstream yet, so any method is safe to retry.
-        let retry = ctx.pool().is_some_and(|pool| {
-            let retry = ctx.failed.len() <= pool.retries && select(pool, session, ctx).is_some();
-            if ctx.rt.metrics {
-                pool.metrics.connect_failures.inc();
-                if retry {
-                    pool.metrics.retries.inc();
-                }
+        ctx.record_attempt(Err(Failure::Connect));
+        ctx.attempt_failed();
+        if let Some(pool) = ctx.pool().filter(|_| ctx.rt.metrics) {
+            pool.metrics.connect_failures.inc();
+            if e.etype() == &ErrorType::ConnectTimedout {
+                pool.metrics.timeouts.inc();
             }
-            retry
-        });
+        }
+        let retry = ctx.retry(session, Failure::Connect);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.etype() == &ErrorType::Custom(RETRY_STATUS) {
+            // Recorded and decided when the response header came.
+            return e;
+        }
+        let safe = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        if matches!(e.retry, RetryType::ReusedOnly) && client_reused && safe {
+            // A kept-alive connection the upstream had closed meanwhile: no fault of the
+            // target's, and the request is sent again on a new connection.
+            e.set_retry(true);
+            return e;
+        }
+        if e.esource() != &ErrorSource::Upstream {
+            e.set_retry(false);
+            return e;
+        }
+        let failure = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::Timeout,
+            _ => Failure::Reset,
+        };
+        if failure == Failure::Timeout {
+            if let Some(pool) = ctx.pool().filter(|_| ctx.rt.metrics) {
+                pool.metrics.timeouts.inc();
+            }
+        }
+        ctx.answered = false;
+        ctx.record_attempt(Err(failure));
+        ctx.attempt_failed();
+        let retry = ctx.retry(session, failure);
         e.set_retry(retry);
         e
     }
@@ -777,6 +997,24 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.times.response = Some(Instant::now());
+        let status = resp.status.as_u16();
+        if status >= 200 && ctx.pool().is_some() {
+            if status < 500 {
+                ctx.answered = true;
+            } else {
+                let failure = Failure::Status(status);
+                ctx.record_attempt(Err(failure));
+                ctx.attempt_failed();
+                if ctx.retry(session, failure) {
+                    let mut e = Error::explain(
+                        ErrorType::Custom(RETRY_STATUS),
+                        format!("upstream answered {status}"),
+                    );
+                    e.set_retry(true);
+                    return Err(e);
+                }
+            }
+        }
         if resp.status == http::StatusCode::NOT_MODIFIED
             && session.cache.phase() == CachePhase::Stale
         {
@@ -873,6 +1111,10 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if !end_of_stream && ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            // The response has started: all the deadline can do is end it here.
+            return Error::e_explain(ErrorType::Custom(DEADLINE), "while sending the body");
+        }
         let Some(buf) = &mut ctx.response_json else {
             return Ok(None);
         };
@@ -920,9 +1162,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if std::mem::take(&mut ctx.answered) {
+            ctx.record_attempt(Ok(()));
+        }
         if ctx.rt.metrics {
-            record_metrics(session, e, ctx);
+            record_metrics(session, ctx);
         }
         if let Some(log) = self.access_log.as_ref().and_then(|l| l.get()) {
             write_access_line(log, session, ctx);
@@ -931,18 +1176,29 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let upstream = ctx.pool().map_or("", |p| p.name.as_str());
-        let (status, message) = describe(e, upstream);
+        let (mut status, message) = describe(e, upstream);
         if status > 0 && session.response_written().is_none() {
             session.set_keepalive(None);
-            let overloaded = e.etype() == &ErrorType::Custom(AT_CAPACITY);
-            let extra: &[(&str, &str)] = if overloaded {
-                &[("retry-after", "1")]
+            let fallback = ctx
+                .route
+                .and_then(|i| ctx.rt.routes[i].fallback.as_ref())
+                .filter(|_| fast_fail(e));
+            let sent = if let Some((code, body)) = fallback {
+                status = *code;
+                error_response::reply(session, status, body.clone(), &ctx.request_id, &[]).await
             } else {
-                &[]
-            };
-            if let Err(we) =
+                let retry_after = match e.etype() {
+                    ErrorType::Custom(BREAKER_OPEN) => Some(ctx.breaker_retry_after.to_string()),
+                    ErrorType::Custom(AT_CAPACITY | ROUTE_AT_CAPACITY) => Some("1".to_string()),
+                    _ => None,
+                };
+                let extra: &[(&str, &str)] = match &retry_after {
+                    Some(s) => &[("retry-after", s.as_str())],
+                    None => &[],
+                };
                 error_response::send(session, status, &message, &ctx.request_id, extra).await
-            {
+            };
+            if let Err(we) = sent {
                 log::debug!("could not send the {status} response: {we}");
             }
         }
@@ -950,6 +1206,11 @@ impl ProxyHttp for Gateway {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // During an outage these come by the thousand; the metrics count them.
+        fast_fail(e)
     }
 }
 
@@ -1171,7 +1432,7 @@ async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
 }
 
 /// Count a finished request in the route's and upstream's metrics.
-fn record_metrics(session: &Session, e: Option<&Error>, ctx: &Ctx) {
+fn record_metrics(session: &Session, ctx: &Ctx) {
     let route = ctx.route.map(|i| &ctx.rt.routes[i]);
     let metrics = route.map_or(RouteMetrics::unrouted(), |r| &r.metrics);
     metrics.request(&Outcome {
@@ -1191,14 +1452,6 @@ fn record_metrics(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         pool.metrics
             .response
             .observe(end.saturating_duration_since(start).as_secs_f64());
-    }
-    let timed_out = e.is_some_and(|e| match e.etype() {
-        ErrorType::ConnectTimedout => true,
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => e.esource() == &ErrorSource::Upstream,
-        _ => false,
-    });
-    if timed_out {
-        pool.metrics.timeouts.inc();
     }
 }
 

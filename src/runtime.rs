@@ -17,9 +17,14 @@ use crate::policy::ratelimit::{self, Limit};
 use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
 use crate::transform::template::Template;
 use crate::transform::RouteTransforms;
+use crate::upstream::breaker::BreakerPolicy;
+use crate::upstream::failure::FailureSet;
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::health;
+use crate::upstream::limit::ConcurrencyLimit;
 use crate::upstream::mirror::Mirror;
+use crate::upstream::outlier::OutlierPolicy;
+use crate::upstream::retry::RetryPolicy;
 use crate::upstream::split::{Pin, Split, Sticky};
 use crate::upstream::{Pool, PoolOptions, TargetSpec};
 use http::{HeaderName, HeaderValue, Method};
@@ -99,6 +104,13 @@ pub struct RouteAction {
     pub compression: Option<Compression>,
     pub compose: Option<Compose>,
     pub metrics: RouteMetrics,
+    /// The route's retries; without it, the upstream's connect-only default.
+    pub retry: Option<RetryPolicy>,
+    /// The whole request must be answered within this.
+    pub deadline: Option<std::time::Duration>,
+    pub limit: Option<Arc<ConcurrencyLimit>>,
+    /// Status and JSON body answered instead of a 503 when the upstream is not tried.
+    pub fallback: Option<(u16, bytes::Bytes)>,
 }
 
 pub struct Runtime {
@@ -229,6 +241,8 @@ pub struct Carry {
     remote_keys: HashMap<String, Arc<RemoteKeys>>,
     limiter: Option<Arc<GcraStore>>,
     redis: Option<(String, Arc<RedisLimiter>)>,
+    /// Route concurrency limits by route name and size.
+    route_limits: HashMap<(String, usize), Arc<ConcurrencyLimit>>,
 }
 
 impl Carry {
@@ -250,6 +264,14 @@ impl Carry {
                 .redis
                 .as_ref()
                 .map(|r| (rt.redis_source.clone(), r.clone())),
+            route_limits: rt
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    let l = r.limit.as_ref()?;
+                    Some(((r.name.clone(), l.max), l.clone()))
+                })
+                .collect(),
         }
     }
 }
@@ -478,6 +500,36 @@ pub fn build_with(
                     ));
                 }
                 action.compose = Some(Compose { calls });
+            }
+            action.retry = r
+                .retry
+                .as_ref()
+                .map(|spec| retry_policy(&format!("{path}.retry"), spec, &mut faults));
+            if let Some(t) = r.timeout {
+                positive(t, format!("{path}.timeout"), &mut faults);
+                action.deadline = Some(t.0);
+            }
+            match r.max_concurrent {
+                Some(0) => faults.push(Fault::new(
+                    format!("{path}.max_concurrent"),
+                    "must be at least 1",
+                )),
+                Some(max) => {
+                    // Requests still in flight on the old config hold their slots.
+                    let key = (r.name.clone(), max);
+                    let kept = carry.route_limits.get(&key).cloned();
+                    action.limit = Some(kept.unwrap_or_else(|| ConcurrencyLimit::new(max)));
+                }
+                None => {}
+            }
+            if let Some(f) = &r.fallback {
+                if !(200..=599).contains(&f.status) {
+                    faults.push(Fault::new(
+                        format!("{path}.fallback.status"),
+                        format!("{} is not a status between 200 and 599", f.status),
+                    ));
+                }
+                action.fallback = Some((f.status, bytes::Bytes::from(f.body.to_string())));
             }
             if let Some(t) = &r.transform {
                 match RouteTransforms::compile(t) {
@@ -877,6 +929,26 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
         .health_check
         .as_ref()
         .map(|hc| (health::build(&u.name, hc), hc.interval.0));
+    if u.max_concurrent == Some(0) {
+        faults.push(Fault::new(
+            format!("{path}.max_concurrent"),
+            "must be at least 1",
+        ));
+    }
+    let outlier = u
+        .outlier_detection
+        .as_ref()
+        .and_then(|o| outlier_policy(&format!("{path}.outlier_detection"), o, faults));
+    let breaker = u
+        .circuit_breaker
+        .as_ref()
+        .and_then(|b| breaker_policy(&format!("{path}.circuit_breaker"), b, faults));
+    if u.retry_budget.percent > 1000 {
+        faults.push(Fault::new(
+            format!("{path}.retry_budget.percent"),
+            "must be at most 1000",
+        ));
+    }
     let opts = PoolOptions {
         connect_timeout: t.connect.0,
         read_timeout: t.read.0,
@@ -885,21 +957,112 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
         keepalive: u.keepalive,
         retries: u.retries,
         max_concurrent: u.max_concurrent,
+        outlier,
+        breaker,
+        budget: (u.retry_budget.percent, u.retry_budget.min_per_second),
     };
-    if u.max_concurrent == Some(0) {
-        faults.push(Fault::new(
-            format!("{path}.max_concurrent"),
-            "must be at least 1",
-        ));
-    }
     Some(Pool::new(
         &u.name,
         targets,
         u.algorithm,
         hash_key,
         check,
-        &opts,
+        opts,
     ))
+}
+
+fn failure_set(path: String, names: &[config::FailureName], faults: &mut Vec<Fault>) -> FailureSet {
+    FailureSet::compile(names).unwrap_or_else(|e| {
+        faults.push(Fault::new(path, e));
+        FailureSet::default()
+    })
+}
+
+fn outlier_policy(
+    path: &str,
+    o: &config::OutlierDetection,
+    faults: &mut Vec<Fault>,
+) -> Option<OutlierPolicy> {
+    if o.consecutive_failures == 0 {
+        faults.push(Fault::new(
+            format!("{path}.consecutive_failures"),
+            "must be at least 1",
+        ));
+    }
+    positive(o.base_ejection, format!("{path}.base_ejection"), faults);
+    if o.max_ejection < o.base_ejection {
+        faults.push(Fault::new(
+            format!("{path}.max_ejection"),
+            format!(
+                "{} is shorter than base_ejection {}",
+                o.max_ejection, o.base_ejection
+            ),
+        ));
+    }
+    if o.max_ejected_percent > 100 {
+        faults.push(Fault::new(
+            format!("{path}.max_ejected_percent"),
+            "must be between 0 and 100",
+        ));
+    }
+    Some(OutlierPolicy {
+        consecutive: o.consecutive_failures,
+        on: failure_set(format!("{path}.on"), &o.on, faults),
+        base_ms: o.base_ejection.0.as_millis() as u64,
+        max_ms: o.max_ejection.0.as_millis() as u64,
+        max_ejected_percent: o.max_ejected_percent,
+    })
+}
+
+fn breaker_policy(
+    path: &str,
+    b: &config::CircuitBreaker,
+    faults: &mut Vec<Fault>,
+) -> Option<BreakerPolicy> {
+    if b.error_rate == 0 || b.error_rate > 100 {
+        faults.push(Fault::new(
+            format!("{path}.error_rate"),
+            "must be between 1 and 100 (percent)",
+        ));
+    }
+    if b.probes == 0 {
+        faults.push(Fault::new(format!("{path}.probes"), "must be at least 1"));
+    }
+    positive(b.window, format!("{path}.window"), faults);
+    positive(b.open_for, format!("{path}.open_for"), faults);
+    Some(BreakerPolicy {
+        error_rate: b.error_rate,
+        min_requests: b.min_requests.max(1),
+        window_ms: b.window.0.as_millis() as u64,
+        open_ms: b.open_for.0.as_millis() as u64,
+        probes: b.probes,
+        on: failure_set(format!("{path}.on"), &b.on, faults),
+    })
+}
+
+fn retry_policy(path: &str, r: &config::RetrySpec, faults: &mut Vec<Fault>) -> RetryPolicy {
+    if r.attempts == 0 || r.attempts > 10 {
+        faults.push(Fault::new(
+            format!("{path}.attempts"),
+            format!("{} is not between 1 and 10", r.attempts),
+        ));
+    }
+    if let Some(t) = r.try_timeout {
+        positive(t, format!("{path}.try_timeout"), faults);
+    }
+    if r.max_backoff < r.backoff {
+        faults.push(Fault::new(
+            format!("{path}.max_backoff"),
+            format!("{} is shorter than backoff {}", r.max_backoff, r.backoff),
+        ));
+    }
+    RetryPolicy {
+        attempts: r.attempts,
+        on: failure_set(format!("{path}.on"), &r.on, faults),
+        try_timeout: r.try_timeout.map(|t| t.0),
+        backoff: r.backoff.0,
+        max_backoff: r.max_backoff.0,
+    }
 }
 
 fn check_health_config(path: &str, hc: &HealthCheck, faults: &mut Vec<Fault>) {
@@ -1187,6 +1350,10 @@ fn build_route(
             mirror: None,
             compression: None,
             compose: None,
+            retry: None,
+            deadline: None,
+            limit: None,
+            fallback: None,
         },
     ))
 }

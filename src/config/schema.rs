@@ -132,6 +132,105 @@ pub struct Upstream {
     /// with `Retry-After` at once instead of queueing.
     #[serde(default)]
     pub max_concurrent: Option<usize>,
+    /// Passive health: targets that keep failing real requests are taken out for a while.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Stop sending to an upstream whose requests mostly fail, and probe it before resuming.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Retries may add at most this much traffic, so they cannot multiply an outage.
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
+}
+
+/// A failure of one attempt, as `on:` lists name them: `connect`, `timeout`, `reset`
+/// (the upstream closed or broke the connection mid-exchange), `5xx` (any 5xx status) or
+/// one status code such as `503`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum FailureName {
+    Status(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDetection {
+    /// Failures in a row that take a target out.
+    pub consecutive_failures: u32,
+    /// What counts as a failure.
+    pub on: Vec<FailureName>,
+    /// The first ejection's length; each further one in a row doubles it.
+    pub base_ejection: Dur,
+    pub max_ejection: Dur,
+    /// Never eject more than this share of the pool's targets at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            on: default_failures(),
+            base_ejection: Dur::secs(30),
+            max_ejection: Dur::secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+fn default_failures() -> Vec<FailureName> {
+    ["connect", "timeout", "reset", "5xx"]
+        .into_iter()
+        .map(|n| FailureName::Name(n.to_string()))
+        .collect()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreaker {
+    /// Percentage of failed attempts within `window` that opens the breaker.
+    pub error_rate: u32,
+    /// Attempts within `window` needed before the rate is judged.
+    pub min_requests: u32,
+    pub window: Dur,
+    /// How long the breaker stays open before it lets probes through.
+    pub open_for: Dur,
+    /// Requests let through while half-open; that many successes close the breaker.
+    pub probes: u32,
+    /// What counts as a failure.
+    pub on: Vec<FailureName>,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            error_rate: 50,
+            min_requests: 20,
+            window: Dur::secs(10),
+            open_for: Dur::secs(10),
+            probes: 3,
+            on: default_failures(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudget {
+    /// Retries allowed as a percentage of the requests of the last 10 seconds.
+    pub percent: u32,
+    /// Retries per second allowed whatever the traffic, so a quiet upstream can still retry.
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: 20,
+            min_per_second: 10,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -286,6 +385,68 @@ pub struct Route {
     /// Answer with one JSON object built from several upstream calls made concurrently.
     #[serde(default)]
     pub compose: Option<ComposeSpec>,
+    /// Which failed attempts are tried again, how often and how fast.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// The whole request, every attempt and back-off included, must be answered within
+    /// this; else 504.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Requests of this route in flight at once at most; the excess gets 503 at once.
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    /// Answered instead of a 503 when the upstream is not tried at all (breaker open, no
+    /// healthy target, concurrency limit reached).
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Tries in all, the first included.
+    pub attempts: usize,
+    /// Failures tried again. A failed connect is always retried (the request never left);
+    /// the rest only for idempotent methods.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<FailureName>,
+    /// Longest one attempt may wait on the upstream: to connect, and for each read or write.
+    #[serde(default)]
+    pub try_timeout: Option<Dur>,
+    /// Wait before retry n: random up to `backoff` x 2^(n-1), capped at `max_backoff`.
+    #[serde(default = "default_backoff")]
+    pub backoff: Dur,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Dur,
+}
+
+fn default_retry_on() -> Vec<FailureName> {
+    ["connect", "timeout", "reset", "502", "503", "504"]
+        .into_iter()
+        .map(|n| match n.parse() {
+            Ok(code) => FailureName::Status(code),
+            Err(_) => FailureName::Name(n.to_string()),
+        })
+        .collect()
+}
+fn default_backoff() -> Dur {
+    Dur::millis(25)
+}
+fn default_max_backoff() -> Dur {
+    Dur::millis(250)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    /// Any YAML value, sent as JSON.
+    pub body: serde_json::Value,
+}
+
+fn default_fallback_status() -> u16 {
+    200
 }
 
 #[derive(Debug, Clone, Deserialize)]

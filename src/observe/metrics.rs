@@ -5,9 +5,11 @@
 //! combination and kept with the route or upstream, so recording is a few atomic adds.
 
 use crate::runtime::Runtime;
+use crate::upstream::breaker::State;
+use crate::upstream::clock;
 use http::Method;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
@@ -30,6 +32,14 @@ pub struct Families {
     upstream_timeouts: IntCounterVec,
     upstream_connections: IntCounterVec,
     upstream_overloaded: IntCounterVec,
+    upstream_ejections: IntCounterVec,
+    upstream_breaker_opened: IntCounterVec,
+    upstream_breaker_rejections: IntCounterVec,
+    upstream_budget_exhausted: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    budget_used: GaugeVec,
+    target_ejected: IntGaugeVec,
+    route_overloaded: IntCounterVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
     rate_limit: IntCounterVec,
@@ -57,6 +67,11 @@ fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogr
         reg,
         HistogramVec::new(opts, labels).expect("valid metric options"),
     )
+}
+
+fn gauges(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric options");
+    registered(reg, vec)
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
@@ -148,13 +163,13 @@ impl Families {
             upstream_retries: counter(
                 reg,
                 "portico_upstream_retries_total",
-                "Requests sent to another target after a failed connect",
+                "Failed attempts tried again",
                 &["upstream"],
             ),
             upstream_timeouts: counter(
                 reg,
                 "portico_upstream_timeouts_total",
-                "Requests that ended with a connect, read or write timeout upstream",
+                "Attempts that timed out upstream (connect, read or write)",
                 &["upstream"],
             ),
             upstream_connections: counter(
@@ -169,16 +184,64 @@ impl Families {
                 "Requests answered 503 because the upstream was at max_concurrent",
                 &["upstream"],
             ),
-            target_healthy: registered(
+            upstream_ejections: counter(
                 reg,
-                IntGaugeVec::new(
+                "portico_upstream_ejections_total",
+                "Targets taken out by outlier detection after failing in a row",
+                &["upstream"],
+            ),
+            upstream_breaker_opened: counter(
+                reg,
+                "portico_upstream_breaker_opened_total",
+                "Times the upstream's circuit breaker opened",
+                &["upstream"],
+            ),
+            upstream_breaker_rejections: counter(
+                reg,
+                "portico_upstream_breaker_rejections_total",
+                "Requests refused at once because the circuit breaker was open",
+                &["upstream"],
+            ),
+            upstream_budget_exhausted: counter(
+                reg,
+                "portico_upstream_retry_budget_exhausted_total",
+                "Retries not made because the upstream's retry budget was used up",
+                &["upstream"],
+            ),
+            breaker_state: gauges(
+                reg,
+                "portico_upstream_breaker_state",
+                "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                &["upstream"],
+            ),
+            budget_used: registered(
+                reg,
+                GaugeVec::new(
                     Opts::new(
-                        "portico_upstream_target_healthy",
-                        "1 while a target is in rotation, 0 while its health check fails",
+                        "portico_upstream_retry_budget_used_ratio",
+                        "Retries in the last 10 s over the retries the budget allows",
                     ),
-                    &["upstream", "target"],
+                    &["upstream"],
                 )
                 .expect("valid metric options"),
+            ),
+            target_ejected: gauges(
+                reg,
+                "portico_upstream_target_ejected",
+                "1 while outlier detection keeps a target out",
+                &["upstream", "target"],
+            ),
+            route_overloaded: counter(
+                reg,
+                "portico_route_overload_rejections_total",
+                "Requests answered 503 because the route was at max_concurrent",
+                &["route"],
+            ),
+            target_healthy: gauges(
+                reg,
+                "portico_upstream_target_healthy",
+                "1 while a target is in rotation, 0 while its health check fails",
+                &["upstream", "target"],
             ),
             auth: counter(
                 reg,
@@ -385,6 +448,14 @@ impl RouteMetrics {
             .inc();
     }
 
+    /// A request refused by the route's `max_concurrent`.
+    pub fn overloaded(&self) {
+        families()
+            .route_overloaded
+            .with_label_values(&[&*self.route])
+            .inc();
+    }
+
     pub fn rate_limit_store_error(&self) {
         families()
             .rate_limit_store_errors
@@ -417,6 +488,10 @@ pub struct UpstreamMetrics {
     pub new_connections: IntCounter,
     pub reused_connections: IntCounter,
     pub overloaded: IntCounter,
+    pub ejections: IntCounter,
+    pub breaker_opened: IntCounter,
+    pub breaker_rejections: IntCounter,
+    pub budget_exhausted: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -434,6 +509,10 @@ impl UpstreamMetrics {
                 .upstream_connections
                 .with_label_values(&[upstream, "true"]),
             overloaded: f.upstream_overloaded.with_label_values(&[upstream]),
+            ejections: f.upstream_ejections.with_label_values(&[upstream]),
+            breaker_opened: f.upstream_breaker_opened.with_label_values(&[upstream]),
+            breaker_rejections: f.upstream_breaker_rejections.with_label_values(&[upstream]),
+            budget_exhausted: f.upstream_budget_exhausted.with_label_values(&[upstream]),
         }
     }
 }
@@ -457,12 +536,35 @@ fn refresh(rt: &Runtime) {
     }
     // Targets of a previous config must not linger after a reload.
     f.target_healthy.reset();
+    f.target_ejected.reset();
+    f.breaker_state.reset();
+    f.budget_used.reset();
+    let now = clock::now_ms();
     for pool in &rt.upstreams {
+        let name = pool.name.as_str();
         for t in pool.targets() {
+            let labels = [name, &t.addr.to_string()];
             f.target_healthy
-                .with_label_values(&[pool.name.as_str(), &t.addr.to_string()])
+                .with_label_values(&labels)
                 .set(i64::from(t.healthy));
+            if pool.outlier.is_some() {
+                f.target_ejected
+                    .with_label_values(&labels)
+                    .set(i64::from(t.ejected_ms > 0));
+            }
         }
+        if let Some(b) = &pool.breaker {
+            let state = match b.state() {
+                State::Closed => 0,
+                State::HalfOpen => 1,
+                State::Open => 2,
+            };
+            f.breaker_state.with_label_values(&[name]).set(state);
+        }
+        let budget = pool.budget.usage(now);
+        f.budget_used
+            .with_label_values(&[name])
+            .set(budget.retries as f64 / budget.allowed.max(1) as f64);
     }
     let s = rt.cache.store.stats();
     f.cache_entries.set(s.entries as i64);
@@ -510,6 +612,13 @@ mod tests {
             &f.upstream_timeouts,
             &f.upstream_connections,
             &f.upstream_overloaded,
+            &f.upstream_ejections,
+            &f.upstream_breaker_opened,
+            &f.upstream_breaker_rejections,
+            &f.upstream_budget_exhausted,
+            &f.breaker_state,
+            &f.target_ejected,
+            &f.route_overloaded,
             &f.target_healthy,
             &f.auth,
             &f.rate_limit,

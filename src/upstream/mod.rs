@@ -1,14 +1,25 @@
 //! Upstream pools: a pingora `LoadBalancer` per upstream, with its peers prepared at load.
 
+pub mod breaker;
+pub mod clock;
+pub mod failure;
 pub mod hash_key;
 pub mod health;
+pub mod limit;
 pub mod mirror;
+pub mod outlier;
+pub mod retry;
 pub mod split;
+pub mod window;
 
 use crate::observe::metrics::UpstreamMetrics;
+use breaker::{Admission, Breaker, BreakerPolicy};
+use failure::Failure;
 use futures::FutureExt;
 use hash_key::HashKey;
 use http::HeaderValue;
+use limit::{ConcurrencyLimit, Slot};
+use outlier::{Outlier, OutlierPolicy, TargetRecord, Verdict};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::HealthCheck;
@@ -16,9 +27,9 @@ use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, Random, RoundRobin,
 };
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use retry::{RetryBudget, RetryPolicy};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,19 +58,33 @@ pub struct PoolOptions {
     pub keepalive: bool,
     pub retries: usize,
     pub max_concurrent: Option<usize>,
+    pub outlier: Option<OutlierPolicy>,
+    pub breaker: Option<BreakerPolicy>,
+    /// Retry budget: percent of requests, and retries per second always allowed.
+    pub budget: (u32, u32),
+}
+
+/// A target's prepared peer, the Host value for it, and its record of real requests.
+struct Target {
+    peer: HttpPeer,
+    host: HeaderValue,
+    record: Arc<TargetRecord>,
 }
 
 pub struct Pool {
     pub name: String,
     balancer: Balancer,
     pub hash_key: Option<HashKey>,
-    /// Prepared peer and Host value per target; cloned per request, never built.
-    peers: HashMap<SocketAddr, (HttpPeer, HeaderValue)>,
+    /// Every target, prepared at load: the peer is cloned per request, never built.
+    peers: HashMap<SocketAddr, Target>,
     pub keepalive: bool,
-    pub retries: usize,
     pub check_interval: Option<Duration>,
-    max_concurrent: Option<usize>,
-    in_flight: AtomicUsize,
+    pub limit: Option<Arc<ConcurrencyLimit>>,
+    pub outlier: Option<Outlier>,
+    pub breaker: Option<Breaker>,
+    pub budget: RetryBudget,
+    /// Retries of routes that set none: failed connects, up to the upstream's `retries`.
+    pub default_retry: RetryPolicy,
     pub metrics: UpstreamMetrics,
     /// The upstream's section as configured: a reload that leaves it unchanged keeps this
     /// pool, with its targets' health and its check task.
@@ -70,22 +95,30 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct AtCapacity;
 
-/// One admitted request of a pool with `max_concurrent`; frees its slot when dropped.
-pub struct InFlight {
-    pool: Arc<Pool>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.pool.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// A target as `/status` and the metrics show it.
 pub struct TargetState {
     pub addr: SocketAddr,
     pub weight: usize,
+    /// As the active checks see it.
     pub healthy: bool,
+    /// Milliseconds left of its ejection by outlier detection.
+    pub ejected_ms: u64,
+    pub ejections: u64,
+}
+
+/// A half-open breaker's probe: its outcome closes or reopens the breaker; dropped without
+/// one (the client left), it makes room for another probe.
+pub struct Probe {
+    /// Taken once the outcome is recorded.
+    pool: Option<Arc<Pool>>,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(b) = self.pool.take().as_ref().and_then(|p| p.breaker.as_ref()) {
+            b.release_probe();
+        }
+    }
 }
 
 fn build_lb<S>(
@@ -114,22 +147,35 @@ impl Pool {
         algorithm: crate::config::Algorithm,
         hash_key: Option<HashKey>,
         check: Option<(Box<dyn HealthCheck + Send + Sync>, Duration)>,
-        opts: &PoolOptions,
+        mut opts: PoolOptions,
     ) -> Pool {
         let mut peers = HashMap::with_capacity(targets.len());
         let mut backends = BTreeSet::new();
+        let mut records = Vec::with_capacity(targets.len());
         for t in targets {
+            let record = Arc::new(TargetRecord::default());
+            records.push(record.clone());
+            // The selector sees each target's record, to pass over ejected ones.
+            let mut ext = http::Extensions::new();
+            ext.insert(record.clone());
             backends.insert(Backend {
                 addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(t.addr),
                 weight: t.weight,
-                ext: http::Extensions::new(),
+                ext,
             });
             let mut peer = HttpPeer::new(t.addr, false, String::new());
             peer.options.connection_timeout = Some(opts.connect_timeout);
             peer.options.read_timeout = Some(opts.read_timeout);
             peer.options.write_timeout = Some(opts.write_timeout);
             peer.options.idle_timeout = Some(opts.idle_timeout);
-            peers.insert(t.addr, (peer, t.host));
+            peers.insert(
+                t.addr,
+                Target {
+                    peer,
+                    host: t.host,
+                    record,
+                },
+            );
         }
         let (check, interval) = match check {
             Some((c, i)) => (Some(c), Some(i)),
@@ -147,10 +193,15 @@ impl Pool {
             hash_key,
             peers,
             keepalive: opts.keepalive,
-            retries: opts.retries,
             check_interval: interval,
-            max_concurrent: opts.max_concurrent,
-            in_flight: AtomicUsize::new(0),
+            limit: opts.max_concurrent.map(ConcurrencyLimit::new),
+            outlier: opts
+                .outlier
+                .take()
+                .map(|policy| Outlier::new(policy, records)),
+            breaker: opts.breaker.take().map(Breaker::new),
+            budget: RetryBudget::new(opts.budget.0, opts.budget.1),
+            default_retry: RetryPolicy::connect_only(opts.retries),
             metrics: UpstreamMetrics::new(name),
             source: String::new(),
         }
@@ -158,8 +209,18 @@ impl Pool {
 
     /// A healthy target not in `exclude`, chosen by the pool's algorithm.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let now = if self.outlier.is_some() {
+            clock::now_ms()
+        } else {
+            0
+        };
         let accept = |b: &Backend, healthy: bool| {
-            healthy && b.addr.as_inet().is_some_and(|a| !exclude.contains(a))
+            healthy
+                && b.addr.as_inet().is_some_and(|a| !exclude.contains(a))
+                && (now == 0
+                    || b.ext
+                        .get::<Arc<TargetRecord>>()
+                        .is_none_or(|r| !r.ejected(now)))
         };
         let backend = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
@@ -173,36 +234,102 @@ impl Pool {
     pub fn peer(&self, addr: &SocketAddr) -> Option<(Box<HttpPeer>, &HeaderValue)> {
         self.peers
             .get(addr)
-            .map(|(peer, host)| (Box::new(peer.clone()), host))
+            .map(|t| (Box::new(t.peer.clone()), &t.host))
     }
 
     /// A slot among the pool's `max_concurrent`, held until the request ends: `Ok(None)`
     /// when the pool has no limit, `Err` when every slot is taken.
-    pub fn admit(self: &Arc<Pool>) -> Result<Option<InFlight>, AtCapacity> {
-        let Some(max) = self.max_concurrent else {
+    pub fn admit(&self) -> Result<Option<Slot>, AtCapacity> {
+        match &self.limit {
+            None => Ok(None),
+            Some(l) => l.acquire().map(Some).ok_or(AtCapacity),
+        }
+    }
+
+    /// Whether the breaker lets an attempt through: `Ok(Some)` for a half-open breaker's
+    /// probe, `Err(ms)` with the time until it lets probes through.
+    pub fn breaker_admit(self: &Arc<Pool>, first: bool) -> Result<Option<Probe>, u64> {
+        let Some(b) = &self.breaker else {
             return Ok(None);
         };
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(AtCapacity);
+        match b.admit(clock::now_ms()) {
+            Admission::Pass => Ok(None),
+            // Retries do not probe: one request's outcome per probe.
+            Admission::Probe if first => Ok(Some(Probe {
+                pool: Some(self.clone()),
+            })),
+            Admission::Probe => {
+                b.release_probe();
+                Err(1000)
+            }
+            Admission::Refused(ms) => Err(ms),
         }
-        Ok(Some(InFlight { pool: self.clone() }))
+    }
+
+    /// Count one attempt's outcome for outlier detection and the breaker.
+    pub fn record(
+        &self,
+        target: Option<SocketAddr>,
+        outcome: Result<(), Failure>,
+        probe: Option<Probe>,
+    ) {
+        if self.outlier.is_none() && self.breaker.is_none() {
+            return;
+        }
+        let now = clock::now_ms();
+        if let (Some(o), Some(addr)) = (&self.outlier, target) {
+            if let Some(t) = self.peers.get(&addr) {
+                match o.record(&t.record, outcome, now) {
+                    Verdict::Ejected(ms) => {
+                        self.metrics.ejections.inc();
+                        log::warn!(
+                            "upstream {:?}: target {addr} ejected for {ms} ms after {} failures in a row",
+                            self.name,
+                            o.policy.consecutive
+                        );
+                    }
+                    Verdict::Spared => log::warn!(
+                        "upstream {:?}: target {addr} keeps failing, but the pool already has its maximum share of targets ejected",
+                        self.name
+                    ),
+                    Verdict::Kept => {}
+                }
+            }
+        }
+        // Recorded here, so the probe is not released as lost when dropped.
+        let probe = probe.and_then(|mut p| p.pool.take()).is_some();
+        if let Some(b) = &self.breaker {
+            if b.record(outcome, probe, now) {
+                self.metrics.breaker_opened.inc();
+                log::warn!(
+                    "upstream {:?}: circuit breaker open for {} ms",
+                    self.name,
+                    b.policy.open_ms
+                );
+            }
+        }
     }
 
     /// Every target with its weight and current health (always healthy without checks).
     pub fn targets(&self) -> Vec<TargetState> {
-        fn states(b: &Backends) -> Vec<TargetState> {
+        let now = clock::now_ms();
+        let states = |b: &Backends| -> Vec<TargetState> {
             b.get_backend()
                 .iter()
                 .filter_map(|t| {
+                    let record = t.ext.get::<Arc<TargetRecord>>();
                     Some(TargetState {
                         addr: *t.addr.as_inet()?,
                         weight: t.weight,
                         healthy: b.ready(t),
+                        ejected_ms: record.map_or(0, |r| r.ejected_for(now)),
+                        ejections: record.map_or(0, |r| {
+                            r.ejections.load(std::sync::atomic::Ordering::Relaxed)
+                        }),
                     })
                 })
                 .collect()
-        }
+        };
         match &self.balancer {
             Balancer::RoundRobin(lb) => states(lb.backends()),
             Balancer::Random(lb) => states(lb.backends()),

@@ -46,10 +46,26 @@ impl Recorded {
     }
 }
 
+/// How an upstream misbehaves on command (health checks are still answered).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Answer every request with this status.
+    Status(u16),
+    /// Read the request and never answer.
+    Hang,
+    /// Read the request and close the connection without a word.
+    ResetBeforeHead,
+    /// Send the header and part of the body, then close the connection.
+    ResetMidBody,
+}
+
 #[derive(Default)]
 struct State {
     requests: Mutex<Vec<Recorded>>,
     delay: Mutex<Duration>,
+    fault: Mutex<Fault>,
     unhealthy: AtomicBool,
     /// Served instead of the echo when set (e.g. a JWK set).
     body: Mutex<Option<String>>,
@@ -256,6 +272,47 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 body: String::from_utf8_lossy(&body).to_string(),
             });
         }
+        let fault = *state.fault.lock().unwrap();
+        if !is_health && fault != Fault::None {
+            match fault {
+                Fault::Status(code) => {
+                    let body = format!("{{\"server\": \"{name}\", \"failing\": {code}}}");
+                    let resp = format!(
+                        "HTTP/1.1 {code} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{body}",
+                        reason(code),
+                        body.len()
+                    );
+                    if stream.write_all(resp.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                    continue;
+                }
+                Fault::Hang => {
+                    // Until the gateway gives up and closes its end.
+                    let mut sink = [0u8; 1024];
+                    loop {
+                        match tokio::time::timeout(Duration::from_secs(600), stream.read(&mut sink))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => continue,
+                            _ => return,
+                        }
+                    }
+                }
+                Fault::ResetBeforeHead => return,
+                Fault::ResetMidBody => {
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\nx-served-by: {name}\r\n\r\n{}",
+                        "x".repeat(100)
+                    );
+                    let _ = stream.write_all(resp.as_bytes()).await;
+                    let _ = stream.flush().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return;
+                }
+                Fault::None => {}
+            }
+        }
         let delay = *state.delay.lock().unwrap();
         if !delay.is_zero() && !is_health {
             tokio::time::sleep(delay).await;
@@ -409,7 +466,11 @@ impl Upstream {
         *self.state.body.lock().unwrap() = Some(body.to_string());
     }
 
-    /// Make `/health` answer 503 (true) or 200 (false).
+    /// Misbehave on every request from now on (`Fault::None` to stop).
+    pub fn set_fault(&self, f: Fault) {
+        *self.state.fault.lock().unwrap() = f;
+    }
+
     /// Answer requests for `target` (a path, or path and query) as scripted.
     pub fn script(&self, target: &str, status: u16, headers: &[(&str, &str)], body: &str) {
         let script = Script {
@@ -450,6 +511,7 @@ impl Upstream {
             .cloned()
     }
 
+    /// Make `/health` answer 503 (true) or 200 (false).
     pub fn set_unhealthy(&self, v: bool) {
         self.state.unhealthy.store(v, Ordering::SeqCst);
     }
