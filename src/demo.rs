@@ -16,12 +16,26 @@ use std::net::TcpListener;
 pub const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
 
 /// The example services, by the upstream name that routes to them.
-pub const SERVICES: [&str; 3] = ["orders", "users", "products"];
+pub const SERVICES: [&str; 5] = [
+    "orders",
+    "users",
+    "products",
+    "inventory",
+    "recommendations",
+];
 
 struct ExampleService {
     kind: &'static str,
     /// Which instance answered, so load balancing is visible in the output.
     instance: String,
+    /// Answers everything but `/health` with 503, to show retries, outlier detection
+    /// and the circuit breaker at work.
+    failing: bool,
+}
+
+/// Which demo instances are broken: the second of inventory, and recommendations.
+fn fails(kind: &str, index: usize) -> bool {
+    (kind == "inventory" && index == 1) || kind == "recommendations"
 }
 
 use crate::http_reply::json as json_response;
@@ -36,6 +50,11 @@ fn catalogue(kind: &str) -> Value {
             {"id": 1, "name": "Ada", "email": "ada@example.com"},
             {"id": 2, "name": "Linus", "email": "linus@example.com"},
         ]),
+        "inventory" => json!([
+            {"id": 1, "product_id": 1, "in_stock": 12},
+            {"id": 2, "product_id": 2, "in_stock": 0},
+        ]),
+        "recommendations" => json!([{"id": 1, "product_id": 2}]),
         _ => json!([
             {"id": 1, "name": "Keyboard", "price_cents": 4900},
             {"id": 2, "name": "Monitor", "price_cents": 18900},
@@ -59,6 +78,12 @@ impl ServeHttp for ExampleService {
             body.extend_from_slice(&chunk);
         }
         let served_by = json!({"service": self.kind, "instance": self.instance});
+        if self.failing && path != "/health" {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"served_by": served_by, "error": format!("{} is failing", self.instance)}),
+            );
+        }
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["health"]) => json_response(StatusCode::OK, json!({"status": "ok"})),
@@ -192,6 +217,7 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
             let app = ExampleService {
                 kind,
                 instance: format!("{kind}-{}", i + 1),
+                failing: fails(kind, i),
             };
             let mut svc = Service::new(format!("demo {kind}-{}", i + 1), app);
             svc.add_tcp(&target.address);
@@ -238,11 +264,13 @@ Try these in another terminal:
   curl -s -i {g}/nowhere                                  # 404 as JSON, with a request id
   curl -s -H 'x-api-key: demo-key-123' {g}/api/overview   # orders, users and products in one answer
   curl -s -o /dev/null -D - {g}/api/catalog | grep -i -e cache-status -e age   # cached 30 s: run twice, miss then hit
+  for i in 1 2 3 4 5 6; do curl -s {g}/api/inventory; echo; done   # inventory-2 fails: retried on inventory-1, then ejected
+  for i in 1 2 3 4 5 6 7; do curl -s {g}/api/recommendations; echo; done   # down: five 503s, the breaker opens, fallback answers
 "
     );
     if let Some((address, token)) = admin {
         out.push_str(&format!(
-            "  curl -s http://{address}/status                  # admin: version, config hash, upstream target health
+            "  curl -s http://{address}/status                  # admin: version, config hash, targets (health, ejections), breakers, retry budgets
   curl -s http://{address}/metrics | grep ^portico_requests_total   # Prometheus metrics per route, method, status
   curl -s http://{address}/cache                   # admin: cache entries, bytes, budget, evictions
   curl -s -X POST -H 'Authorization: Bearer {token}' http://{address}/cache/purge -d '{{\"prefix\": \"{g}/api/catalog\"}}'

@@ -151,4 +151,38 @@ fn demo_starts_and_answers() {
         &format!("{{\"prefix\": \"{url}/api/catalog\"}}"),
     );
     assert_eq!(purged.json()["purged"], 1, "{purged:?}");
+
+    // inventory-2 fails: every read still succeeds, and it is ejected after 3 failures.
+    for _ in 0..8 {
+        let r = get(&format!("{url}/api/inventory"));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["served_by"]["instance"], "inventory-1");
+    }
+    let status = get(&format!("http://{admin}/status")).json();
+    let inventory = status["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "inventory")
+        .unwrap()
+        .clone();
+    let ejections: u64 = inventory["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["ejections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ejections, 1, "{inventory}");
+    // recommendations is down: 503s until the breaker opens, then the fallback.
+    let answers: Vec<(u16, serde_json::Value)> = (0..7)
+        .map(|_| {
+            let r = get(&format!("{url}/api/recommendations"));
+            (r.status, r.json())
+        })
+        .collect();
+    assert!(answers[..5].iter().all(|a| a.0 == 503), "{answers:?}");
+    assert_eq!(
+        answers[6],
+        (200, serde_json::json!({"items": [], "degraded": true}))
+    );
 }

@@ -531,3 +531,48 @@ routes:
     );
     assert_eq!(good.count(), 8);
 }
+
+#[test]
+fn an_open_breaker_stays_open_over_a_reload() {
+    let up = Upstream::start("down");
+    up.set_fault(Fault::Status(503));
+    let admin = free_port();
+    let gw = Gateway::start(&format!(
+        r#"admin: {{address: 127.0.0.1:{admin}}}
+upstreams:
+  - name: down
+    targets: [{{address: "{}"}}]
+    circuit_breaker: {{min_requests: 3, open_for: 60s}}
+routes:
+  - {{name: all, upstream: down}}
+"#,
+        up.addr
+    ));
+    for _ in 0..3 {
+        get(&gw.url("/x"));
+    }
+    assert_eq!(
+        upstream_status(admin, "down")["circuit_breaker"]["state"],
+        "open"
+    );
+    // A reload that leaves the upstream's section alone keeps its breaker open.
+    let text = std::fs::read_to_string(&gw.conf).unwrap();
+    std::fs::write(
+        &gw.conf,
+        text.replace(
+            "routes:\n",
+            "routes:\n  - {name: new, match: {path_prefix: /new}, upstream: down}\n",
+        ),
+    )
+    .unwrap();
+    signal(gw.pid(), "HUP");
+    assert!(eventually(Duration::from_secs(5), || {
+        admin_get(admin, "/status").json()["config"]["generation"] == 2
+    }));
+    assert_eq!(
+        upstream_status(admin, "down")["circuit_breaker"]["state"],
+        "open"
+    );
+    assert_eq!(get(&gw.url("/new")).status, 503);
+    assert_eq!(up.count(), 3);
+}

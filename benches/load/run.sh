@@ -6,7 +6,8 @@
 #   benches/load/run.sh -m IDLE [TARGET...]
 #
 # Targets (default: all but metrics and accesslog): nginx haproxy plain routes1000 hs256
-# rs256 ratelimit metrics accesslog observe (both) chain cachehit. Each round runs every target once, interleaved (A B C A B C ...), so slow
+# rs256 ratelimit metrics accesslog observe (both) chain cachehit resilient (outlier
+# detection, breaker, retry policy, deadline, concurrency limits). Each round runs every target once, interleaved (A B C A B C ...), so slow
 # drifts of a shared machine hit all of them alike. The proxy under test is pinned to CPU
 # 0 with one worker thread; origin and wrk share CPU 1. For each target and round it
 # prints req/s, p50/p99 latency, CPU-µs per request of the proxy process
@@ -214,6 +215,21 @@ EOF
       printf 'access_log: %s/access.log\nroutes:\n  - name: all\n    upstream: origin\n' "$dir" ;;
     observe)
       printf 'admin: {address: "127.0.0.1:%s"}\naccess_log: %s/access.log\nroutes:\n  - name: all\n    upstream: origin\n' "$(free_port)" "$dir" ;;
+    resilient)
+      cat <<EOF
+  - name: guarded
+    targets: [{address: "127.0.0.1:$ORIGIN"}]
+    max_concurrent: 100000
+    outlier_detection: {consecutive_failures: 5}
+    circuit_breaker: {error_rate: 50, min_requests: 20}
+routes:
+  - name: all
+    upstream: guarded
+    timeout: 10s
+    max_concurrent: 100000
+    retry: {attempts: 2, try_timeout: 5s}
+EOF
+      ;;
     cachehit)
       printf 'cache: {memory: 16MiB}\nroutes:\n  - name: all\n    upstream: origin\n    cache: {default_ttl: 60s}\n' ;;
   esac

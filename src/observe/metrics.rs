@@ -617,6 +617,7 @@ mod tests {
             &f.upstream_breaker_rejections,
             &f.upstream_budget_exhausted,
             &f.breaker_state,
+            &f.budget_used,
             &f.target_ejected,
             &f.route_overloaded,
             &f.target_healthy,
