@@ -45,6 +45,9 @@ fn pool(resilient: bool) -> Arc<Pool> {
             on: all,
         }),
         budget: (20, 10),
+        tls: None,
+        http2: false,
+        max_h2_streams: 1,
     };
     Arc::new(Pool::new(
         "bench",

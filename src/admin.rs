@@ -184,6 +184,25 @@ fn status(rt: &Runtime) -> Value {
             v
         })
         .collect();
+    let tls: Vec<Value> = rt
+        .listener_specs
+        .iter()
+        .filter_map(|l| {
+            let t = l.tls.as_ref()?;
+            // What handshakes get now, which is this config's set once it is applied.
+            let live = t.resolver.current();
+            let certs: Vec<Value> = live
+                .certs
+                .iter()
+                .map(|c| {
+                    let expires = std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(c.not_after.max(0) as u64);
+                    json!({"file": c.file, "names": c.names, "expires": access_log::rfc3339(expires)})
+                })
+                .collect();
+            Some(json!({"listener": l.addr, "http2": t.http2, "certificates": certs}))
+        })
+        .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
@@ -196,6 +215,7 @@ fn status(rt: &Runtime) -> Value {
             "listeners": rt.listeners,
         },
         "upstreams": upstreams,
+        "tls": tls,
     })
 }
 

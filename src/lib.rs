@@ -23,5 +23,6 @@ pub mod request_parts;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod transform;
 pub mod upstream;

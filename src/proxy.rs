@@ -17,6 +17,7 @@ use crate::policy::cors::{Cors, Preflight};
 use crate::policy::ratelimit;
 use crate::router::{normalize_host, RouteLookup};
 use crate::runtime::{HostPolicy, Runtime};
+use crate::tls;
 use crate::transform::json;
 use crate::transform::template::Vars;
 use crate::upstream::clock;
@@ -126,6 +127,8 @@ pub struct Ctx {
     upstream_slot: Option<Slot>,
     /// Set while this request is a half-open breaker's probe.
     probe: Option<Probe>,
+    /// `Strict-Transport-Security` for the response (HTTPS listeners that set one).
+    hsts: Option<HeaderValue>,
 }
 
 /// When the phases of a request happened, for the access log.
@@ -325,6 +328,7 @@ impl ProxyHttp for Gateway {
             route_slot: None,
             upstream_slot: None,
             probe: None,
+            hsts: None,
         }
     }
 
@@ -346,6 +350,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.rt.edge {
+            let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+            let listener = local.and_then(|a| tls::listeners::find(&ctx.rt.listener_specs, a));
+            if let Some(l) = listener {
+                if is_tls(session) {
+                    ctx.hsts = l.hsts.clone();
+                } else if l.redirect_https && redirect_https(session, ctx).await? {
+                    return Ok(true);
+                }
+            }
+        }
         if ctx.rt.cache.purge_method && session.req_header().method.as_str() == "PURGE" {
             purge_request(session, ctx).await?;
             return Ok(true);
@@ -366,6 +381,10 @@ impl ProxyHttp for Gateway {
                 ctx.route = Some(i);
                 let rt = ctx.rt.clone();
                 let route = &rt.routes[i];
+                if route.redirect_https && !is_tls(session) && redirect_https(session, ctx).await? {
+                    return Ok(true);
+                }
+                let req = session.req_header();
 
                 if let Some(f) = &route.ip_filter {
                     let ip =
@@ -1097,6 +1116,9 @@ impl ProxyHttp for Gateway {
             }
         }
         resp.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
+        if let Some(v) = ctx.hsts.take() {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v)?;
+        }
         if let Some((policy, state)) = ctx.rate_headers.take() {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;
@@ -1212,6 +1234,62 @@ impl ProxyHttp for Gateway {
         // During an outage these come by the thousand; the metrics count them.
         fast_fail(e)
     }
+}
+
+fn is_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .is_some()
+}
+
+/// Send a plain-HTTP request to the same URL over HTTPS: 301 for GET and HEAD, 308 (the
+/// method and body are kept) for the rest. ACME HTTP-01 challenges are left alone, and a
+/// request without a usable Host cannot be redirected (false: handled as usual).
+async fn redirect_https(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let req = session.req_header();
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    if path.starts_with("/.well-known/acme-challenge/") {
+        return Ok(false);
+    }
+    let Some(port) = ctx.rt.https_port else {
+        return Ok(false);
+    };
+    let Some(host) = request_host(req)
+        .map(normalize_host)
+        .filter(|h| !h.is_empty())
+    else {
+        return Ok(false);
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let status = if matches!(req.method, http::Method::GET | http::Method::HEAD) {
+        301
+    } else {
+        308
+    };
+    let body = error_response::body(
+        status,
+        "this resource is served over HTTPS",
+        &ctx.request_id,
+    );
+    error_response::reply(
+        session,
+        status,
+        body,
+        &ctx.request_id,
+        &[("location", location.as_str())],
+    )
+    .await?;
+    Ok(true)
 }
 
 /// `PURGE /path` with the admin token: drop that URL's stored responses.

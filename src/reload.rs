@@ -72,7 +72,9 @@ impl Reloader {
             sha256: new.info.sha256.clone(),
             needs_upgrade,
         };
-        self.runtime.store(Arc::new(new));
+        let new = Arc::new(new);
+        self.runtime.store(new.clone());
+        new.activate_tls();
         metrics::reload(true);
         if applied.needs_upgrade.is_empty() {
             log::info!("config reloaded: generation {}", applied.generation);
@@ -118,7 +120,15 @@ fn needs_upgrade(old: &Runtime, new: &Runtime) -> Vec<String> {
         }
     };
     let (o, n) = (&old.server, &new.server);
-    differs("listeners", old.listeners != new.listeners);
+    // How each listener was bound: address, TLS or not, the ALPN it offers.
+    let shape = |rt: &Runtime| -> Vec<_> {
+        rt.listener_specs
+            .iter()
+            .map(|l| (l.addr, l.tls.as_ref().map(|t| t.http2)))
+            .collect()
+    };
+    differs("listeners", shape(old) != shape(new));
+    differs("server.h2c", o.h2c != n.h2c);
     differs(
         "admin.address",
         old.admin.as_ref().map(|a| a.address) != new.admin.as_ref().map(|a| a.address),

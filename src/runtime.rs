@@ -15,6 +15,7 @@ use crate::policy::ratelimit::local::GcraStore;
 use crate::policy::ratelimit::redis::RedisLimiter;
 use crate::policy::ratelimit::{self, Limit};
 use crate::router::{normalize_host, PathMatch, RouteMatcher, Router};
+use crate::tls::{self, listeners::ListenerSpec, sni::SniResolver};
 use crate::transform::template::Template;
 use crate::transform::RouteTransforms;
 use crate::upstream::breaker::BreakerPolicy;
@@ -26,7 +27,7 @@ use crate::upstream::mirror::Mirror;
 use crate::upstream::outlier::OutlierPolicy;
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::split::{Pin, Split, Sticky};
-use crate::upstream::{Pool, PoolOptions, TargetSpec};
+use crate::upstream::{Pool, PoolOptions, TargetSpec, TlsOptions};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use regex::Regex;
@@ -111,11 +112,19 @@ pub struct RouteAction {
     pub limit: Option<Arc<ConcurrencyLimit>>,
     /// Status and JSON body answered instead of a 503 when the upstream is not tried.
     pub fallback: Option<(u16, bytes::Bytes)>,
+    /// Plain HTTP requests are redirected to HTTPS.
+    pub redirect_https: bool,
 }
 
 pub struct Runtime {
     pub server: config::ServerSection,
     pub listeners: Vec<SocketAddr>,
+    /// TLS, redirect and HSTS settings of each listener.
+    pub listener_specs: Vec<ListenerSpec>,
+    /// Where plain requests are redirected: the first TLS listener's port.
+    pub https_port: Option<u16>,
+    /// Some listener redirects or sends HSTS: requests look up their listener.
+    pub edge: bool,
     pub router: Router,
     /// Same order as the config's routes; the router returns indexes into it.
     pub routes: Vec<RouteAction>,
@@ -243,6 +252,20 @@ pub struct Carry {
     redis: Option<(String, Arc<RedisLimiter>)>,
     /// Route concurrency limits by route name and size.
     route_limits: HashMap<(String, usize), Arc<ConcurrencyLimit>>,
+    /// The certificate resolvers of the running TLS listeners, by address.
+    resolvers: HashMap<SocketAddr, Arc<SniResolver>>,
+}
+
+impl Runtime {
+    /// Serve this config's certificates on the running TLS listeners; called once the
+    /// config is applied.
+    pub fn activate_tls(&self) {
+        for l in &self.listener_specs {
+            if let Some(t) = &l.tls {
+                t.resolver.replace(t.certs.clone());
+            }
+        }
+    }
 }
 
 impl Carry {
@@ -272,6 +295,11 @@ impl Carry {
                     Some(((r.name.clone(), l.max), l.clone()))
                 })
                 .collect(),
+            resolvers: rt
+                .listener_specs
+                .iter()
+                .filter_map(|l| Some((l.addr, l.tls.as_ref()?.resolver.clone())))
+                .collect(),
         }
     }
 }
@@ -295,17 +323,46 @@ pub fn build_with(
     if cfg.listeners.is_empty() {
         faults.push(Fault::new("listeners", "at least one listener is needed"));
     }
+    let mut listener_addrs = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let path = format!("{}.address", cfg.item_path("listeners", i));
-        match l.address.parse::<SocketAddr>() {
+        let addr = match l.address.parse::<SocketAddr>() {
             Ok(a) if listeners.contains(&a) => {
-                faults.push(Fault::new(path, format!("{a} is listed twice")))
+                faults.push(Fault::new(path, format!("{a} is listed twice")));
+                None
             }
-            Ok(a) => listeners.push(a),
-            Err(_) => faults.push(Fault::new(
-                path,
-                format!("{:?} is not an IP:PORT address", l.address),
-            )),
+            Ok(a) => Some(a),
+            Err(_) => {
+                faults.push(Fault::new(
+                    path,
+                    format!("{:?} is not an IP:PORT address", l.address),
+                ));
+                None
+            }
+        };
+        listeners.extend(addr);
+        listener_addrs.push(addr);
+    }
+    let listener_specs = tls::listeners::build(cfg, &listener_addrs, &carry.resolvers, &mut faults);
+    let https_port = tls::listeners::https_port(&listener_specs);
+    if https_port.is_none() {
+        let redirecting = cfg
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (cfg.item_path("listeners", i), l.redirect_https))
+            .chain(
+                cfg.routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (cfg.item_path("routes", i), r.redirect_https)),
+            )
+            .filter(|(_, on)| *on);
+        for (path, _) in redirecting {
+            faults.push(Fault::new(
+                format!("{path}.redirect_https"),
+                "there is no TLS listener to redirect to",
+            ));
         }
     }
 
@@ -575,9 +632,15 @@ pub fn build_with(
         )]
     })?;
     let caching = routes.iter().any(|r| r.cache.is_some());
+    let edge = listener_specs
+        .iter()
+        .any(|l| l.redirect_https || l.hsts.is_some());
     Ok(Runtime {
         server: cfg.server.clone(),
         listeners,
+        listener_specs,
+        https_port,
+        edge,
         router,
         routes,
         upstreams,
@@ -925,10 +988,27 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
     if faults.len() > before {
         return None;
     }
-    let check = u
-        .health_check
+    let tls = u
+        .tls
         .as_ref()
-        .map(|hc| (health::build(&u.name, hc), hc.interval.0));
+        .and_then(|t| upstream_tls(&format!("{path}.tls"), t, faults));
+    if u.max_h2_streams == 0 {
+        faults.push(Fault::new(
+            format!("{path}.max_h2_streams"),
+            "must be at least 1",
+        ));
+    }
+    // Checks name the first target (or the configured SNI) when they need a server name.
+    let first_host = targets
+        .first()
+        .and_then(|t| t.host.to_str().ok())
+        .map(crate::upstream::host_only)
+        .unwrap_or_default()
+        .to_string();
+    let check = u.health_check.as_ref().map(|hc| {
+        let tls = tls.as_ref().map(|t| (t, first_host.as_str()));
+        (health::build(&u.name, hc, tls), hc.interval.0)
+    });
     if u.max_concurrent == Some(0) {
         faults.push(Fault::new(
             format!("{path}.max_concurrent"),
@@ -960,6 +1040,9 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
         outlier,
         breaker,
         budget: (u.retry_budget.percent, u.retry_budget.min_per_second),
+        tls,
+        http2: u.http2,
+        max_h2_streams: u.max_h2_streams,
     };
     Some(Pool::new(
         &u.name,
@@ -969,6 +1052,53 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
         check,
         opts,
     ))
+}
+
+fn upstream_tls(
+    path: &str,
+    t: &config::UpstreamTls,
+    faults: &mut Vec<Fault>,
+) -> Option<TlsOptions> {
+    let before = faults.len();
+    if let Some(sni) = &t.sni {
+        if pingora_rustls::ServerName::try_from(sni.as_str()).is_err() {
+            faults.push(Fault::new(
+                format!("{path}.sni"),
+                format!("{sni:?} is not a DNS name or IP address"),
+            ));
+        }
+    }
+    let ca = t.ca.as_ref().and_then(|f| {
+        tls::upstream::ca_bundle(f)
+            .map_err(|e| faults.push(Fault::new(format!("{path}.ca"), e)))
+            .ok()
+    });
+    let client_cert = match (&t.client_cert, &t.client_key) {
+        (Some(c), Some(k)) => tls::upstream::client_cert(c, k)
+            .map_err(|(field, e)| faults.push(Fault::new(format!("{path}.{field}"), e)))
+            .ok(),
+        (None, None) => None,
+        (Some(_), None) => {
+            faults.push(Fault::new(
+                format!("{path}.client_key"),
+                "client_cert needs its client_key",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            faults.push(Fault::new(
+                format!("{path}.client_cert"),
+                "client_key needs its client_cert",
+            ));
+            None
+        }
+    };
+    (faults.len() == before).then(|| TlsOptions {
+        sni: t.sni.clone(),
+        ca,
+        verify: t.verify,
+        client_cert,
+    })
 }
 
 fn failure_set(path: String, names: &[config::FailureName], faults: &mut Vec<Fault>) -> FailureSet {
@@ -1354,6 +1484,7 @@ fn build_route(
             deadline: None,
             limit: None,
             fallback: None,
+            redirect_https: r.redirect_https,
         },
     ))
 }

@@ -11,16 +11,19 @@ use crate::runtime::Runtime;
 use crate::upstream::health;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::protocols::Stream;
+use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceWithDependents;
 use pingora_proxy::HttpProxy;
+use pingora_rustls::ResolvesServerCert;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -176,7 +179,18 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let companions = server.add_services(companions);
-    let listeners = rt.listeners.clone();
+    let listeners: Vec<_> = rt
+        .listener_specs
+        .iter()
+        .map(|l| {
+            let tls = l.tls.as_ref().map(|t| {
+                let resolver: Arc<dyn ResolvesServerCert> = t.resolver.clone();
+                (resolver, t.http2)
+            });
+            (l.addr, tls)
+        })
+        .collect();
+    let h2c = rt.server.h2c;
     let drain_delay = rt.server.drain_delay.0;
     let read_buffer = usize::try_from(rt.server.read_buffer.0).unwrap_or(usize::MAX);
     let admin_address = rt.admin.as_ref().map(|a| a.address);
@@ -189,19 +203,36 @@ pub fn build(
         (!mode.daemon && config_path.is_some()).then(|| PathBuf::from(&rt.server.pid_file));
     let runtime = Arc::new(ArcSwap::from_pointee(rt));
     let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
-    let proxy_app = pingora_proxy::http_proxy(
+    let mut proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway::new(runtime.clone(), access_log.clone()),
     );
+    if h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy_app.server_options = Some(options);
+    }
     let mut proxy = Service::new(
         "portico gateway".into(),
         LingeringProxy {
             inner: Arc::new(proxy_app),
         },
     );
-    for addr in listeners {
+    for (addr, tls) in listeners {
         let buffers = L4BufferSettings::default().read(read_buffer);
-        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+        let mut listener = ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
+        if let Some((resolver, http2)) = tls {
+            // Certificates come from our resolver (chosen by SNI, replaced on reload);
+            // Pingora's rustls acceptor allows TLS 1.2 and 1.3 only.
+            let Ok(mut settings) = TlsSettings::intermediate("", "") else {
+                log::error!("listener {addr}: TLS settings could not be made; not listening");
+                continue;
+            };
+            settings.set_cert_resolver(resolver);
+            settings.set_alpn(if http2 { ALPN::H2H1 } else { ALPN::H1 });
+            listener = listener.tls(settings);
+        }
+        proxy.add_listener(listener);
     }
     let gateway = server.add_service(proxy);
     let checks = server.add_service(background_service(

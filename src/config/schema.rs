@@ -77,6 +77,9 @@ pub struct ServerSection {
     /// Read buffer of each client connection. Pingora's default is 64 KiB, allocated for
     /// every connection, idle ones included.
     pub read_buffer: super::ByteSize,
+    /// Accept cleartext HTTP/2 (prior knowledge, e.g. gRPC behind a TLS-terminating load
+    /// balancer) on the plain listeners, next to HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// See [`ServerSection::read_buffer`]; measured in issue 9's memory benchmark.
@@ -96,6 +99,7 @@ impl Default for ServerSection {
             request_id_header: "x-request-id".into(),
             drain_delay: Dur::secs(0),
             read_buffer: super::ByteSize(READ_BUFFER_DEFAULT),
+            h2c: false,
         }
     }
 }
@@ -105,6 +109,36 @@ impl Default for ServerSection {
 pub struct Listener {
     /// `IP:PORT` to listen on.
     pub address: String,
+    /// Serve HTTPS on this listener.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Answer every request with a redirect to the same URL over HTTPS (the first TLS
+    /// listener's port), except ACME HTTP-01 challenges.
+    #[serde(default)]
+    pub redirect_https: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chains with their keys; each serves the names in its certificate, the
+    /// first one also clients that send no or an unknown name (SNI).
+    pub certificates: Vec<CertificateFiles>,
+    /// Offer HTTP/2 by ALPN (else HTTP/1.1 only).
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// `Strict-Transport-Security` value sent on every response of this listener.
+    #[serde(default)]
+    pub hsts: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// PEM: the certificate first, then its intermediates.
+    pub cert: String,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +175,38 @@ pub struct Upstream {
     /// Retries may add at most this much traffic, so they cannot multiply an outage.
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// Connect to the targets over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// Speak HTTP/2 to the targets: by ALPN over TLS, with prior knowledge (h2c) without.
+    #[serde(default)]
+    pub http2: bool,
+    /// Requests multiplexed on one HTTP/2 connection at most.
+    #[serde(default = "default_h2_streams")]
+    pub max_h2_streams: usize,
+}
+
+fn default_h2_streams() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent and verified; the target's host as written by default.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM bundle of the authorities to trust; the system's by default.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Check the target's certificate (chain and name).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// Client certificate (PEM, then intermediates) and key for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 /// A failure of one attempt, as `on:` lists name them: `connect`, `timeout`, `reset`
@@ -399,6 +465,9 @@ pub struct Route {
     /// healthy target, concurrency limit reached).
     #[serde(default)]
     pub fallback: Option<Fallback>,
+    /// Redirect requests that came over plain HTTP to HTTPS.
+    #[serde(default)]
+    pub redirect_https: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -40,6 +40,7 @@ pub struct Families {
     budget_used: GaugeVec,
     target_ejected: IntGaugeVec,
     route_overloaded: IntCounterVec,
+    cert_expiry: IntGaugeVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
     rate_limit: IntCounterVec,
@@ -236,6 +237,12 @@ impl Families {
                 "portico_route_overload_rejections_total",
                 "Requests answered 503 because the route was at max_concurrent",
                 &["route"],
+            ),
+            cert_expiry: gauges(
+                reg,
+                "portico_tls_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires (Unix time), by listener and file",
+                &["listener", "file"],
             ),
             target_healthy: gauges(
                 reg,
@@ -539,6 +546,17 @@ fn refresh(rt: &Runtime) {
     f.target_ejected.reset();
     f.breaker_state.reset();
     f.budget_used.reset();
+    f.cert_expiry.reset();
+    for l in &rt.listener_specs {
+        if let Some(t) = &l.tls {
+            let listener = l.addr.to_string();
+            for c in &t.resolver.current().certs {
+                f.cert_expiry
+                    .with_label_values(&[listener.as_str(), c.file.as_str()])
+                    .set(c.not_after);
+            }
+        }
+    }
     let now = clock::now_ms();
     for pool in &rt.upstreams {
         let name = pool.name.as_str();
@@ -620,6 +638,7 @@ mod tests {
             &f.budget_used,
             &f.target_ejected,
             &f.route_overloaded,
+            &f.cert_expiry,
             &f.target_healthy,
             &f.auth,
             &f.rate_limit,

@@ -36,7 +36,11 @@ impl HealthObserve for LogChange {
 }
 
 /// The pingora health check for a config section. Validation has already run.
-pub fn build(upstream: &str, cfg: &CheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+pub fn build(
+    upstream: &str,
+    cfg: &CheckConfig,
+    tls: Option<(&super::TlsOptions, &str)>,
+) -> Box<dyn HealthCheck + Send + Sync> {
     let observer = Box::new(LogChange {
         upstream: upstream.to_string(),
     });
@@ -51,7 +55,10 @@ pub fn build(upstream: &str, cfg: &CheckConfig) -> Box<dyn HealthCheck + Send + 
         }
         CheckKind::Http => {
             let host = cfg.host.as_deref().unwrap_or(upstream);
-            let mut check = HttpHealthCheck::new(host, false);
+            let mut check = HttpHealthCheck::new(host, tls.is_some());
+            if let Some((tls, target_host)) = tls {
+                tls.apply(&mut check.peer_template, target_host);
+            }
             let path = cfg.path.as_deref().unwrap_or("/");
             if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
                 // Validation checked host and path, so these cannot fail.

@@ -62,6 +62,53 @@ pub struct PoolOptions {
     pub breaker: Option<BreakerPolicy>,
     /// Retry budget: percent of requests, and retries per second always allowed.
     pub budget: (u32, u32),
+    pub tls: Option<TlsOptions>,
+    /// HTTP/2 to the targets (ALPN over TLS, prior knowledge without).
+    pub http2: bool,
+    pub max_h2_streams: usize,
+}
+
+/// TLS to an upstream's targets.
+#[derive(Clone)]
+pub struct TlsOptions {
+    /// Sent and verified; each target's host as written when unset.
+    pub sni: Option<String>,
+    /// Authorities to trust; the system's when unset.
+    pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+    pub verify: bool,
+    pub client_cert: Option<Arc<pingora_core::utils::tls::CertKey>>,
+}
+
+impl TlsOptions {
+    /// Separates the kept-alive connections of upstreams that trust differently.
+    pub fn trust_key(&self, upstream: &str) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+        upstream.hash(&mut h);
+        for ca in self.ca.iter().flat_map(|c| c.iter()) {
+            ca.borrow_raw_cert().hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Make `peer` connect over TLS as configured, naming `host` unless `sni` is set.
+    pub fn apply(&self, peer: &mut HttpPeer, host: &str) {
+        peer.scheme = pingora_core::upstreams::peer::Scheme::HTTPS;
+        peer.sni = self.sni.clone().unwrap_or_else(|| host.to_string());
+        peer.options.verify_cert = self.verify;
+        peer.options.verify_hostname = self.verify;
+        peer.options.ca = self.ca.clone();
+        peer.client_cert_key = self.client_cert.clone();
+    }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed).
+pub fn host_only(address: &str) -> &str {
+    let host = match address.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => address,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// A target's prepared peer, the Host value for it, and its record of real requests.
@@ -164,6 +211,19 @@ impl Pool {
                 ext,
             });
             let mut peer = HttpPeer::new(t.addr, false, String::new());
+            if let Some(tls) = &opts.tls {
+                tls.apply(&mut peer, host_only(t.host.to_str().unwrap_or_default()));
+                // Pingora reuses a kept-alive connection for any peer with the same address,
+                // SNI and verify flags — not the same trusted CAs. One upstream's connections
+                // must not serve another that trusts different authorities.
+                peer.group_key = tls.trust_key(name);
+            }
+            if opts.http2 {
+                // Over TLS ALPN offers h2 and h1; in the clear the target must speak h2.
+                let min = if opts.tls.is_some() { 1 } else { 2 };
+                peer.options.set_http_version(2, min);
+                peer.options.max_h2_streams = opts.max_h2_streams.max(1);
+            }
             peer.options.connection_timeout = Some(opts.connect_timeout);
             peer.options.read_timeout = Some(opts.read_timeout);
             peer.options.write_timeout = Some(opts.write_timeout);

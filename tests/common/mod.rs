@@ -2,6 +2,8 @@
 //! upstream HTTP servers in this process, and a real HTTP client.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -15,7 +17,7 @@ use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
 /// One tokio runtime shared by every upstream server of a test binary.
-fn rt() -> &'static tokio::runtime::Runtime {
+pub fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -379,6 +381,45 @@ impl Upstream {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
+        Self::spawn(
+            name,
+            free_port(),
+            Arc::default(),
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
+    /// An HTTPS upstream serving `cert`/`key` (PEM files); with `client_ca`, it only
+    /// accepts clients presenting a certificate that authority signed.
+    pub fn start_tls_with(name: &str, cert: &str, key: &str, client_ca: Option<&str>) -> Upstream {
+        let certs = rustls_pemfile::certs(&mut &std::fs::read(cert).unwrap()[..])
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut &std::fs::read(key).unwrap()[..])
+            .unwrap()
+            .unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let builder = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+                for c in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
+                    roots.add(c.unwrap()).unwrap();
+                }
+                let verifier =
+                    tokio_rustls::rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider,
+                    )
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder.with_single_cert(certs, key).unwrap();
         Self::spawn(
             name,
             free_port(),

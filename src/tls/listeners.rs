@@ -1,0 +1,109 @@
+//! What each listener does besides routing: HTTPS with its certificates, redirecting plain
+//! HTTP to HTTPS, and HSTS.
+
+use super::certs::load_pair;
+use super::sni::{CertSet, SniResolver};
+use crate::config::{self, Fault};
+use http::HeaderValue;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub struct ListenerTls {
+    /// The live resolver of a running listener (carried over reloads).
+    pub resolver: Arc<SniResolver>,
+    /// The certificates this config brings; served once it is applied.
+    pub certs: Arc<CertSet>,
+    pub http2: bool,
+}
+
+pub struct ListenerSpec {
+    pub addr: SocketAddr,
+    pub tls: Option<ListenerTls>,
+    pub redirect_https: bool,
+    pub hsts: Option<HeaderValue>,
+}
+
+/// Build each listener's TLS and edge settings. `resolvers` are the running listeners'
+/// certificate resolvers by address, kept so a reload changes what they serve.
+pub fn build(
+    cfg: &config::Config,
+    addrs: &[Option<SocketAddr>],
+    resolvers: &HashMap<SocketAddr, Arc<SniResolver>>,
+    faults: &mut Vec<Fault>,
+) -> Vec<ListenerSpec> {
+    let mut specs = Vec::new();
+    for (i, (l, addr)) in cfg.listeners.iter().zip(addrs).enumerate() {
+        let path = cfg.item_path("listeners", i);
+        let tls = l.tls.as_ref().and_then(|t| {
+            let mut loaded = Vec::new();
+            for (j, c) in t.certificates.iter().enumerate() {
+                match load_pair(&c.cert, &c.key) {
+                    Ok(cert) => loaded.push(cert),
+                    Err((field, e)) => faults.push(Fault::new(
+                        format!("{path}.tls.certificates[{j}].{field}"),
+                        e,
+                    )),
+                }
+            }
+            if t.certificates.is_empty() {
+                faults.push(Fault::new(
+                    format!("{path}.tls.certificates"),
+                    "list at least one {cert, key}",
+                ));
+            }
+            let certs = Arc::new(CertSet::new(loaded)?);
+            let resolver = match addr.and_then(|a| resolvers.get(&a)) {
+                Some(r) => r.clone(),
+                None => SniResolver::new(certs.clone()),
+            };
+            Some(ListenerTls {
+                resolver,
+                certs,
+                http2: t.http2,
+            })
+        });
+        let hsts = l.tls.as_ref().and_then(|t| t.hsts.as_ref()).and_then(|v| {
+            HeaderValue::from_str(v)
+                .map_err(|_| {
+                    faults.push(Fault::new(
+                        format!("{path}.tls.hsts"),
+                        "not a valid header value",
+                    ))
+                })
+                .ok()
+        });
+        if l.redirect_https && l.tls.is_some() {
+            faults.push(Fault::new(
+                format!("{path}.redirect_https"),
+                "a TLS listener cannot redirect to HTTPS; set it on the plain one",
+            ));
+        }
+        if let Some(addr) = *addr {
+            specs.push(ListenerSpec {
+                addr,
+                tls,
+                redirect_https: l.redirect_https,
+                hsts,
+            });
+        }
+    }
+    specs
+}
+
+/// The port plain requests are redirected to: the first TLS listener's.
+pub fn https_port(specs: &[ListenerSpec]) -> Option<u16> {
+    specs
+        .iter()
+        .find(|s| s.tls.is_some())
+        .map(|s| s.addr.port())
+}
+
+/// The listener a connection came in on: by address, or by port for a wildcard bind.
+pub fn find(specs: &[ListenerSpec], local: SocketAddr) -> Option<&ListenerSpec> {
+    specs.iter().find(|s| s.addr == local).or_else(|| {
+        specs
+            .iter()
+            .find(|s| s.addr.ip().is_unspecified() && s.addr.port() == local.port())
+    })
+}

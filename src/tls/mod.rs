@@ -1,0 +1,7 @@
+//! TLS: certificates for HTTPS listeners (chosen by SNI, replaced on reload) and the
+//! material for TLS to upstreams.
+
+pub mod certs;
+pub mod listeners;
+pub mod sni;
+pub mod upstream;
