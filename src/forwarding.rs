@@ -1,7 +1,7 @@
 //! What a proxy must change in the headers it forwards: X-Forwarded-*, Forwarded (RFC 7239)
 //! and hop-by-hop headers (RFC 9110 §7.6.1).
 
-use http::header::{HeaderMap, HeaderName, CONNECTION, UPGRADE};
+use http::header::{HeaderMap, HeaderName, CONNECTION, TE, UPGRADE};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -50,8 +50,17 @@ pub fn strip_request_hop_headers(req: &mut RequestHeader, is_upgrade: bool, keep
         }
         req.remove_header(&CONNECTION);
     }
+    // `TE: trailers` says the client takes trailers (gRPC needs it); other TE values are
+    // about this hop's transfer codings.
+    let te_trailers = req
+        .headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in HOP_BY_HOP {
         req.remove_header(name);
+    }
+    if te_trailers {
+        let _ = req.insert_header(TE, "trailers");
     }
     if is_upgrade {
         let _ = req.insert_header(CONNECTION, "upgrade");
@@ -66,6 +75,13 @@ pub fn strip_request_hop_headers(req: &mut RequestHeader, is_upgrade: bool, keep
 /// Drop hop-by-hop headers from a response going to the client; Pingora writes the
 /// client-side `Connection` itself.
 pub fn strip_response_hop_headers(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        // The client needs `Connection: upgrade` and `Upgrade` to accept the switch.
+        for name in HOP_BY_HOP {
+            resp.remove_header(name);
+        }
+        return;
+    }
     if resp.headers.contains_key(CONNECTION) {
         for name in connection_tokens(&resp.headers) {
             resp.remove_header(&name);

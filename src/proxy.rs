@@ -555,7 +555,8 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let req = session.req_header();
-        if !policy.serves(&req.method) {
+        // An upgrade (WebSocket) is a conversation, not a response to store.
+        if !policy.serves(&req.method) || session.is_upgrade_req() {
             return Ok(());
         }
         ctx.cache.active = true;
@@ -993,7 +994,10 @@ impl ProxyHttp for Gateway {
                 // Bodies to edit must come uncompressed; one that still does is passed on.
                 upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
             }
-            if t.request_json.is_some() && json_body_follows(client_req) {
+            if t.request_json.is_some()
+                && json_body_follows(client_req)
+                && !session.is_upgrade_req()
+            {
                 if declared_length(&client_req.headers).is_some_and(|l| l > t.max_body as u64) {
                     return Error::e_explain(
                         ErrorType::HTTPStatus(413),
