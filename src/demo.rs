@@ -142,6 +142,8 @@ pub struct Demo {
     pub runtime: Runtime,
     pub services: Vec<Box<dyn ServiceWithDependents>>,
     pub gateway: String,
+    /// The HTTPS listener, when the config has one.
+    pub https: Option<String>,
     /// The admin listener and its token, when the config has one.
     pub admin: Option<(String, String)>,
     /// Example tokens, when the config has a JWT provider named `demo` with a secret.
@@ -226,6 +228,19 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
     }
     // The demo never daemonizes or upgrades, but keep its files out of /run.
     let dir = std::env::temp_dir().join(format!("portico-demo-{}", std::process::id()));
+    let mut https = None;
+    for l in &mut cfg.listeners {
+        let Some(tls) = &mut l.tls else {
+            continue;
+        };
+        for c in &mut tls.certificates {
+            if c.cert == "demo-self-signed.pem" {
+                let (cert, key) = self_signed(&dir).map_err(err)?;
+                (c.cert, c.key) = (cert, key);
+            }
+        }
+        https.get_or_insert_with(|| l.address.clone());
+    }
     cfg.server.pid_file = dir.join("portico.pid").display().to_string();
     cfg.server.upgrade_sock = dir.join("upgrade.sock").display().to_string();
     let gateway = cfg
@@ -239,14 +254,29 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
         runtime,
         services,
         gateway,
+        https,
         admin,
         tokens,
     })
 }
 
+/// A certificate for localhost and 127.0.0.1 signed by itself, written into `dir`.
+fn self_signed(dir: &std::path::Path) -> Result<(String, String), String> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("cannot make the demo certificate: {e}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost.key"));
+    std::fs::write(&cert, made.cert.pem())
+        .and_then(|_| std::fs::write(&key, made.signing_key.serialize_pem()))
+        .map_err(|e| format!("cannot write the demo certificate: {e}"))?;
+    Ok((cert.display().to_string(), key.display().to_string()))
+}
+
 /// What the demo prints for a newcomer to try.
 pub fn instructions(
     gateway: &str,
+    https: Option<&str>,
     admin: Option<&(String, String)>,
     tokens: Option<&DemoTokens>,
 ) -> String {
@@ -268,6 +298,13 @@ Try these in another terminal:
   for i in 1 2 3 4 5 6 7; do curl -s {g}/api/recommendations; echo; done   # down: five 503s, the breaker opens, fallback answers
 "
     );
+    if let Some(address) = https {
+        let port = address.rsplit(':').next().unwrap_or("8443");
+        out.push_str(&format!(
+            "  curl -sk --http2 -D - -o /dev/null https://localhost:{port}/api/catalog   # HTTPS with HTTP/2 (self-signed certificate; -k accepts it) and HSTS
+"
+        ));
+    }
     if let Some((address, token)) = admin {
         out.push_str(&format!(
             "  curl -s http://{address}/status                  # admin: version, config hash, targets (health, ejections), breakers, retry budgets

@@ -176,7 +176,12 @@ fn demo(args: DemoArgs) -> ExitCode {
     let _ = writeln!(
         std::io::stdout(),
         "{}",
-        demo::instructions(&d.gateway, d.admin.as_ref(), d.tokens.as_ref())
+        demo::instructions(
+            &d.gateway,
+            d.https.as_deref(),
+            d.admin.as_ref(),
+            d.tokens.as_ref()
+        )
     );
     server::build(d.runtime, None, StartMode::default(), d.services).run()
 }

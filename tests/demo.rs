@@ -25,6 +25,7 @@ fn demo_starts_and_answers() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let demo_pid = child.id();
     let _guard = Killed(child);
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().unwrap().unwrap();
@@ -151,6 +152,32 @@ fn demo_starts_and_answers() {
         &format!("{{\"prefix\": \"{url}/api/catalog\"}}"),
     );
     assert_eq!(purged.json()["purged"], 1, "{purged:?}");
+
+    // HTTPS with HTTP/2 on the printed port, with the certificate the demo made.
+    let https_line = printed
+        .iter()
+        .find(|l| l.contains("https://localhost:"))
+        .expect("the demo prints an HTTPS command");
+    let port: u16 = https_line
+        .split("https://localhost:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let cert = std::env::temp_dir()
+        .join(format!("portico-demo-{demo_pid}"))
+        .join("localhost.pem");
+    let mut h2 = common::tls::H2::tls(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        "localhost",
+        cert.to_str().unwrap(),
+    )
+    .unwrap();
+    let r = h2
+        .request("GET", "localhost", "/api/catalog", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=300"));
 
     // inventory-2 fails: every read still succeeds, and it is ejected after 3 failures.
     for _ in 0..8 {
