@@ -29,6 +29,13 @@
 # SERVER_EXTRA (environment): lines added to Portico's server section, to try a setting,
 # e.g. SERVER_EXTRA='  read_buffer: 4KiB'.
 #
+# -s MODE puts every proxy behind TLS with one certificate (ECDSA P-256, made here with
+# openssl; nginx and HAProxy with their defaults plus HTTP/2 by ALPN): MODE keepalive
+# measures requests on kept-alive HTTPS connections (wrk), handshake a new TLS
+# connection per request (wrk with Connection: close; full handshakes, no resumption),
+# h2 requests multiplexed over HTTP/2 (h2load, 10 streams per connection; needs
+# nghttp2-client).
+#
 # Needs: nginx, haproxy, wrk, taskset (Debian: nginx-light haproxy wrk util-linux) and a
 # release build of portico (built here when missing).
 set -euo pipefail
@@ -38,14 +45,16 @@ DURATION=5
 CONNS=32
 URL_PATH=/bench
 IDLE=0
-while getopts "r:d:c:p:m:h" opt; do
+TLS=""
+while getopts "r:d:c:p:m:s:h" opt; do
   case $opt in
     r) ROUNDS=$OPTARG ;;
     d) DURATION=$OPTARG ;;
     c) CONNS=$OPTARG ;;
     p) URL_PATH=$OPTARG ;;
     m) IDLE=$OPTARG ;;
-    *) sed -n '2,24p' "$0"; exit 2 ;;
+    s) TLS=$OPTARG ;;
+    *) sed -n '2,31p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -63,6 +72,16 @@ done
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
 
 WORK=$(mktemp -d /tmp/portico-load.XXXXXX)
+SCHEME=http
+if [ -n "$TLS" ]; then
+  case $TLS in keepalive|handshake|h2) ;; *) echo "-s keepalive|handshake|h2"; exit 2 ;; esac
+  [ "$TLS" != h2 ] || command -v h2load >/dev/null || { echo "missing h2load (apt-get install nghttp2-client)"; exit 1; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.pem" -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+  cat "$WORK/tls.pem" "$WORK/tls.key" >"$WORK/tls-combined.pem"
+  SCHEME=https
+fi
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -126,7 +145,8 @@ http {
   keepalive_timeout 300s;
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
   server {
-    listen 127.0.0.1:$port;
+    listen 127.0.0.1:$port$( [ -n "$TLS" ] && echo " ssl http2" );
+$( [ -n "$TLS" ] && printf '    ssl_certificate %s;\n    ssl_certificate_key %s;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    http2_max_requests 1000000;\n' "$WORK/tls.pem" "$WORK/tls.key" )
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
@@ -150,7 +170,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:$port
+  bind 127.0.0.1:$port$( [ -n "$TLS" ] && echo " ssl crt $WORK/tls-combined.pem alpn h2,http/1.1" )
   default_backend origin
 backend origin
   server o1 127.0.0.1:$ORIGIN
@@ -173,6 +193,7 @@ server:
 ${SERVER_EXTRA:-}
 listeners:
   - address: 127.0.0.1:$port
+$( [ -n "$TLS" ] && printf '    tls: {certificates: [{cert: %s, key: %s}]}\n' "$WORK/tls.pem" "$WORK/tls.key" )
 upstreams:
   - name: origin
     targets: [{address: "127.0.0.1:$ORIGIN"}]
@@ -337,20 +358,32 @@ fi
 
 RESULTS=$WORK/results.tsv
 printf 'round\ttarget\treq_s\tp50\tp99\tcpu_us_per_req\tpeak_rss_kb\terrors\n' >"$RESULTS"
+# One load run against a target: prints "requests req/s p50 p99 errors".
+load() {
+  local t=$1 secs=$2 url="$SCHEME://127.0.0.1:${PORT[$1]}$URL_PATH" out
+  if [ "$TLS" = h2 ]; then
+    out=$(taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D"$secs" -H "$(header_for "$t")" "$url" 2>&1)
+    awk '/^finished in/ {rps=$4} /^requests:/ {done=$6; ok=$8; failed=$10 + $12}
+         END {printf "%d %s - - %d\n", done, rps, failed + (done - ok)}' <<<"$out"
+    return
+  fi
+  local extra=()
+  [ "$TLS" = handshake ] && extra=(-H "Connection: close")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency -H "$(header_for "$t")" "${extra[@]}" "$url")
+  awk '/requests in/ {n=$1} /Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
+       /Non-2xx/ {e+=$NF} /Socket errors/ {gsub(/[^0-9 ]/," "); e+=$1+$2+$3+$4}
+       END {printf "%d %s %s %s %d\n", n, rps, p50, p99, e}' <<<"$out"
+}
+
 for t in "${TARGETS[@]}"; do   # warm-up: connections, caches, JIT-free but page-faults
-  taskset -c 1 wrk -t1 -c"$CONNS" -d1s -H "$(header_for "$t")" "http://127.0.0.1:${PORT[$t]}$URL_PATH" >/dev/null
+  load "$t" 1 >/dev/null
 done
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     p=$(cpu_pid "$t")
     before=$(cpu_ticks "$p")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$(header_for "$t")" "http://127.0.0.1:${PORT[$t]}$URL_PATH")
+    read -r reqs rps p50 p99 errs < <(load "$t" "$DURATION")
     after=$(cpu_ticks "$p")
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-    errs=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(/[^0-9 ]/," "); n+=$1+$2+$3+$4} END {print n+0}' <<<"$out")
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$p/status")
     cpu=$(awk -v a="$before" -v b="$after" -v n="$reqs" -v tck="$TCK" 'BEGIN {printf "%.1f", (b-a)/tck*1e6/n}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errs" >>"$RESULTS"
