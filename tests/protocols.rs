@@ -141,17 +141,47 @@ routes:
     assert_eq!(upgrades.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
-/// An h2c service answering gRPC-style: header, a length-prefixed message, then trailers
-/// carrying the status.
-fn grpc_service() -> SocketAddr {
+/// A TLS acceptor for `cert`/`key` that offers only h2 by ALPN.
+fn h2_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    let certs = rustls_pemfile::certs(&mut &std::fs::read(cert).unwrap()[..])
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(key).unwrap()[..])
+        .unwrap()
+        .unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A service answering gRPC-style over HTTP/2 (h2c, or TLS with ALPN h2): header, the
+/// request's message echoed, then trailers carrying the status.
+fn grpc_service(tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
     let port = free_port();
     let listener = rt()
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
         .unwrap();
     rt().spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(s).await else {
+                let io: Box<dyn Io> = match tls {
+                    Some(acceptor) => match acceptor.accept(s).await {
+                        Ok(s) => Box::new(s),
+                        Err(_) => return,
+                    },
+                    None => Box::new(s),
+                };
+                let Ok(mut conn) = h2::server::handshake(io).await else {
                     return;
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
@@ -196,7 +226,9 @@ fn grpc_style_calls_keep_their_trailers_over_tls_and_h2c() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "edge");
     let (cert, key) = ca.issue("api", &["api.test"]);
-    let svc = grpc_service();
+    let svc = grpc_service(None);
+    let (svc_cert, svc_key) = ca.issue("greeter", &["greeter.internal"]);
+    let tls_svc = grpc_service(Some(h2_acceptor(&svc_cert, &svc_key)));
     let tls_port = free_port();
     let gw = Gateway::start_with(
         "  h2c: true\n",
@@ -204,9 +236,15 @@ fn grpc_style_calls_keep_their_trailers_over_tls_and_h2c() {
             r#"  - {{address: "127.0.0.1:{tls_port}", tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}}}
 upstreams:
   - {{name: greeter, targets: [{{address: "{svc}"}}], http2: true}}
+  - name: greeter-tls
+    targets: [{{address: "{tls_svc}"}}]
+    http2: true
+    tls: {{sni: greeter.internal, ca: "{ca_file}"}}
 routes:
   - {{name: grpc, match: {{path_prefix: /helloworld.Greeter/}}, upstream: greeter}}
-"#
+  - {{name: grpc-tls, match: {{path_prefix: /secure.Greeter/}}, upstream: greeter-tls}}
+"#,
+            ca_file = ca.ca_path()
         ),
     );
     // A length-prefixed gRPC message: flag, 4-byte length, payload.
@@ -221,19 +259,14 @@ routes:
     let cleartext = H2::cleartext(gw.addr);
     for (how, conn) in [("TLS", tls), ("h2c", cleartext)] {
         let mut conn = conn.unwrap_or_else(|e| panic!("{how}: {e}"));
-        for _ in 0..2 {
+        // To a service in the clear (h2c) and to one over TLS with ALPN h2.
+        for path in ["/helloworld.Greeter/SayHello", "/secure.Greeter/SayHello"] {
             let r = conn
-                .request(
-                    "POST",
-                    "api.test",
-                    "/helloworld.Greeter/SayHello",
-                    &headers,
-                    &message,
-                )
+                .request("POST", "api.test", path, &headers, &message)
                 .unwrap();
             assert_eq!(r.status, 200, "{how}");
             assert_eq!(r.header("content-type"), Some("application/grpc"));
-            assert_eq!(r.header("x-path"), Some("/helloworld.Greeter/SayHello"));
+            assert_eq!(r.header("x-path"), Some(path));
             assert_eq!(
                 r.header("x-te"),
                 Some("trailers"),
