@@ -141,25 +141,6 @@ routes:
     assert_eq!(upgrades.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
-/// A TLS acceptor for `cert`/`key` that offers only h2 by ALPN.
-fn h2_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
-    let certs = rustls_pemfile::certs(&mut &std::fs::read(cert).unwrap()[..])
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut &std::fs::read(key).unwrap()[..])
-        .unwrap()
-        .unwrap();
-    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
-}
-
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
@@ -228,7 +209,9 @@ fn grpc_style_calls_keep_their_trailers_over_tls_and_h2c() {
     let (cert, key) = ca.issue("api", &["api.test"]);
     let svc = grpc_service(None);
     let (svc_cert, svc_key) = ca.issue("greeter", &["greeter.internal"]);
-    let tls_svc = grpc_service(Some(h2_acceptor(&svc_cert, &svc_key)));
+    let tls_svc = grpc_service(Some(tokio_rustls::TlsAcceptor::from(
+        common::tls::server_config(&svc_cert, &svc_key, &["h2"], None),
+    )));
     let tls_port = free_port();
     let gw = Gateway::start_with(
         "  h2c: true\n",

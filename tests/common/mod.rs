@@ -364,67 +364,22 @@ impl Upstream {
     /// `tests/fixtures/test_ca.pem`).
     pub fn start_tls(name: &str) -> Upstream {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-        let certs =
-            rustls_pemfile::certs(&mut &std::fs::read(format!("{dir}/localhost.pem")).unwrap()[..])
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-        let key = rustls_pemfile::private_key(
-            &mut &std::fs::read(format!("{dir}/localhost_key.pem")).unwrap()[..],
-        )
-        .unwrap()
-        .unwrap();
-        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        Self::spawn(
-            name,
-            free_port(),
-            Arc::default(),
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-        )
+        let (cert, key) = (
+            format!("{dir}/localhost.pem"),
+            format!("{dir}/localhost_key.pem"),
+        );
+        Self::start_tls_with(name, &cert, &key, None)
     }
 
     /// An HTTPS upstream serving `cert`/`key` (PEM files); with `client_ca`, it only
     /// accepts clients presenting a certificate that authority signed.
     pub fn start_tls_with(name: &str, cert: &str, key: &str, client_ca: Option<&str>) -> Upstream {
-        let certs = rustls_pemfile::certs(&mut &std::fs::read(cert).unwrap()[..])
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls_pemfile::private_key(&mut &std::fs::read(key).unwrap()[..])
-            .unwrap()
-            .unwrap();
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let builder = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match client_ca {
-            Some(ca) => {
-                let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-                for c in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
-                    roots.add(c.unwrap()).unwrap();
-                }
-                let verifier =
-                    tokio_rustls::rustls::server::WebPkiClientVerifier::builder_with_provider(
-                        Arc::new(roots),
-                        provider,
-                    )
-                    .build()
-                    .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let config = builder.with_single_cert(certs, key).unwrap();
+        let config = tls::server_config(cert, key, &[], client_ca);
         Self::spawn(
             name,
             free_port(),
             Arc::default(),
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            Some(tokio_rustls::TlsAcceptor::from(config)),
         )
     }
 

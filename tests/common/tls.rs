@@ -66,6 +66,45 @@ pub struct Handshake {
     pub version: String,
 }
 
+/// A server config for PEM files offering `alpn`; with `client_ca`, clients must present
+/// a certificate that authority signed.
+pub fn server_config(
+    cert: &str,
+    key: &str,
+    alpn: &[&str],
+    client_ca: Option<&str>,
+) -> Arc<rustls::ServerConfig> {
+    let certs = rustls_pemfile::certs(&mut &std::fs::read(cert).unwrap()[..])
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(key).unwrap()[..])
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
 fn client_config(ca: &str, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
@@ -246,16 +285,7 @@ impl H2 {
             if hs.alpn.as_deref() != Some("h2") {
                 return Err(format!("ALPN chose {:?}", hs.alpn));
             }
-            let (send, conn) = h2::client::handshake(stream)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(H2 {
-                send,
-                handshake: Some(hs),
-            })
+            H2::over(stream, Some(hs)).await
         })
     }
 
@@ -264,17 +294,19 @@ impl H2 {
             let tcp = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (send, conn) = h2::client::handshake(tcp)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(H2 {
-                send,
-                handshake: None,
-            })
+            H2::over(tcp, None).await
         })
+    }
+
+    async fn over<S>(io: S, handshake: Option<Handshake>) -> Result<H2, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = h2::client::handshake(io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(H2 { send, handshake })
     }
 
     /// One request; `authority` becomes `:authority` (the Host).
