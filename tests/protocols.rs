@@ -204,8 +204,7 @@ fn grpc_service(tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
 
 #[test]
 fn grpc_style_calls_keep_their_trailers_over_tls_and_h2c() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "edge");
+    let ca = TestCa::new("edge");
     let (cert, key) = ca.issue("api", &["api.test"]);
     let svc = grpc_service(None);
     let (svc_cert, svc_key) = ca.issue("greeter", &["greeter.internal"]);
@@ -273,8 +272,7 @@ routes:
 
 #[test]
 fn route_policies_work_the_same_over_http2() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "edge");
+    let ca = TestCa::new("edge");
     let (cert, key) = ca.issue("api", &["api.test"]);
     let up = Upstream::start("app");
     up.script(

@@ -14,8 +14,7 @@ fn local(port: u16) -> SocketAddr {
 
 #[test]
 fn https_listener_picks_certificates_by_sni_and_offers_http2() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "edge");
+    let ca = TestCa::new("edge");
     let (a_cert, a_key) = ca.issue("a", &["a.test"]);
     let (b_cert, b_key) = ca.issue("b", &["*.b.test", "b.test"]);
     let up = Upstream::start("app");
@@ -115,8 +114,7 @@ routes:
 
 #[test]
 fn plain_http_is_redirected_to_https() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "edge");
+    let ca = TestCa::new("edge");
     let (cert, key) = ca.issue("site", &["site.test"]);
     let up = Upstream::start("app");
     let tls_port = free_port();
@@ -181,8 +179,7 @@ routes:
 
 #[test]
 fn certificates_are_replaced_by_a_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "edge");
+    let ca = TestCa::new("edge");
     let (cert, key) = ca.issue("site", &["site.test"]);
     let up = Upstream::start("app");
     let tls_port = free_port();
@@ -242,10 +239,9 @@ routes:
 
 #[test]
 fn upstream_tls_verifies_the_target_and_can_present_a_client_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "internal");
-    let stranger = TestCa::new(dir.path(), "stranger");
-    let clients = TestCa::new(dir.path(), "clients");
+    let ca = TestCa::new("internal");
+    let stranger = TestCa::new("stranger");
+    let clients = TestCa::new("clients");
     let (cert, key) = ca.issue("svc", &["svc.internal", "127.0.0.1"]);
     let (client_cert, client_key) = clients.issue("gateway", &["gateway.internal"]);
     let open = Upstream::start_tls_with("open", &cert, &key, None);
@@ -303,8 +299,7 @@ routes:
 
 #[test]
 fn tls_settings_are_checked_with_their_paths() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "edge");
+    let ca = TestCa::new("edge");
     let (cert, _) = ca.issue("a", &["a.test"]);
     let (_, other_key) = ca.issue("b", &["b.test"]);
     let (ok, text) = check_config(&format!(

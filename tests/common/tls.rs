@@ -3,20 +3,22 @@
 
 use super::rt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
-/// A certificate authority that signs certificates for the tests, as PEM files in `dir`.
+/// A certificate authority that signs certificates for the tests, as PEM files in a
+/// directory of its own (removed with it).
 pub struct TestCa {
     ca: rcgen::Issuer<'static, rcgen::KeyPair>,
     pub cert_file: PathBuf,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl TestCa {
-    pub fn new(dir: &Path, name: &str) -> TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name
@@ -24,12 +26,12 @@ impl TestCa {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        let cert_file = dir.join(format!("{name}-ca.pem"));
+        let cert_file = dir.path().join(format!("{name}-ca.pem"));
         std::fs::write(&cert_file, cert.pem()).unwrap();
         TestCa {
             ca: rcgen::Issuer::new(params, key),
             cert_file,
-            dir: dir.to_path_buf(),
+            dir,
         }
     }
 
@@ -48,8 +50,8 @@ impl TestCa {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let (c, k) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}.key")),
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}.key")),
         );
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
