@@ -1566,6 +1566,11 @@ struct AccessRecord<'a> {
     upstream_response_ms: Option<f64>,
     cache: Option<&'static str>,
     rate_limit: Option<&'static str>,
+    /// `HTTP/1.1`, `HTTP/2`...
+    protocol: &'static str,
+    tls: bool,
+    /// Attempts at the upstream, retries included (0 when none was made).
+    attempts: u32,
 }
 
 /// One access-log line. The path is logged without its query, and no header values, so
@@ -1593,6 +1598,15 @@ fn write_access_line(log: &AccessLog, session: &Session, ctx: &Ctx) {
         upstream_response_ms: millis(t.connect_start, t.response),
         cache: ctx.cache.active.then(|| session.cache.phase().as_str()),
         rate_limit: ctx.rate_limit,
+        protocol: match req.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_3 => "HTTP/3",
+            _ => "HTTP/1.1",
+        },
+        tls: is_tls(session),
+        attempts: ctx.attempts,
     };
     log.write_with(|buf| {
         // Serializing plain fields into memory cannot fail.

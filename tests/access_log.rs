@@ -71,8 +71,17 @@ routes:
     assert!(a["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(a["upstream_response_ms"].as_f64().is_some());
     assert!(a["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        (&a["protocol"], &a["tls"], &a["attempts"]),
+        (
+            &serde_json::json!("HTTP/1.1"),
+            &serde_json::json!(false),
+            &serde_json::json!(1)
+        )
+    );
     assert_eq!(l[1]["status"], 404);
     assert_eq!(l[1]["route"], serde_json::Value::Null);
+    assert_eq!(l[1]["attempts"], 0);
 
     // logrotate: move the file away, signal, and the next lines go to a new file.
     let rotated = dir.path().join("access.log.1");
