@@ -521,21 +521,32 @@ impl Drop for Upstream {
     }
 }
 
-/// A loopback port nobody listens on right now, never the same twice in this process
-/// (the OS may hand a just-released port out again at once).
+/// A loopback port nobody listens on right now, never the same twice in this process.
+/// It lies below the kernel's ephemeral range: a port from that range can be taken as the
+/// source port of some outgoing connection (the gateway's, a client's) between this check
+/// and the bind, which then fails.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let span = u32::from(high - low);
+    // Start somewhere that depends on the process, so test binaries run one after the
+    // other do not walk the same ports.
+    let mut n = std::process::id().wrapping_mul(7919) % span;
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..span {
+        n = (n + 1) % span;
+        let port = low + n as u16;
+        if given.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return port;
     }
+    panic!("no free port between {low} and {high}");
 }
 
 fn wait_for_port(addr: SocketAddr, child: &mut Child, log: &PathBuf, what: &str) {
