@@ -154,6 +154,9 @@ fn status(rt: &Runtime) -> Value {
                         v["ejected_for_ms"] = json!(t.ejected_ms);
                         v["ejections"] = json!(t.ejections);
                     }
+                    if pool.counts_in_flight() {
+                        v["in_flight"] = json!(t.in_flight);
+                    }
                     v
                 })
                 .collect();

@@ -24,6 +24,7 @@ use crate::upstream::clock;
 use crate::upstream::failure::Failure;
 use crate::upstream::limit::Slot;
 use crate::upstream::mirror::{self, MAX_MIRROR_BODY};
+use crate::upstream::outlier::InFlight as TargetInFlight;
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::{Pool, Probe};
 use arc_swap::ArcSwap;
@@ -129,6 +130,8 @@ pub struct Ctx {
     probe: Option<Probe>,
     /// `Strict-Transport-Security` for the response (HTTPS listeners that set one).
     hsts: Option<HeaderValue>,
+    /// This request, in flight to its target (for `least_request`).
+    active: Option<TargetInFlight>,
 }
 
 /// When the phases of a request happened, for the access log.
@@ -329,6 +332,7 @@ impl ProxyHttp for Gateway {
             upstream_slot: None,
             probe: None,
             hsts: None,
+            active: None,
         }
     }
 
@@ -826,6 +830,8 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream_host = Some(host.clone());
         ctx.target = Some(addr);
+        // A retry's target counts instead of the failed one's.
+        ctx.active = pool.track(&addr);
         Ok(peer)
     }
 

@@ -1,9 +1,10 @@
 //! Load balancing through pingora-load-balancing: weighted round robin, random and
-//! consistent hashing.
+//! consistent hashing, and least request.
 
 mod common;
 use common::*;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 fn targets(ups: &[(&Upstream, usize)]) -> String {
     ups.iter()
@@ -129,4 +130,44 @@ fn consistent_hash_on_a_cookie_and_on_the_path() {
         let p = format!("/items/{i}");
         assert_eq!(get(&gw.url(&p)).server(), get(&gw.url(&p)).server());
     }
+}
+
+#[test]
+fn least_request_sends_less_to_a_slow_target() {
+    let slow = Upstream::start("slow");
+    let fast = Upstream::start("fast");
+    slow.set_delay(Duration::from_millis(200));
+    let admin = free_port();
+    let gw = Gateway::start(&format!(
+        "admin: {{address: 127.0.0.1:{admin}}}\nupstreams:\n  - {{name: pool, algorithm: least_request, targets: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\nroutes:\n  - {{name: all, upstream: pool}}\n",
+        slow.addr, fast.addr
+    ));
+    let url = gw.url("/work");
+    // While a slow request is in flight, the next ones go to the idle fast target.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let end = Instant::now() + Duration::from_millis(1500);
+                while Instant::now() < end {
+                    assert_eq!(get(&url).status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (s, f) = (slow.count(), fast.count());
+    println!("least_request: slow target {s}, fast target {f}");
+    // Round robin would split them evenly; here the slow one holds at most a request or
+    // two at a time while the fast one answers hundreds.
+    assert!(s * 10 < f, "slow {s} fast {f}");
+    assert!(s >= 1, "the slow target still gets its share of draws");
+    let status = get(&format!("http://127.0.0.1:{admin}/status")).json();
+    let targets = status["upstreams"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(targets.iter().all(|t| t["in_flight"] == 0), "{targets:?}");
 }

@@ -326,6 +326,8 @@ pub enum Algorithm {
     RoundRobin,
     Random,
     ConsistentHash,
+    /// Of two targets drawn at random (by weight), the one with fewer requests in flight.
+    LeastRequest,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use futures::FutureExt;
 use hash_key::HashKey;
 use http::HeaderValue;
 use limit::{ConcurrencyLimit, Slot};
-use outlier::{Outlier, OutlierPolicy, TargetRecord, Verdict};
+use outlier::{InFlight, Outlier, OutlierPolicy, TargetRecord, Verdict};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::HealthCheck;
@@ -40,6 +40,19 @@ pub enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
     Consistent(LoadBalancer<Consistent>),
+    /// Draws candidates by weight at random, then compares their requests in flight.
+    LeastRequest(LoadBalancer<Random>),
+}
+
+impl Balancer {
+    /// The targets with their health.
+    fn backends(&self) -> &Backends {
+        match self {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) | Balancer::LeastRequest(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        }
+    }
 }
 
 /// One resolved target of a pool.
@@ -102,6 +115,42 @@ impl TlsOptions {
     }
 }
 
+/// "Power of two choices": of the first two acceptable targets the weighted random order
+/// offers, the one with fewer requests in flight (the first on a tie); the only one when
+/// just one is acceptable.
+fn least_of_two(
+    lb: &LoadBalancer<Random>,
+    key: &[u8],
+    accept: impl Fn(&Backend, bool) -> bool,
+) -> Option<SocketAddr> {
+    let load = |b: &Backend| {
+        b.ext
+            .get::<Arc<TargetRecord>>()
+            .map_or(0, |r| r.in_flight())
+    };
+    let first: std::cell::Cell<Option<(SocketAddr, usize)>> = std::cell::Cell::new(None);
+    let chosen = std::cell::Cell::new(None);
+    lb.select_with(key, MAX_SELECT_STEPS, |b, healthy| {
+        let Some(addr) = b.addr.as_inet().copied() else {
+            return false;
+        };
+        if !accept(b, healthy) {
+            return false;
+        }
+        match first.get() {
+            None => {
+                first.set(Some((addr, load(b))));
+                false
+            }
+            Some((a, l)) => {
+                chosen.set(Some(if load(b) < l { addr } else { a }));
+                true
+            }
+        }
+    });
+    chosen.get().or(first.get().map(|(a, _)| a))
+}
+
 /// The host part of `host:port` (brackets of an IPv6 address removed).
 pub fn host_only(address: &str) -> &str {
     let host = match address.rsplit_once(':') {
@@ -151,6 +200,8 @@ pub struct TargetState {
     /// Milliseconds left of its ejection by outlier detection.
     pub ejected_ms: u64,
     pub ejections: u64,
+    /// Requests in flight (counted for `least_request` pools only).
+    pub in_flight: usize,
 }
 
 /// A half-open breaker's probe: its outcome closes or reopens the breaker; dropped without
@@ -246,6 +297,7 @@ impl Pool {
             RoundRobin => Balancer::RoundRobin(build_lb(backends, check)),
             Random => Balancer::Random(build_lb(backends, check)),
             ConsistentHash => Balancer::Consistent(build_lb(backends, check)),
+            LeastRequest => Balancer::LeastRequest(build_lb(backends, check)),
         };
         Pool {
             name: name.to_string(),
@@ -286,8 +338,22 @@ impl Pool {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
             Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
             Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Balancer::LeastRequest(lb) => return least_of_two(lb, key, accept),
         }?;
         backend.addr.as_inet().copied()
+    }
+
+    /// Whether requests in flight are counted per target (`least_request`).
+    pub fn counts_in_flight(&self) -> bool {
+        matches!(self.balancer, Balancer::LeastRequest(_))
+    }
+
+    /// Count a request in flight to `addr`, for `least_request` pools.
+    pub fn track(&self, addr: &SocketAddr) -> Option<InFlight> {
+        if !self.counts_in_flight() {
+            return None;
+        }
+        self.peers.get(addr).map(|t| t.record.start())
     }
 
     /// The prepared peer for a selected target, and the Host value for it.
@@ -386,23 +452,16 @@ impl Pool {
                         ejections: record.map_or(0, |r| {
                             r.ejections.load(std::sync::atomic::Ordering::Relaxed)
                         }),
+                        in_flight: record.map_or(0, |r| r.in_flight()),
                     })
                 })
                 .collect()
         };
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => states(lb.backends()),
-            Balancer::Random(lb) => states(lb.backends()),
-            Balancer::Consistent(lb) => states(lb.backends()),
-        }
+        states(self.balancer.backends())
     }
 
     /// One pass of active checks over every target, all at once.
     pub async fn run_health_check(&self) {
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
-            Balancer::Random(lb) => lb.backends().run_health_check(true).await,
-            Balancer::Consistent(lb) => lb.backends().run_health_check(true).await,
-        }
+        self.balancer.backends().run_health_check(true).await
     }
 }

@@ -2,7 +2,7 @@
 //! a back-off period that doubles with each ejection in a row.
 
 use super::failure::{Failure, FailureSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 pub struct OutlierPolicy {
@@ -22,9 +22,29 @@ pub struct TargetRecord {
     /// Ejections in a row: the next one lasts `base << level`.
     level: AtomicU32,
     pub ejections: AtomicU64,
+    /// Requests in flight to the target (kept for `least_request` pools only).
+    active: AtomicUsize,
+}
+
+/// One request in flight to a target; counted until dropped.
+pub struct InFlight(Arc<TargetRecord>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 impl TargetRecord {
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.active.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+
     pub fn ejected(&self, now_ms: u64) -> bool {
         self.ejected_until.load(Relaxed) > now_ms
     }
