@@ -318,12 +318,16 @@ header_for() {
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
 
 if [ "$IDLE" -gt 0 ]; then
-  echo "memory with $IDLE idle keep-alive connections (PSS of the proxy process, KB)"
+  echo "memory with $IDLE idle keep-alive ${TLS:+TLS }connections (PSS of the proxy process, KB)"
   for t in "${TARGETS[@]}"; do
     p=$(cpu_pid "$t")
-    python3 - "${PORT[$t]}" "$IDLE" "$p" "$t" <<'PY'
-import socket, subprocess, sys, time
-port, n, pid, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    python3 - "${PORT[$t]}" "$IDLE" "$p" "$t" "$TLS" <<'PY'
+import socket, ssl, subprocess, sys, time
+port, n, pid, name, tls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["http/1.1"])
 def pss():
     for line in open(f"/proc/{pid}/smaps_rollup"):
         if line.startswith("Pss:"):
@@ -332,6 +336,8 @@ base = pss()
 conns = []
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
+    if tls:
+        s = ctx.wrap_socket(s, server_hostname="localhost")
     s.sendall(b"GET /bench HTTP/1.1\r\nHost: x\r\n\r\n")
     conns.append(s)
 for s in conns:  # read each response so every connection sits idle, kept alive
