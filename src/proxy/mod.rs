@@ -1,14 +1,21 @@
 //! The one `ProxyHttp` implementation. It stays thin: each phase looks things up in the
 //! `Runtime` taken once per request, and calls the module that owns the concern.
 
+mod edge;
+mod failures;
+mod logging;
+
+use edge::{is_tls, redirect_https};
+use failures::*;
+use logging::{record_metrics, write_access_line};
+
 use crate::admin;
 use crate::cache::rules::{self, RequestDirectives, RequestFacts};
 use crate::cache::{self, purge, status as cache_status};
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
 use crate::lifecycle;
-use crate::observe::access_log::{self, AccessLog, LazyAccessLog};
-use crate::observe::metrics::{Outcome, RouteMetrics};
+use crate::observe::access_log::LazyAccessLog;
 use crate::observe::request_id::RequestId;
 use crate::observe::trace::TraceContext;
 use crate::policy::auth::build::CONSUMER_HEADER;
@@ -44,27 +51,6 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-/// The error of a request refused by an upstream's `max_concurrent`.
-const AT_CAPACITY: &str = "upstream at capacity";
-/// The error of a request refused by its route's `max_concurrent`.
-const ROUTE_AT_CAPACITY: &str = "route at capacity";
-/// The error of a request refused because the upstream's circuit breaker is open.
-const BREAKER_OPEN: &str = "circuit breaker open";
-/// The error of a request whose route deadline passed.
-const DEADLINE: &str = "route deadline passed";
-/// A response status the route retries: the attempt is ended as an error to try again.
-const RETRY_STATUS: &str = "retryable status";
-
-/// Errors that refuse a request without trying the upstream: cheap, counted in the
-/// metrics, answered by the route's fallback when it has one, and not logged one by one.
-fn fast_fail(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::Custom(AT_CAPACITY | ROUTE_AT_CAPACITY | BREAKER_OPEN)
-            | ErrorType::HTTPStatus(503)
-    )
-}
 
 /// The gateway; `runtime` is swapped whole on reload.
 pub struct Gateway {
@@ -250,48 +236,6 @@ fn select_excluding(
         None => b"",
     };
     pool.select(key, exclude)
-}
-
-/// Status and message for an error that ended a request.
-fn describe(e: &Error, upstream: &str) -> (u16, String) {
-    use ErrorType::*;
-    match e.etype() {
-        HTTPStatus(503) => (503, format!("no healthy target in upstream {upstream:?}")),
-        Custom(AT_CAPACITY) => (
-            503,
-            format!("upstream {upstream:?} is at its concurrency limit"),
-        ),
-        Custom(ROUTE_AT_CAPACITY) => (503, "the route is at its concurrency limit".into()),
-        Custom(BREAKER_OPEN) => (
-            503,
-            format!("upstream {upstream:?} is failing: its circuit breaker is open"),
-        ),
-        Custom(DEADLINE) => (
-            504,
-            format!("upstream {upstream:?} did not answer within the route's timeout"),
-        ),
-        HTTPStatus(code) => (*code, e.reason_str().to_string()),
-        ConnectTimedout => (
-            504,
-            format!("connecting to upstream {upstream:?} timed out"),
-        ),
-        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
-            (504, format!("upstream {upstream:?} timed out"))
-        }
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
-        | BindError | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert => {
-            (502, format!("could not connect to upstream {upstream:?}"))
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => (502, format!("upstream {upstream:?} failed")),
-            ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => (0, String::new()),
-                ReadTimedout => (408, "request timed out".into()),
-                _ => (400, "bad request".into()),
-            },
-            _ => (500, "internal error".into()),
-        },
-    }
 }
 
 #[async_trait]
@@ -1246,62 +1190,6 @@ impl ProxyHttp for Gateway {
     }
 }
 
-fn is_tls(session: &Session) -> bool {
-    session
-        .digest()
-        .and_then(|d| d.ssl_digest.as_ref())
-        .is_some()
-}
-
-/// Send a plain-HTTP request to the same URL over HTTPS: 301 for GET and HEAD, 308 (the
-/// method and body are kept) for the rest. ACME HTTP-01 challenges are left alone, and a
-/// request without a usable Host cannot be redirected (false: handled as usual).
-async fn redirect_https(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    let req = session.req_header();
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    if path.starts_with("/.well-known/acme-challenge/") {
-        return Ok(false);
-    }
-    let Some(port) = ctx.rt.https_port else {
-        return Ok(false);
-    };
-    let Some(host) = request_host(req)
-        .map(normalize_host)
-        .filter(|h| !h.is_empty())
-    else {
-        return Ok(false);
-    };
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    let location = if port == 443 {
-        format!("https://{host}{path}")
-    } else {
-        format!("https://{host}:{port}{path}")
-    };
-    let status = if matches!(req.method, http::Method::GET | http::Method::HEAD) {
-        301
-    } else {
-        308
-    };
-    let body = error_response::body(
-        status,
-        "this resource is served over HTTPS",
-        &ctx.request_id,
-    );
-    error_response::reply(
-        session,
-        status,
-        body,
-        &ctx.request_id,
-        &[("location", location.as_str())],
-    )
-    .await?;
-    Ok(true)
-}
-
 /// `PURGE /path` with the admin token: drop that URL's stored responses.
 async fn purge_request(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     let req = session.req_header();
@@ -1517,105 +1405,4 @@ async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
             error_response::send(session, 502, &message, &ctx.request_id, &[]).await
         }
     }
-}
-
-/// Count a finished request in the route's and upstream's metrics.
-fn record_metrics(session: &Session, ctx: &Ctx) {
-    let route = ctx.route.map(|i| &ctx.rt.routes[i]);
-    let metrics = route.map_or(RouteMetrics::unrouted(), |r| &r.metrics);
-    metrics.request(&Outcome {
-        method: &session.req_header().method,
-        status: session.response_written().map(|r| r.status.as_u16()),
-        duration: ctx.times.start.elapsed(),
-        bytes_in: session.body_bytes_read(),
-        bytes_out: session.body_bytes_sent(),
-    });
-    if ctx.cache.active {
-        metrics.cache(session.cache.phase().as_str());
-    }
-    let Some(pool) = ctx.pool() else {
-        return;
-    };
-    if let (Some(start), Some(end)) = (ctx.times.connect_start, ctx.times.response) {
-        pool.metrics
-            .response
-            .observe(end.saturating_duration_since(start).as_secs_f64());
-    }
-}
-
-fn millis(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
-    match (from, to) {
-        (Some(a), Some(b)) if b >= a => Some((b - a).as_secs_f64() * 1000.0),
-        _ => None,
-    }
-}
-
-/// One access-log line, serialized straight from borrowed fields (no intermediate map).
-#[derive(serde::Serialize)]
-struct AccessRecord<'a> {
-    time: access_log::Rfc3339,
-    request_id: &'a str,
-    trace_id: Option<String>,
-    client_ip: Option<IpAddr>,
-    method: &'a str,
-    host: Option<&'a str>,
-    path: &'a str,
-    status: Option<u16>,
-    route: Option<&'a str>,
-    upstream: Option<&'a str>,
-    target: Option<SocketAddr>,
-    consumer: Option<&'a str>,
-    bytes_in: usize,
-    bytes_out: usize,
-    duration_ms: f64,
-    upstream_connect_ms: Option<f64>,
-    upstream_response_ms: Option<f64>,
-    cache: Option<&'static str>,
-    rate_limit: Option<&'static str>,
-    /// `HTTP/1.1`, `HTTP/2`...
-    protocol: &'static str,
-    tls: bool,
-    /// Attempts at the upstream, retries included (0 when none was made).
-    attempts: u32,
-}
-
-/// One access-log line. The path is logged without its query, and no header values, so
-/// tokens and keys sent in either never reach the log.
-fn write_access_line(log: &AccessLog, session: &Session, ctx: &Ctx) {
-    let req = session.req_header();
-    let t = &ctx.times;
-    let record = AccessRecord {
-        time: access_log::Rfc3339::new(SystemTime::now()),
-        request_id: &ctx.request_id,
-        trace_id: ctx.trace.as_ref().map(TraceContext::trace_id_hex),
-        client_ip: ctx.client_ip,
-        method: req.method.as_str(),
-        host: request_host(req),
-        path: req.uri.path(),
-        status: session.response_written().map(|r| r.status.as_u16()),
-        route: ctx.route.map(|i| ctx.rt.routes[i].name.as_str()),
-        upstream: ctx.pool().map(|p| p.name.as_str()),
-        target: ctx.target,
-        consumer: ctx.identity.as_ref().and_then(|i| i.consumer.as_deref()),
-        bytes_in: session.body_bytes_read(),
-        bytes_out: session.body_bytes_sent(),
-        duration_ms: t.start.elapsed().as_secs_f64() * 1000.0,
-        upstream_connect_ms: millis(t.connect_start, t.connected),
-        upstream_response_ms: millis(t.connect_start, t.response),
-        cache: ctx.cache.active.then(|| session.cache.phase().as_str()),
-        rate_limit: ctx.rate_limit,
-        protocol: match req.version {
-            http::Version::HTTP_2 => "HTTP/2",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            http::Version::HTTP_09 => "HTTP/0.9",
-            http::Version::HTTP_3 => "HTTP/3",
-            _ => "HTTP/1.1",
-        },
-        tls: is_tls(session),
-        attempts: ctx.attempts,
-    };
-    log.write_with(|buf| {
-        // Serializing plain fields into memory cannot fail.
-        let _ = serde_json::to_writer(buf, &record);
-    });
 }
