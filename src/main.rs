@@ -130,6 +130,9 @@ fn run(args: RunArgs) -> ExitCode {
         rt.upstreams.len(),
         rt.listeners
     );
+    for w in rt.warnings() {
+        log::warn!("{w}");
+    }
     server::build(rt, Some(args.conf.clone()), mode, Vec::new()).run()
 }
 
@@ -142,6 +145,9 @@ fn check(args: ConfigArg) -> ExitCode {
                 rt.upstreams.len(),
                 rt.listeners.len()
             );
+            for w in rt.warnings() {
+                println!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

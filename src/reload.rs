@@ -75,6 +75,9 @@ impl Reloader {
         let new = Arc::new(new);
         self.runtime.store(new.clone());
         new.activate_tls();
+        for w in new.warnings() {
+            log::warn!("{w}");
+        }
         metrics::reload(true);
         if applied.needs_upgrade.is_empty() {
             log::info!("config reloaded: generation {}", applied.generation);

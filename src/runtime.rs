@@ -257,6 +257,14 @@ pub struct Carry {
 }
 
 impl Runtime {
+    /// What an operator should act on although the config is valid.
+    pub fn warnings(&self) -> Vec<String> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        tls::listeners::expiry_warnings(&self.listener_specs, now)
+    }
+
     /// Serve this config's certificates on the running TLS listeners; called once the
     /// config is applied.
     pub fn activate_tls(&self) {

@@ -330,3 +330,19 @@ routes: [{{name: r, upstream: u}}]
         "{text}"
     );
 }
+
+#[test]
+fn check_warns_of_expired_certificates_but_accepts_them() {
+    let ca = TestCa::new("edge");
+    let (cert, key) = ca.issue_expired("old", &["old.test"]);
+    let (ok, text) = check_config(&format!(
+        "listeners: [{{address: 127.0.0.1:1, tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}}}]\nupstreams: [{{name: u, targets: [{{address: 127.0.0.1:3}}]}}]\nroutes: [{{name: r, upstream: u}}]\n"
+    ));
+    // Refusing it would take every other route down with it at the next start.
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning: listener 127.0.0.1:1: certificate")
+            && text.contains("(old.test) has expired"),
+        "{text}"
+    );
+}

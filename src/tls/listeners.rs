@@ -107,3 +107,31 @@ pub fn find(specs: &[ListenerSpec], local: SocketAddr) -> Option<&ListenerSpec> 
             .find(|s| s.addr.ip().is_unspecified() && s.addr.port() == local.port())
     })
 }
+
+/// Certificates due for renewal: expired, or expiring within three weeks.
+pub fn expiry_warnings(specs: &[ListenerSpec], now_unix: i64) -> Vec<String> {
+    const SOON: i64 = 21 * 24 * 3600;
+    let mut out = Vec::new();
+    for l in specs {
+        for c in l.tls.iter().flat_map(|t| t.certs.certs.iter()) {
+            let left = c.not_after - now_unix;
+            if left <= 0 {
+                out.push(format!(
+                    "listener {}: certificate {} ({}) has expired",
+                    l.addr,
+                    c.file,
+                    c.names.join(", ")
+                ));
+            } else if left < SOON {
+                out.push(format!(
+                    "listener {}: certificate {} ({}) expires in {} days",
+                    l.addr,
+                    c.file,
+                    c.names.join(", "),
+                    left / 86_400
+                ));
+            }
+        }
+    }
+    out
+}

@@ -42,8 +42,26 @@ impl TestCa {
     /// A certificate for `names` (DNS names or IP addresses), written as `FILE.pem` and
     /// `FILE.key`; returns both paths.
     pub fn issue(&self, file: &str, names: &[&str]) -> (String, String) {
+        self.issue_with(file, names, |_| {})
+    }
+
+    /// A certificate that expired at the start of 2021.
+    pub fn issue_expired(&self, file: &str, names: &[&str]) -> (String, String) {
+        self.issue_with(file, names, |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        adjust: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names).unwrap();
+        adjust(&mut params);
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, file);
