@@ -1015,7 +1015,7 @@ fn build_upstream(path: &str, u: &Upstream, faults: &mut Vec<Fault>) -> Option<P
         .to_string();
     let check = u.health_check.as_ref().map(|hc| {
         let tls = tls.as_ref().map(|t| (t, first_host.as_str()));
-        (health::build(&u.name, hc, tls), hc.interval.0)
+        (health::build(&u.name, hc, tls, u.http2), hc.interval.0)
     });
     if u.max_concurrent == Some(0) {
         faults.push(Fault::new(

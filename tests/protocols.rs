@@ -217,11 +217,15 @@ fn grpc_style_calls_keep_their_trailers_over_tls_and_h2c() {
         &format!(
             r#"  - {{address: "127.0.0.1:{tls_port}", tls: {{certificates: [{{cert: {cert}, key: {key}}}]}}}}
 upstreams:
-  - {{name: greeter, targets: [{{address: "{svc}"}}], http2: true}}
+  - name: greeter
+    targets: [{{address: "{svc}"}}]
+    http2: true
+    health_check: {{type: http, path: /health, interval: 100ms, timeout: 100ms}}
   - name: greeter-tls
     targets: [{{address: "{tls_svc}"}}]
     http2: true
     tls: {{sni: greeter.internal, ca: "{ca_file}"}}
+    health_check: {{type: http, path: /health, interval: 100ms, timeout: 100ms}}
 routes:
   - {{name: grpc, match: {{path_prefix: /helloworld.Greeter/}}, upstream: greeter}}
   - {{name: grpc-tls, match: {{path_prefix: /secure.Greeter/}}, upstream: greeter-tls}}
@@ -229,6 +233,9 @@ routes:
             ca_file = ca.ca_path()
         ),
     );
+    // The health checks speak HTTP/2 too (an HTTP/1.1 check would fail and take the
+    // h2-only services out of rotation).
+    std::thread::sleep(Duration::from_millis(400));
     // A length-prefixed gRPC message: flag, 4-byte length, payload.
     let mut message = vec![0u8, 0, 0, 0, 5];
     message.extend_from_slice(b"world");

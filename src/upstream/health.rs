@@ -40,6 +40,7 @@ pub fn build(
     upstream: &str,
     cfg: &CheckConfig,
     tls: Option<(&super::TlsOptions, &str)>,
+    http2: bool,
 ) -> Box<dyn HealthCheck + Send + Sync> {
     let observer = Box::new(LogChange {
         upstream: upstream.to_string(),
@@ -58,6 +59,10 @@ pub fn build(
             let mut check = HttpHealthCheck::new(host, tls.is_some());
             if let Some((tls, target_host)) = tls {
                 tls.apply(&mut check.peer_template, target_host);
+            }
+            if http2 {
+                // A target that speaks only h2 (gRPC) must be checked in h2.
+                super::use_http2(&mut check.peer_template, 1);
             }
             let path = cfg.path.as_deref().unwrap_or("/");
             if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {

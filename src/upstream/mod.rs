@@ -151,6 +151,14 @@ fn least_of_two(
     chosen.get().or(first.get().map(|(a, _)| a))
 }
 
+/// Speak HTTP/2 to `peer`: over TLS ALPN offers h2 and h1, in the clear the target must
+/// speak h2 (prior knowledge).
+pub fn use_http2(peer: &mut HttpPeer, max_streams: usize) {
+    let min = if peer.is_tls() { 1 } else { 2 };
+    peer.options.set_http_version(2, min);
+    peer.options.max_h2_streams = max_streams.max(1);
+}
+
 /// The host part of `host:port` (brackets of an IPv6 address removed).
 pub fn host_only(address: &str) -> &str {
     let host = match address.rsplit_once(':') {
@@ -270,10 +278,7 @@ impl Pool {
                 peer.group_key = tls.trust_key(name);
             }
             if opts.http2 {
-                // Over TLS ALPN offers h2 and h1; in the clear the target must speak h2.
-                let min = if opts.tls.is_some() { 1 } else { 2 };
-                peer.options.set_http_version(2, min);
-                peer.options.max_h2_streams = opts.max_h2_streams.max(1);
+                use_http2(&mut peer, opts.max_h2_streams);
             }
             peer.options.connection_timeout = Some(opts.connect_timeout);
             peer.options.read_timeout = Some(opts.read_timeout);
