@@ -46,8 +46,14 @@ impl CertSet {
         let Some(name) = server_name else {
             return self.default.clone();
         };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(k) = self.exact.get(&name) {
+        let name = name.trim_end_matches('.');
+        // Clients almost always send lower case: no copy then.
+        let name: std::borrow::Cow<str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase().into()
+        } else {
+            name.into()
+        };
+        if let Some(k) = self.exact.get(name.as_ref()) {
             return k.clone();
         }
         name.split_once('.')
