@@ -42,7 +42,7 @@ fn websocket_echo() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsiz
                 // Answer as a service across a network would, not within microseconds:
                 // Pingora 0.9.1 can tear down a tunnel whose 101 it reads before it has
                 // passed on the request's own (empty) body (cloudflare/pingora#946).
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 let reply = format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {WS_ACCEPT}\r\n\r\n");
                 if s.write_all(reply.as_bytes()).await.is_err() {
                     return;
