@@ -404,9 +404,10 @@ fn the_request_id_header_is_configurable() {
     assert_eq!(r.json()["request_id"], id);
 }
 
-/// The shipped dashboard's queries are valid PromQL and the scrape config is valid.
+/// The shipped dashboard's queries are valid PromQL, the scrape config is valid, and the
+/// alerting rules pass their unit tests.
 #[test]
-fn the_dashboard_queries_and_the_scrape_config_pass_promtool() {
+fn the_dashboard_queries_scrape_config_and_alerts_pass_promtool() {
     let root = env!("CARGO_MANIFEST_DIR");
     let text = std::fs::read_to_string(format!("{root}/conf/grafana/portico-dashboard.json"))
         .expect("dashboard");
@@ -449,6 +450,12 @@ fn the_dashboard_queries_and_the_scrape_config_pass_promtool() {
             "check".into(),
             "config".into(),
             format!("{root}/conf/prometheus.yml"),
+        ],
+        // The alerting rules fire when they should (and the file is valid).
+        vec![
+            "test".into(),
+            "rules".into(),
+            format!("{root}/conf/portico-alerts.test.yml"),
         ],
     ] {
         let out = Command::new(&promtool)

@@ -653,12 +653,13 @@ mod tests {
     }
 
     #[test]
-    fn the_dashboard_uses_only_metrics_that_exist() {
+    fn the_dashboard_and_the_alerts_use_only_metrics_that_exist() {
         let dashboard = include_str!("../../conf/grafana/portico-dashboard.json");
+        let alerts = include_str!("../../conf/portico-alerts.yml");
         let names = registered_names();
         let re = regex::Regex::new(r"\b((?:portico|process)_[a-z_]+)").expect("regex");
         let mut used = 0;
-        for m in re.captures_iter(dashboard) {
+        for m in re.captures_iter(dashboard).chain(re.captures_iter(alerts)) {
             let name = &m[1];
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
@@ -668,7 +669,7 @@ mod tests {
             assert!(names.iter().any(|n| n == family), "{name} is not exported");
             used += 1;
         }
-        assert!(used > 20, "the dashboard queries {used} metrics");
+        assert!(used > 28, "the dashboard and alerts query {used} metrics");
     }
 
     #[test]
