@@ -43,6 +43,8 @@ pub enum Admission {
 
 pub struct Breaker {
     pub policy: BreakerPolicy,
+    /// The upstream's name, for the log.
+    upstream: Box<str>,
     state: AtomicU8,
     open_until: AtomicU64,
     probes_started: AtomicU32,
@@ -56,8 +58,9 @@ const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
 impl Breaker {
-    pub fn new(policy: BreakerPolicy) -> Breaker {
+    pub fn new(policy: BreakerPolicy, upstream: &str) -> Breaker {
         Breaker {
+            upstream: upstream.into(),
             window: RollingCounts::new(policy.window_ms),
             policy,
             state: AtomicU8::new(CLOSED),
@@ -101,7 +104,11 @@ impl Breaker {
                 {
                     self.probes_passed.store(0, Relaxed);
                     self.probes_started.store(0, Relaxed);
-                    log::info!("circuit breaker half-open: letting probes through");
+                    log::info!(
+                        "upstream {:?}: circuit breaker half-open, letting {} probes through",
+                        self.upstream,
+                        self.policy.probes
+                    );
                 }
             }
             _ => {}
@@ -150,7 +157,10 @@ impl Breaker {
                         .is_ok()
                 {
                     self.window.clear();
-                    log::info!("circuit breaker closed: the probes succeeded");
+                    log::info!(
+                        "upstream {:?}: circuit breaker closed, the probes succeeded",
+                        self.upstream
+                    );
                 }
                 false
             }
@@ -179,14 +189,17 @@ mod tests {
     use super::*;
 
     fn breaker() -> Breaker {
-        Breaker::new(BreakerPolicy {
-            error_rate: 50,
-            min_requests: 4,
-            window_ms: 10_000,
-            open_ms: 1_000,
-            probes: 2,
-            on: FailureSet::CONNECT_ONLY,
-        })
+        Breaker::new(
+            BreakerPolicy {
+                error_rate: 50,
+                min_requests: 4,
+                window_ms: 10_000,
+                open_ms: 1_000,
+                probes: 2,
+                on: FailureSet::CONNECT_ONLY,
+            },
+            "test",
+        )
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl Pool {
                 .outlier
                 .take()
                 .map(|policy| Outlier::new(policy, records)),
-            breaker: opts.breaker.take().map(Breaker::new),
+            breaker: opts.breaker.take().map(|p| Breaker::new(p, name)),
             budget: RetryBudget::new(opts.budget.0, opts.budget.1),
             default_retry: RetryPolicy::connect_only(opts.retries),
             metrics: UpstreamMetrics::new(name),
