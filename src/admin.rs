@@ -215,7 +215,7 @@ fn status(rt: &Runtime) -> Value {
             "sha256": rt.info.sha256,
             "loaded_at": access_log::rfc3339(rt.info.loaded_at),
             "routes": rt.routes.len(),
-            "listeners": rt.listeners,
+            "listeners": rt.listeners(),
         },
         "upstreams": upstreams,
         "tls": tls,

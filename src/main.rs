@@ -128,7 +128,7 @@ fn run(args: RunArgs) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         rt.routes.len(),
         rt.upstreams.len(),
-        rt.listeners
+        rt.listeners()
     );
     for w in rt.warnings() {
         log::warn!("{w}");
@@ -143,7 +143,7 @@ fn check(args: ConfigArg) -> ExitCode {
                 "OK: {} routes, {} upstreams, {} listeners",
                 rt.routes.len(),
                 rt.upstreams.len(),
-                rt.listeners.len()
+                rt.listener_specs.len()
             );
             for w in rt.warnings() {
                 println!("warning: {w}");

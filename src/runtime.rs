@@ -118,7 +118,6 @@ pub struct RouteAction {
 
 pub struct Runtime {
     pub server: config::ServerSection,
-    pub listeners: Vec<SocketAddr>,
     /// TLS, redirect and HSTS settings of each listener.
     pub listener_specs: Vec<ListenerSpec>,
     /// Where plain requests are redirected: the first TLS listener's port.
@@ -257,6 +256,11 @@ pub struct Carry {
 }
 
 impl Runtime {
+    /// The addresses listened on, in config order.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        self.listener_specs.iter().map(|l| l.addr).collect()
+    }
+
     /// What an operator should act on although the config is valid.
     pub fn warnings(&self) -> Vec<String> {
         let now = SystemTime::now()
@@ -645,7 +649,6 @@ pub fn build_with(
         .any(|l| l.redirect_https || l.hsts.is_some());
     Ok(Runtime {
         server: cfg.server.clone(),
-        listeners,
         listener_specs,
         https_port,
         edge,

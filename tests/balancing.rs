@@ -164,7 +164,7 @@ fn least_request_sends_less_to_a_slow_target() {
     // two at a time while the fast one answers hundreds.
     assert!(s * 10 < f, "slow {s} fast {f}");
     assert!(s >= 1, "the slow target still gets its share of draws");
-    let status = get(&format!("http://127.0.0.1:{admin}/status")).json();
+    let status = admin_get(admin, "/status").json();
     let targets = status["upstreams"][0]["targets"]
         .as_array()
         .unwrap()

@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "admin-token-0123456789";
 
-fn admin_get(port: u16, path: &str) -> Resp {
-    get(&format!("http://127.0.0.1:{port}{path}"))
-}
-
 /// Every sample of a scrape: `name{labels}` (labels as exposed, sorted by name) → value.
 fn samples(text: &str) -> HashMap<String, f64> {
     text.lines()

@@ -6,10 +6,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn admin_get(port: u16, path: &str) -> Resp {
-    get(&format!("http://127.0.0.1:{port}{path}"))
-}
-
 fn metric(port: u16, series: &str) -> Option<f64> {
     let text = admin_get(port, "/metrics").body;
     text.lines()

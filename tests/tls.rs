@@ -200,7 +200,7 @@ routes:
         handshake(at, "site.test", &ca_file, &[]).unwrap().names,
         ["site.test"]
     );
-    let status = get(&format!("http://127.0.0.1:{admin}/status")).json();
+    let status = admin_get(admin, "/status").json();
     assert_eq!(
         status["tls"][0]["certificates"][0]["names"][0], "site.test",
         "{status}"

@@ -7,6 +7,8 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 pub const AT_CAPACITY: &str = "upstream at capacity";
 /// The error of a request refused by its route's `max_concurrent`.
 pub const ROUTE_AT_CAPACITY: &str = "route at capacity";
+/// The error of a request whose upstream has no target to try (all failing checks or out).
+pub const NO_TARGET: &str = "no healthy target";
 /// The error of a request refused because the upstream's circuit breaker is open.
 pub const BREAKER_OPEN: &str = "circuit breaker open";
 /// The error of a request whose route deadline passed.
@@ -19,8 +21,7 @@ pub const RETRY_STATUS: &str = "retryable status";
 pub fn fast_fail(e: &Error) -> bool {
     matches!(
         e.etype(),
-        ErrorType::Custom(AT_CAPACITY | ROUTE_AT_CAPACITY | BREAKER_OPEN)
-            | ErrorType::HTTPStatus(503)
+        ErrorType::Custom(AT_CAPACITY | ROUTE_AT_CAPACITY | BREAKER_OPEN | NO_TARGET)
     )
 }
 
@@ -28,7 +29,7 @@ pub fn fast_fail(e: &Error) -> bool {
 pub fn describe(e: &Error, upstream: &str) -> (u16, String) {
     use ErrorType::*;
     match e.etype() {
-        HTTPStatus(503) => (503, format!("no healthy target in upstream {upstream:?}")),
+        Custom(NO_TARGET) => (503, format!("no healthy target in upstream {upstream:?}")),
         Custom(AT_CAPACITY) => (
             503,
             format!("upstream {upstream:?} is at its concurrency limit"),

@@ -134,10 +134,7 @@ impl Ctx {
     }
 
     fn pool_arc(&self) -> Option<&Arc<Pool>> {
-        let route = &self.rt.routes[self.route?];
-        self.rt
-            .upstreams
-            .get(self.upstream.unwrap_or(route.upstream))
+        pool_of(&self.rt, self.route, self.upstream)
     }
 
     fn pool(&self) -> Option<&Pool> {
@@ -210,6 +207,12 @@ impl Ctx {
             self.failed.push(t);
         }
     }
+}
+
+/// The upstream of a request: the one a traffic split chose, else its route's.
+fn pool_of(rt: &Runtime, route: Option<usize>, upstream: Option<usize>) -> Option<&Arc<Pool>> {
+    let route = &rt.routes[route?];
+    rt.upstreams.get(upstream.unwrap_or(route.upstream))
 }
 
 fn request_host(req: &RequestHeader) -> Option<&str> {
@@ -698,7 +701,9 @@ impl ProxyHttp for Gateway {
         }
         let now = Instant::now();
         ctx.times.connect_start = Some(now);
-        let (Some(ri), Some(pool)) = (ctx.route, ctx.pool_arc().cloned()) else {
+        // Borrowed from `ctx.rt` alone, so the other fields of `ctx` stay writable.
+        let pool = pool_of(&ctx.rt, ctx.route, ctx.upstream);
+        let (Some(ri), Some(pool)) = (ctx.route, pool) else {
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
         let first = ctx.attempts == 0;
@@ -749,15 +754,15 @@ impl ProxyHttp for Gateway {
             }
             bound = Some(bound.map_or(left, |b| b.min(left)));
         }
-        let addr = select(&pool, session, ctx).or_else(|| {
+        let addr = select(pool, session, ctx).or_else(|| {
             // Every target failed once already: a failure worth retrying may pass on a
             // second try at the same one.
             (!ctx.failed.is_empty())
-                .then(|| select_excluding(&pool, session, ctx, &[]))
+                .then(|| select_excluding(pool, session, ctx, &[]))
                 .flatten()
         });
         let Some(addr) = addr else {
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy target");
+            return Error::e_explain(ErrorType::Custom(NO_TARGET), "every target is out");
         };
         let (mut peer, host) = pool.peer(&addr).ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "selected target has no peer")

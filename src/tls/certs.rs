@@ -67,18 +67,27 @@ pub fn load_pair(cert: &str, key: &str) -> Result<LoadedCert, (&'static str, Str
     let chain = read_certs(cert).map_err(|e| ("cert", e))?;
     let private = read_key(key).map_err(|e| ("key", e))?;
     let (names, not_after) = describe(&chain[0]).map_err(|e| ("cert", e))?;
-    let provider = provider().ok_or(("key", "no TLS crypto provider".to_string()))?;
-    let certified = CertifiedKey::from_der(chain, private, &provider).map_err(|e| {
-        (
-            "key",
-            format!("{key:?} does not fit the certificate in {cert:?}: {e}"),
-        )
-    })?;
+    let certified = certify(chain, private, (cert, key)).map_err(|e| ("key", e))?;
     Ok(LoadedCert {
         key: Arc::new(certified),
         names,
         not_after,
         file: cert.to_string(),
+    })
+}
+
+/// A chain and the key that must fit its first certificate; `files` name them in errors.
+pub fn certify(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    files: (&str, &str),
+) -> Result<CertifiedKey, String> {
+    let provider = provider().ok_or("no TLS crypto provider")?;
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        format!(
+            "{:?} does not fit the certificate in {:?}: {e}",
+            files.1, files.0
+        )
     })
 }
 

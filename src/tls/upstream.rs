@@ -1,7 +1,7 @@
 //! TLS to upstreams: the authorities to trust and the client certificate, read at load
 //! into the forms Pingora's connector takes.
 
-use super::certs::{read_certs, read_key};
+use super::certs::{certify, read_certs, read_key};
 use pingora_core::protocols::tls::CaType;
 use pingora_core::utils::tls::{CertKey, WrappedX509};
 use std::sync::Arc;
@@ -19,19 +19,10 @@ pub fn ca_bundle(path: &str) -> Result<Arc<CaType>, String> {
 
 /// A client certificate chain and key for mutual TLS; the error names the field at fault.
 pub fn client_cert(cert: &str, key: &str) -> Result<Arc<CertKey>, (&'static str, String)> {
-    // Loading it as a server pair checks that the key fits the certificate.
-    super::certs::load_pair(cert, key).map_err(|(field, e)| {
-        let field = if field == "cert" {
-            "client_cert"
-        } else {
-            "client_key"
-        };
-        (field, e)
-    })?;
     let chain = read_certs(cert).map_err(|e| ("client_cert", e))?;
-    let key = read_key(key).map_err(|e| ("client_key", e))?;
-    Ok(Arc::new(CertKey::new(
-        chain.into_iter().map(|c| c.to_vec()).collect(),
-        key.secret_der().to_vec(),
-    )))
+    let private = read_key(key).map_err(|e| ("client_key", e))?;
+    let key_der = private.secret_der().to_vec();
+    let chain_der = chain.iter().map(|c| c.to_vec()).collect();
+    certify(chain, private, (cert, key)).map_err(|e| ("client_key", e))?;
+    Ok(Arc::new(CertKey::new(chain_der, key_der)))
 }

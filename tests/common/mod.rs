@@ -827,6 +827,11 @@ pub fn try_send(
     })
 }
 
+/// GET `path` on the admin listener at `port`.
+pub fn admin_get(port: u16, path: &str) -> Resp {
+    get(&format!("http://127.0.0.1:{port}{path}"))
+}
+
 pub fn get(url: &str) -> Resp {
     send("GET", url, &[])
 }
