@@ -49,7 +49,11 @@ pub fn token_matches(
     };
     let presented = header
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .ok_or((
             StatusCode::UNAUTHORIZED,
             "admin token required (Authorization: Bearer ...)",
@@ -245,7 +249,14 @@ impl ServeHttp for AdminApi {
                 };
                 json(status, json!({"status": state.as_str()}))
             }
-            ("GET", "/status") => json(StatusCode::OK, status(&rt)),
+            // Off loopback it names too much (addresses, files) to be open.
+            ("GET", "/status") => match rt.admin.as_ref().filter(|a| !a.address.ip().is_loopback())
+            {
+                Some(_) => {
+                    refusal(&rt, session).unwrap_or_else(|| json(StatusCode::OK, status(&rt)))
+                }
+                None => json(StatusCode::OK, status(&rt)),
+            },
             ("POST", "/reload") => {
                 if let Some(refused) = refusal(&rt, session) {
                     return refused;

@@ -10,6 +10,8 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const FORWARDED: &str = "forwarded";
+const X_REAL_IP: &str = "x-real-ip";
+const TRUE_CLIENT_IP: &str = "true-client-ip";
 
 /// Hop-by-hop headers that never cross the proxy (Connection itself is handled apart).
 const HOP_BY_HOP: [&str; 6] = [
@@ -130,7 +132,22 @@ pub struct ClientInfo<'a> {
     /// The direct peer is a trusted proxy, so headers it set are kept and appended to.
     pub trusted: bool,
     pub proto: &'static str,
+    /// The validated, canonical Host.
     pub host: Option<&'a str>,
+    /// The client address policies use (see [`effective_client_ip`]), sent as X-Real-IP.
+    pub real_ip: Option<IpAddr>,
+}
+
+/// `value` as an RFC 7239 quoted-string (§4): quotes and backslashes escaped.
+fn push_quoted(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -148,9 +165,20 @@ fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Set X-Forwarded-For/-Proto/-Host and Forwarded. A client's own values survive only
-/// when the direct peer is a trusted proxy; otherwise they are replaced, never trusted.
+/// Set X-Forwarded-For/-Proto/-Host, Forwarded and X-Real-IP. A client's own values survive
+/// only when the direct peer is a trusted proxy; otherwise they are replaced, never trusted.
 pub fn set_forwarded_headers(req: &mut RequestHeader, client: &ClientInfo) {
+    match client.real_ip {
+        Some(ip) => {
+            let _ = req.insert_header(X_REAL_IP, ip.to_string());
+        }
+        None => {
+            req.remove_header(X_REAL_IP);
+        }
+    }
+    if !client.trusted {
+        req.remove_header(TRUE_CLIENT_IP);
+    }
     let ip = client.ip.map(|ip| ip.to_string());
     let prior =
         |req: &RequestHeader, name| client.trusted.then(|| joined(&req.headers, name)).flatten();
@@ -188,12 +216,9 @@ pub fn set_forwarded_headers(req: &mut RequestHeader, client: &ClientInfo) {
         None => element.push_str("for=unknown"),
     }
     if let Some(h) = client.host {
-        // A host is a token unless it holds a colon (port); quote it then.
-        if h.contains(':') {
-            let _ = write!(element, ";host=\"{h}\"");
-        } else {
-            let _ = write!(element, ";host={h}");
-        }
+        // Always quoted: the value came from the client, even though it was validated.
+        element.push_str(";host=");
+        push_quoted(&mut element, h);
     }
     let _ = write!(element, ";proto={}", client.proto);
     let forwarded = match prior(req, FORWARDED) {
@@ -227,10 +252,15 @@ mod tests {
             trusted: false,
             proto: "http",
             host: Some("a.com"),
+            real_ip: Some("10.1.1.1".parse().unwrap()),
         };
         set_forwarded_headers(&mut r, &c);
         assert_eq!(get(&r, "x-forwarded-for"), "10.1.1.1");
-        assert_eq!(get(&r, "forwarded"), "for=10.1.1.1;host=a.com;proto=http");
+        assert_eq!(
+            get(&r, "forwarded"),
+            "for=10.1.1.1;host=\"a.com\";proto=http"
+        );
+        assert_eq!(get(&r, "x-real-ip"), "10.1.1.1");
         assert_eq!(get(&r, "x-forwarded-host"), "a.com");
     }
 
@@ -246,6 +276,7 @@ mod tests {
             trusted: true,
             proto: "http",
             host: Some("a.com:8080"),
+            real_ip: Some("2.2.2.2".parse().unwrap()),
         };
         set_forwarded_headers(&mut r, &c);
         assert_eq!(get(&r, "x-forwarded-for"), "1.1.1.1, 2.2.2.2, ::1");
@@ -254,6 +285,13 @@ mod tests {
             get(&r, "forwarded"),
             "for=\"[::1]\";host=\"a.com:8080\";proto=http"
         );
+    }
+
+    #[test]
+    fn quoted_strings_escape() {
+        let mut out = String::new();
+        push_quoted(&mut out, "a\"b\\c");
+        assert_eq!(out, "\"a\\\"b\\\\c\"");
     }
 
     #[test]

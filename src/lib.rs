@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod canonical;
 pub mod compose;
 pub mod config;
 pub mod control;

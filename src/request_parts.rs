@@ -25,6 +25,16 @@ pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     })
 }
 
+/// `query` without parameter `name`; `None` when it has no such parameter.
+pub fn without_query_param(query: &str, name: &str) -> Option<String> {
+    let is_it = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == name;
+    if !query.split('&').any(|p| is_it(&p)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_it(p)).collect();
+    Some(kept.join("&"))
+}
+
 /// The media type of a Content-Type value, lower-case, without parameters.
 pub fn media_type(content_type: Option<&http::HeaderValue>) -> Option<String> {
     let ct = content_type?.to_str().ok()?;
@@ -68,5 +78,11 @@ mod tests {
         assert_eq!(query_param(&req, "b"), Some("two"));
         assert_eq!(query_param(&req, "flag"), Some(""));
         assert_eq!(query_param(&req, "c"), None);
+        assert_eq!(
+            without_query_param("a=1&key=s&b=2", "key").as_deref(),
+            Some("a=1&b=2")
+        );
+        assert_eq!(without_query_param("key=s", "key").as_deref(), Some(""));
+        assert_eq!(without_query_param("a=1", "key"), None);
     }
 }

@@ -118,6 +118,8 @@ pub struct RouteAction {
 
 pub struct Runtime {
     pub server: config::ServerSection,
+    /// How requests are made canonical (`server.paths`, `server.max_request_header_bytes`).
+    pub edge_rules: crate::canonical::EdgeRules,
     /// TLS, redirect and HSTS settings of each listener.
     pub listener_specs: Vec<ListenerSpec>,
     /// Where plain requests are redirected: the first TLS listener's port.
@@ -419,7 +421,27 @@ pub fn build_with(
     }
 
     let auth = auth_build::build(cfg, &carry.remote_keys, &mut faults);
-    let redis_source = format!("{:?}", cfg.redis);
+    let redis_password = cfg
+        .redis
+        .as_ref()
+        .and_then(|r| r.password_file.as_deref())
+        .and_then(|f| match config::read_secret(f) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                faults.push(Fault::new("redis.password_file", e));
+                None
+            }
+        });
+    // A changed password file counts as a change of the section.
+    let redis_source = format!(
+        "{:?} {}",
+        cfg.redis,
+        redis_password
+            .as_deref()
+            .map_or(String::new(), |p| hex::encode(
+                <sha2::Sha256 as sha2::Digest>::digest(p.as_bytes())
+            ))
+    );
     let redis = cfg.redis.as_ref().and_then(|r| {
         if let Some((source, running)) = &carry.redis {
             if *source == redis_source {
@@ -430,7 +452,14 @@ pub fn build_with(
             faults.push(Fault::new("redis.timeout", "must be longer than 0s"));
         }
         let fail_open = r.on_failure == config::FailurePolicy::FailOpen;
-        match RedisLimiter::new(&r.url, r.timeout.0, fail_open, r.key_prefix.clone()) {
+        let password = redis_password.clone();
+        match RedisLimiter::new(
+            &r.url,
+            password,
+            r.timeout.0,
+            fail_open,
+            r.key_prefix.clone(),
+        ) {
             Ok(l) => Some(Arc::new(l)),
             Err(e) => {
                 faults.push(Fault::new("redis.url", e));
@@ -649,6 +678,11 @@ pub fn build_with(
         .any(|l| l.redirect_https || l.hsts.is_some());
     Ok(Runtime {
         server: cfg.server.clone(),
+        edge_rules: crate::canonical::EdgeRules::new(
+            cfg.server.paths.merge_slashes,
+            cfg.server.paths.encoded_slash == config::EncodedSlash::Keep,
+            usize::try_from(cfg.server.max_request_header_bytes.0).unwrap_or(usize::MAX),
+        ),
         listener_specs,
         https_port,
         edge,
@@ -840,6 +874,15 @@ fn admin_settings(a: &config::AdminSection, faults: &mut Vec<Fault>) -> Option<A
             return None;
         }
     }
+    // /status names upstream addresses and certificate files: off loopback, only with a
+    // token (a listener opened to the network by a typo must not serve them).
+    if token.is_none() && !address.ip().is_loopback() {
+        faults.push(Fault::new(
+            "admin.address",
+            format!("{address} is not a loopback address: set admin.token or admin.token_file"),
+        ));
+        return None;
+    }
     Some(AdminSettings {
         address,
         token_sha256: token.map(|(t, _)| sha2::Sha256::digest(t.as_bytes()).into()),
@@ -870,6 +913,22 @@ fn check_server(s: &config::ServerSection, faults: &mut Vec<Fault>) {
             "server.read_buffer",
             "must be between 1KiB and 16MiB",
         ));
+    }
+    // Pingora refuses headers over 1 MiB itself, before any of our code sees them.
+    if !(1024..=1 << 20).contains(&s.max_request_header_bytes.0) {
+        faults.push(Fault::new(
+            "server.max_request_header_bytes",
+            "must be between 1KiB and 1MiB",
+        ));
+    }
+    for (field, value) in [
+        ("keepalive_timeout", s.keepalive_timeout),
+        ("header_timeout", s.header_timeout),
+        ("body_timeout", s.body_timeout),
+    ] {
+        if value.0 < std::time::Duration::from_secs(1) {
+            faults.push(Fault::new(format!("server.{field}"), "must be at least 1s"));
+        }
     }
     for (field, value) in [("pid_file", &s.pid_file), ("upgrade_sock", &s.upgrade_sock)] {
         if value.is_empty() {

@@ -5,24 +5,23 @@ use crate::admin::AdminApi;
 use crate::lifecycle::{self, Signals};
 use crate::observe::access_log::LazyAccessLog;
 use crate::policy::auth::jwks;
+use crate::proxy::connection::ClientConnections;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use crate::upstream::health;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
-use pingora_core::protocols::Stream;
 use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceWithDependents;
-use pingora_proxy::HttpProxy;
 use pingora_rustls::ResolvesServerCert;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,34 +108,6 @@ impl BackgroundService for BackgroundTasks {
     }
 }
 
-/// How long connections accepted just before the listeners stopped get to send their
-/// request before Pingora closes every connection still waiting for one.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// The proxy, with a short pause between the end of accepting and Pingora's closing of
-/// connections that wait for a request header. Without it, a connection accepted a moment
-/// before a stop or an upgrade is closed before its request arrives, and that request
-/// fails; with it, such requests are answered (with `Connection: close`).
-struct LingeringProxy {
-    inner: Arc<HttpProxy<Gateway>>,
-}
-
-#[async_trait]
-impl ServerApp for LingeringProxy {
-    async fn process_new(
-        self: &Arc<Self>,
-        session: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        self.inner.process_new(session, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        tokio::time::sleep(LINGER).await;
-        self.inner.cleanup().await;
-    }
-}
-
 /// A built server with what it needs at the end of its life.
 pub struct Built {
     pub server: Server,
@@ -214,9 +185,7 @@ pub fn build(
     }
     let mut proxy = Service::new(
         "portico gateway".into(),
-        LingeringProxy {
-            inner: Arc::new(proxy_app),
-        },
+        ClientConnections::new(proxy_app, runtime.clone(), h2c),
     );
     for (addr, tls) in listeners {
         let buffers = L4BufferSettings::default().read(read_buffer);

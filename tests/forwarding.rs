@@ -47,7 +47,7 @@ fn forwarded_headers_do_not_trust_an_untrusted_client() {
     assert_eq!(r.header("x-forwarded-host"), Some("shop.example.com"));
     assert_eq!(
         r.header("forwarded"),
-        Some("for=127.0.0.1;host=shop.example.com;proto=http")
+        Some("for=127.0.0.1;host=\"shop.example.com\";proto=http")
     );
     // Default Host: the target address as configured.
     assert_eq!(r.header("host"), Some(up.addr.to_string().as_str()));

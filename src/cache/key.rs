@@ -1,4 +1,5 @@
-//! Cache keys. The primary key is the URL as the route normalises it (host, path, query):
+//! Cache keys. The primary key is the URL as the route normalises it (host, path, query;
+//! the host is validated, so it holds no `/` and `host` + `path` cannot be read two ways):
 //! everything a purge or an invalidation can name. Whatever else separates responses (the
 //! route's key headers and consumer, the origin's `Vary`) goes into the variance, so all
 //! variants of one URL share a primary key and go together.
@@ -73,7 +74,7 @@ impl KeySpec {
     }
 
     /// The variance of a request: the route's key headers and consumer, and the request
-    /// headers the stored response names in `Vary`. `None` when nothing varies.
+    /// headers the stored response names in `Vary`, and the Host's port.
     pub fn variance(
         &self,
         req: &RequestHeader,
@@ -87,6 +88,19 @@ impl KeySpec {
         if self.consumer {
             b.add_value("\0consumer", consumer.unwrap_or(""));
         }
+        // The primary key leaves the port out (purges name URLs without it), but the
+        // upstream sees it in X-Forwarded-Host and Forwarded and may render it into links:
+        // responses to another port are another variant. Always added, so that a request
+        // without a port cannot take a variant stored for one as "nothing varies".
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        b.add_value(
+            "\0port",
+            host.and_then(crate::canonical::host::port).unwrap_or(""),
+        );
         for value in meta.headers().get_all(http::header::VARY) {
             let Ok(value) = value.to_str() else { continue };
             for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {

@@ -11,3 +11,15 @@ pub use load::{parse, ConfigError, Fault, Parsed, Unparsed};
 pub use positions::Positions;
 pub use schema::*;
 pub use size::ByteSize;
+
+/// A secret from a file (a systemd credential, a mounted secret): its text without the
+/// final line break; an empty file is refused.
+pub fn read_secret(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err(format!("{path:?} is empty"));
+    }
+    Ok(secret.to_string())
+}

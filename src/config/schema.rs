@@ -80,6 +80,45 @@ pub struct ServerSection {
     /// Accept cleartext HTTP/2 (prior knowledge, e.g. gRPC behind a TLS-terminating load
     /// balancer) on the plain listeners, next to HTTP/1.1.
     pub h2c: bool,
+    /// How long a kept-alive client connection may wait for its next request.
+    pub keepalive_timeout: Dur,
+    /// How long a client has to send a whole request header, from when its connection
+    /// opens (a kept-alive connection: `keepalive_timeout` more for the wait before it).
+    pub header_timeout: Dur,
+    /// How long a request body may pause between two reads before the request is cut.
+    pub body_timeout: Dur,
+    /// Largest request header (request line plus fields); larger ones are answered 431.
+    pub max_request_header_bytes: super::ByteSize,
+    /// Answer HTTP/1.1 pipelined requests one after another, in order.
+    pub pipelining: bool,
+    /// How request paths are made canonical before anything decides on them.
+    pub paths: PathsSection,
+}
+
+/// `server.paths`: the canonical form of request paths.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsSection {
+    /// Merge repeated `/` into one.
+    pub merge_slashes: bool,
+    /// `%2F` in a path: `reject` (400) or `keep` (forwarded encoded, never decoded).
+    pub encoded_slash: EncodedSlash,
+}
+
+impl Default for PathsSection {
+    fn default() -> Self {
+        PathsSection {
+            merge_slashes: true,
+            encoded_slash: EncodedSlash::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlash {
+    Reject,
+    Keep,
 }
 
 /// See [`ServerSection::read_buffer`]; measured in issue 9's memory benchmark.
@@ -100,6 +139,12 @@ impl Default for ServerSection {
             drain_delay: Dur::secs(0),
             read_buffer: super::ByteSize(READ_BUFFER_DEFAULT),
             h2c: false,
+            keepalive_timeout: Dur::secs(60),
+            header_timeout: Dur::secs(30),
+            body_timeout: Dur::secs(60),
+            max_request_header_bytes: super::ByteSize(64 * 1024),
+            pipelining: true,
+            paths: PathsSection::default(),
         }
     }
 }
@@ -863,6 +908,10 @@ pub struct RedisSection {
     pub on_failure: FailurePolicy,
     #[serde(default = "default_redis_prefix")]
     pub key_prefix: String,
+    /// A file holding the password (e.g. a systemd credential), used instead of one in the
+    /// URL.
+    #[serde(default)]
+    pub password_file: Option<String>,
 }
 
 fn default_redis_timeout() -> Dur {
@@ -1040,6 +1089,9 @@ pub struct JwtKeys {
     /// HMAC secret, inline.
     #[serde(default)]
     pub secret: Option<String>,
+    /// HMAC secret read from a file (e.g. a systemd credential); a final newline is dropped.
+    #[serde(default)]
+    pub secret_file: Option<String>,
     /// Public key PEM files (RSA, EC or Ed25519).
     #[serde(default)]
     pub pem_files: Vec<String>,

@@ -1,6 +1,7 @@
 //! The one `ProxyHttp` implementation. It stays thin: each phase looks things up in the
 //! `Runtime` taken once per request, and calls the module that owns the concern.
 
+pub mod connection;
 mod edge;
 mod failures;
 mod logging;
@@ -12,6 +13,7 @@ use logging::{record_metrics, write_access_line};
 use crate::admin;
 use crate::cache::rules::{self, RequestDirectives, RequestFacts};
 use crate::cache::{self, purge, status as cache_status};
+use crate::canonical::{self, Refusal};
 use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
 use crate::lifecycle;
@@ -118,6 +120,8 @@ pub struct Ctx {
     hsts: Option<HeaderValue>,
     /// This request, in flight to its target (for `least_request`).
     active: Option<TargetInFlight>,
+    /// The request has no canonical form: answered with this before anything else.
+    refusal: Option<Refusal>,
 }
 
 /// When the phases of a request happened, for the access log.
@@ -280,17 +284,32 @@ impl ProxyHttp for Gateway {
             probe: None,
             hsts: None,
             active: None,
+            refusal: None,
         }
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        connection::header_read();
+        let server = &ctx.rt.server;
         if lifecycle::state() == lifecycle::State::Draining {
             // Answer with `Connection: close` while draining, so that keep-alive clients
             // move to the new process (or away) before idle connections are closed under
             // them, which would fail a request sent at that moment.
             session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            // Pingora waits forever for the next request on a kept-alive connection.
+            session.set_keepalive(Some(server.keepalive_timeout.ceil_secs()));
+        }
+        // Bounds each wait for more of the request body.
+        session.set_read_timeout(Some(server.body_timeout.0));
+        if server.pipelining {
+            session.set_pipelining_enabled(true);
         }
         ctx.request_id = RequestId::take(&ctx.rt.request_id_header, &session.req_header().headers);
+        // Everything after this decides on the canonical request, and the upstream gets it.
+        if let Err(r) = canonical::canonicalise(session.req_header_mut(), &ctx.rt.edge_rules) {
+            ctx.refusal = Some(r);
+        }
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -301,6 +320,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(r) = ctx.refusal {
+            log::debug!("request {}: {} {}", ctx.request_id, r.status, r.message);
+            session.set_keepalive(None);
+            error_response::send(session, r.status, r.message, &ctx.request_id, &[]).await?;
+            return Ok(true);
+        }
         if ctx.rt.edge {
             let local = session.server_addr().and_then(|a| a.as_inet()).copied();
             let listener = local.and_then(|a| tls::listeners::find(&ctx.rt.listener_specs, a));
@@ -915,11 +940,15 @@ impl ProxyHttp for Gateway {
         } else {
             "http"
         };
+        let rt = &ctx.rt;
         let client = ClientInfo {
             ip: ctx.client_ip,
-            trusted: ctx.client_ip.is_some_and(|ip| ctx.rt.is_trusted(ip)),
+            trusted: ctx.client_ip.is_some_and(|ip| rt.is_trusted(ip)),
             proto,
             host: client_host.as_deref(),
+            real_ip: forwarding::effective_client_ip(client_req, ctx.client_ip, |ip| {
+                rt.is_trusted(ip)
+            }),
         };
         forwarding::set_forwarded_headers(upstream, &client);
         upstream.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
@@ -941,6 +970,9 @@ impl ProxyHttp for Gateway {
             }
             if let Some(h) = &id.hide_header {
                 upstream.remove_header(h);
+            }
+            if let Some(name) = &id.hide_query {
+                strip_query_param(upstream, name)?;
             }
         }
         if let Some(t) = transforms {
@@ -1189,6 +1221,13 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// What Pingora's error log says of a request: never its query, which may carry keys.
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let host = request_host(req).unwrap_or("-");
+        format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
         // During an outage these come by the thousand; the metrics count them.
         fast_fail(e)
@@ -1309,6 +1348,25 @@ fn compress(session: &mut Session, level: u32) -> Result<()> {
             m.request_filter(&probe);
         }
     }
+    Ok(())
+}
+
+/// Remove query parameter `name` (a credential) from the request going upstream.
+fn strip_query_param(upstream: &mut RequestHeader, name: &str) -> Result<()> {
+    let Some(query) = upstream.uri.query() else {
+        return Ok(());
+    };
+    let Some(kept) = crate::request_parts::without_query_param(query, name) else {
+        return Ok(());
+    };
+    let mut target = String::with_capacity(upstream.uri.path().len() + kept.len() + 1);
+    target.push_str(upstream.uri.path());
+    if !kept.is_empty() {
+        target.push('?');
+        target.push_str(&kept);
+    }
+    let uri = Uri::try_from(target).or_err(ErrorType::HTTPStatus(400), "invalid target")?;
+    upstream.set_uri(uri);
     Ok(())
 }
 

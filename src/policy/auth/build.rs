@@ -69,6 +69,7 @@ pub fn build(
             consumer: Some(c.name.clone()),
             groups: c.groups.clone(),
             hide_header: Some(key_header.clone()),
+            hide_query: cfg.auth.api_keys.query.clone(),
             ..Identity::default()
         });
         for (k, digest) in c.api_keys.iter().enumerate() {
@@ -152,10 +153,28 @@ fn build_provider(
     let k = &p.keys;
     let kpath = format!("{path}.keys");
     let mut keys = KeySet::default();
-    if let Some(secret) = &k.secret {
+    let secret = match (&k.secret, &k.secret_file) {
+        (Some(_), Some(_)) => {
+            faults.push(Fault::new(
+                format!("{kpath}.secret_file"),
+                "give secret or secret_file, not both",
+            ));
+            None
+        }
+        (Some(s), None) => Some((s.clone(), "secret")),
+        (None, Some(f)) => match crate::config::read_secret(f) {
+            Ok(s) => Some((s, "secret_file")),
+            Err(e) => {
+                faults.push(Fault::new(format!("{kpath}.secret_file"), e));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some((secret, field)) = &secret {
         if secret.len() < 32 {
             faults.push(Fault::new(
-                format!("{kpath}.secret"),
+                format!("{kpath}.{field}"),
                 "an HMAC secret needs at least 32 bytes",
             ));
         }
@@ -165,7 +184,7 @@ fn build_provider(
                 key,
                 alg: None,
             }),
-            Err(e) => faults.push(Fault::new(format!("{kpath}.secret"), e.to_string())),
+            Err(e) => faults.push(Fault::new(format!("{kpath}.{field}"), e.to_string())),
         }
     }
     for (i, file) in k.pem_files.iter().enumerate() {

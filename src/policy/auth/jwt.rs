@@ -308,6 +308,11 @@ impl JwtProvider {
             hide_header: self
                 .strip_authorization
                 .then_some(http::header::AUTHORIZATION),
+            // A token in the query is a credential like one in a header: it stays here.
+            hide_query: self.sources.iter().find_map(|s| match s {
+                Source::Query(name) if self.strip_authorization => Some(name.clone()),
+                _ => None,
+            }),
             claims: claims
                 .iter()
                 .filter_map(|(k, v)| {

@@ -22,6 +22,8 @@ pub struct Identity {
     pub expires_at: u64,
     /// The credential's header, removed before forwarding when the provider says so.
     pub hide_header: Option<http::HeaderName>,
+    /// The credential's query parameter, removed before forwarding.
+    pub hide_query: Option<String>,
     /// A token's claims with string, number or boolean values, for `$jwt.claim.NAME`.
     pub claims: Vec<(String, String)>,
 }

@@ -69,11 +69,19 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     pub fn new(
         url: &str,
+        password: Option<String>,
         timeout: Duration,
         fail_open: bool,
         key_prefix: String,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
+        use redis::IntoConnectionInfo;
+        let mut info = url
+            .into_connection_info()
+            .map_err(|e| format!("not a Redis URL: {e}"))?;
+        if password.is_some() {
+            info.redis.password = password;
+        }
+        let client = redis::Client::open(info).map_err(|e| format!("not a Redis URL: {e}"))?;
         Ok(RedisLimiter {
             client,
             conn: tokio::sync::Mutex::new(None),
