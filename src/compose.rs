@@ -89,9 +89,22 @@ async fn fetch(rt: &Runtime, call: &Call, path: &str, fwd: &Forward<'_>) -> Resu
 }
 
 impl Compose {
-    pub async fn run(&self, rt: &Runtime, vars: &Vars<'_>, fwd: &Forward<'_>) -> Outcome {
-        let paths: Vec<String> = self.calls.iter().map(|c| c.path.render(vars)).collect();
-        let results = futures::future::join_all(self.calls.iter().zip(&paths).map(
+    /// Each call's request target, built from the client's request; an error names the
+    /// call whose target a client value cannot be part of.
+    pub fn targets(&self, vars: &Vars<'_>) -> Result<Vec<String>, String> {
+        self.calls
+            .iter()
+            .map(|c| {
+                c.path
+                    .render_target(vars)
+                    .map_err(|e| format!("call {:?}: {e}", c.key))
+            })
+            .collect()
+    }
+
+    /// Make the calls (to `paths`, from [`Compose::targets`]) and combine their answers.
+    pub async fn run(&self, rt: &Runtime, paths: &[String], fwd: &Forward<'_>) -> Outcome {
+        let results = futures::future::join_all(self.calls.iter().zip(paths).map(
             |(call, path)| async move {
                 match tokio::time::timeout(call.timeout, fetch(rt, call, path, fwd)).await {
                     Ok(r) => r,

@@ -804,10 +804,18 @@ fn build_split_mirror(
         }
         let field = format!("{path}.mirror.upstream");
         if let Some(pool) = find_upstream(index, unparsed, field, &m.upstream, faults) {
+            if m.max_in_flight == 0 {
+                faults.push(Fault::new(
+                    format!("{path}.mirror.max_in_flight"),
+                    "must be at least 1",
+                ));
+            }
             mirror = Some(Mirror {
                 pool,
                 share: (m.percent * 100.0).round() as u32,
                 timeout: m.timeout.0,
+                forward_credentials: m.forward_credentials,
+                slots: Arc::new(tokio::sync::Semaphore::new(m.max_in_flight)),
             });
         }
     }

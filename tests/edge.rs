@@ -483,3 +483,184 @@ fn a_stalled_body_is_cut() {
         .unwrap();
     assert!(closed_by_server(&mut s, Duration::from_secs(30)));
 }
+
+#[test]
+fn mirrors_get_the_upstream_request_without_credentials_and_are_bounded() {
+    let up = Upstream::start("up");
+    let shadow = Upstream::start("shadow");
+    // The first copy holds the only slot for as long as the shadow takes.
+    shadow.set_delay(Duration::from_secs(10));
+    let admin = free_port();
+    let digest = portico::policy::auth::api_key::hash_key(KEY);
+    let gw = Gateway::start(&format!(
+        r#"
+admin: {{address: "127.0.0.1:{admin}"}}
+consumers:
+  - {{name: ops, api_keys: ["{digest}"]}}
+upstreams:
+  - name: up
+    targets: [{{address: "{up}"}}]
+  - name: shadow
+    targets: [{{address: "{shadow}"}}]
+routes:
+  - name: mirrored
+    match: {{path_prefix: /api}}
+    upstream: up
+    strip_prefix: true
+    access: {{providers: [api_key]}}
+    mirror: {{upstream: shadow, percent: 100, timeout: 20s, max_in_flight: 1}}
+"#,
+        up = up.addr,
+        shadow = shadow.addr
+    ));
+    for i in 0..3 {
+        let (status, _) = raw_status(
+            gw.addr,
+            &format!(
+                "GET /api/./items/{i} HTTP/1.1\r\nHost: a.test\r\nx-api-key: {KEY}\r\nCookie: sid=secret\r\nX-Consumer: root\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert_eq!(status, 200);
+    }
+    assert!(eventually(Duration::from_secs(10), || shadow.count() == 1));
+    let copy = &shadow.requests()[0];
+    let primary = &up.requests()[0];
+    assert_eq!(copy.target, "/items/0", "rewritten like the primary");
+    assert_eq!(copy.target, primary.target);
+    assert_eq!(copy.header("x-consumer"), Some("ops"));
+    assert_eq!(copy.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(copy.header("x-api-key"), None);
+    assert_eq!(copy.header("cookie"), None);
+    assert_eq!(copy.header("x-mirrored"), Some("1"));
+    let metrics = admin_get(admin, "/metrics").body;
+    assert!(
+        metrics.contains("portico_mirror_dropped_total{route=\"mirrored\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(shadow.count(), 1);
+    assert_eq!(up.count(), 3);
+}
+
+#[test]
+fn composition_encodes_client_values() {
+    let users = Upstream::start("users");
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  - name: users
+    targets: [{{address: "{addr}"}}]
+routes:
+  - name: profile
+    match: {{path_exact: /profile}}
+    compose:
+      calls:
+        - {{key: user, upstream: users, path: "/users/$query.id?view=$query.view", timeout: 2s}}
+"#,
+        addr = users.addr
+    ));
+    let (status, out) = get_raw(
+        gw.addr,
+        "/profile?id=../admin/secret?role=admin&view=a%26b%3Dc",
+        "",
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        users.requests()[0].target,
+        "/users/..%2Fadmin%2Fsecret%3Frole%3Dadmin?view=a%26b%3Dc"
+    );
+    // A value that would be a dot segment is refused.
+    let (status, _) = get_raw(gw.addr, "/profile?id=..", "");
+    assert_eq!(status, 400);
+    assert_eq!(users.count(), 1);
+}
+
+#[test]
+fn check_explains_each_edge_refusal() {
+    let cases = [
+        ("admin: {address: \"0.0.0.0:9901\"}\n", "admin.address"),
+        ("server: {paths: {encoded_slash: decode}}\n", "server.paths.encoded_slash"),
+        ("server: {max_request_header_bytes: 2MiB}\n", "server.max_request_header_bytes"),
+        ("server: {header_timeout: 0s}\n", "server.header_timeout"),
+        (
+            "auth:\n  jwt:\n    - {name: h, algorithms: [HS256], keys: {secret_file: /nonexistent/secret}}\n",
+            "auth.jwt[0].keys.secret_file",
+        ),
+        (
+            "redis: {url: \"redis://127.0.0.1:1\", password_file: /nonexistent/pw}\n",
+            "redis.password_file",
+        ),
+    ];
+    for (yaml, path) in cases {
+        let config = format!("listeners:\n  - address: 127.0.0.1:{}\n{yaml}", free_port());
+        let (ok, out) = check_config(&config);
+        assert!(!ok, "{yaml} accepted");
+        assert!(out.contains(path), "{yaml}: {out}");
+    }
+    // Off loopback with a token is fine.
+    let (ok, out) = check_config(&format!(
+        "listeners:\n  - address: 127.0.0.1:{}\nadmin: {{address: \"0.0.0.0:9901\", token: a-long-enough-admin-token}}\n",
+        free_port()
+    ));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn secrets_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a-file-secret-that-is-long-enough-for-hs256";
+    let secret_file = dir.path().join("jwt-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, "s3cret-pw\n").unwrap();
+    let redis = RedisServer::start_with(free_port(), &["--requirepass", "s3cret-pw"]);
+    let up = Upstream::start("up");
+    let admin = free_port();
+    let gw = Gateway::start(&format!(
+        r#"
+admin: {{address: "127.0.0.1:{admin}", token: a-long-enough-admin-token}}
+redis: {{url: "{redis}", password_file: {pw}, timeout: 2s, on_failure: fail_closed}}
+auth:
+  jwt:
+    - {{name: h, algorithms: [HS256], keys: {{secret_file: {sf}}}}}
+upstreams:
+  - name: up
+    targets: [{{address: "{up}"}}]
+routes:
+  - name: api
+    upstream: up
+    access: {{providers: [h]}}
+    rate_limits:
+      - {{name: fleet, requests: 2, per: 1m, key: route, cluster: true}}
+"#,
+        redis = redis.url(),
+        pw = password_file.display(),
+        sf = secret_file.display(),
+        up = up.addr
+    ));
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "ada", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {token}");
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| send("GET", &gw.url("/x"), &[("authorization", &bearer)]).status)
+        .collect();
+    // Verified with the file's secret; counted in Redis, which needs the file's password.
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(up.count(), 2);
+    // The admin token scheme is case-insensitive (RFC 9110 §11.1).
+    let purge = send_body(
+        "POST",
+        &format!("http://127.0.0.1:{admin}/cache/purge"),
+        &[("authorization", "bearer a-long-enough-admin-token")],
+        "{\"all\": true}",
+    );
+    assert_eq!(purge.status, 200, "{}", purge.body);
+}

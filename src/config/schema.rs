@@ -663,6 +663,17 @@ pub struct MirrorSpec {
     /// How long a copy may take before it is dropped.
     #[serde(default = "default_mirror_timeout")]
     pub timeout: Dur,
+    /// Send the client's credentials (Authorization, Cookie, the API-key header) to the
+    /// shadow too.
+    #[serde(default)]
+    pub forward_credentials: bool,
+    /// Copies on their way at once at most; more are dropped and counted.
+    #[serde(default = "default_mirror_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_mirror_in_flight() -> usize {
+    64
 }
 
 fn hundred() -> f64 {

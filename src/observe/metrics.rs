@@ -40,6 +40,7 @@ pub struct Families {
     budget_used: GaugeVec,
     target_ejected: IntGaugeVec,
     route_overloaded: IntCounterVec,
+    mirror_dropped: IntCounterVec,
     cert_expiry: IntGaugeVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
@@ -236,6 +237,12 @@ impl Families {
                 reg,
                 "portico_route_overload_rejections_total",
                 "Requests answered 503 because the route was at max_concurrent",
+                &["route"],
+            ),
+            mirror_dropped: counter(
+                reg,
+                "portico_mirror_dropped_total",
+                "Mirrored copies not sent because max_in_flight copies were on their way",
                 &["route"],
             ),
             cert_expiry: gauges(
@@ -463,6 +470,13 @@ impl RouteMetrics {
             .inc();
     }
 
+    pub fn mirror_dropped(&self) {
+        families()
+            .mirror_dropped
+            .with_label_values(&[&*self.route])
+            .inc();
+    }
+
     pub fn rate_limit_store_error(&self) {
         families()
             .rate_limit_store_errors
@@ -638,6 +652,7 @@ mod tests {
             &f.budget_used,
             &f.target_ejected,
             &f.route_overloaded,
+            &f.mirror_dropped,
             &f.cert_expiry,
             &f.target_healthy,
             &f.auth,

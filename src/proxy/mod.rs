@@ -101,8 +101,10 @@ pub struct Ctx {
     body_bytes: u64,
     /// The upstream a traffic split chose (else the route's).
     upstream: Option<usize>,
-    /// The body gathered for a mirrored copy, sent when it is complete.
-    mirror_body: Option<Vec<u8>>,
+    /// This request is copied to the route's mirror (decided on the first attempt).
+    mirror_wanted: bool,
+    /// The copy's header and the body gathered for it, sent when the body is complete.
+    mirror: Option<(Box<RequestHeader>, Vec<u8>)>,
     /// Request and response bodies gathered for a JSON transform.
     request_json: Option<Vec<u8>>,
     response_json: Option<Vec<u8>>,
@@ -263,7 +265,8 @@ impl ProxyHttp for Gateway {
             cache: cache::RequestState::default(),
             body_bytes: 0,
             upstream: None,
-            mirror_body: None,
+            mirror_wanted: false,
+            mirror: None,
             request_json: None,
             response_json: None,
             trace: None,
@@ -682,7 +685,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
@@ -690,17 +693,17 @@ impl ProxyHttp for Gateway {
         if ctx.request_json.is_some() {
             edit_request_json(body, end_of_stream, ctx)?;
         }
-        if let Some(buf) = &mut ctx.mirror_body {
+        if let Some((_, buf)) = &mut ctx.mirror {
             if let Some(b) = body {
                 if buf.len() + b.len() > MAX_MIRROR_BODY {
-                    ctx.mirror_body = None;
+                    ctx.mirror = None;
                 } else {
                     buf.extend_from_slice(b);
                 }
             }
             if end_of_stream {
-                if let Some(buf) = ctx.mirror_body.take() {
-                    send_mirror(session, ctx, buf);
+                if let Some((head, buf)) = ctx.mirror.take() {
+                    send_mirror(ctx, &head, buf);
                 }
             }
         }
@@ -997,6 +1000,7 @@ impl ProxyHttp for Gateway {
                 ctx.request_json = Some(Vec::new());
             }
         }
+        copy_for_mirror(session, upstream, ctx);
         Ok(())
     }
 
@@ -1295,34 +1299,57 @@ fn choose_upstream(session: &Session, ctx: &mut Ctx) {
         None => route.upstream,
     });
     let Some(m) = &route.mirror else { return };
-    if crate::upstream::split::draw() >= m.share {
+    let too_long = declared_length(&req.headers).is_some_and(|l| l > MAX_MIRROR_BODY as u64);
+    ctx.mirror_wanted = !too_long && crate::upstream::split::draw() < m.share;
+}
+
+/// The request is finished for the upstream: copy it for the mirror, once. A request
+/// without a body is sent at once, one with a body once the body is read.
+fn copy_for_mirror(session: &Session, upstream: &RequestHeader, ctx: &mut Ctx) {
+    if !std::mem::take(&mut ctx.mirror_wanted) {
         return;
     }
+    let Some(m) = ctx.route.and_then(|i| ctx.rt.routes[i].mirror.as_ref()) else {
+        return;
+    };
+    let keys = &ctx.rt.auth.api_keys;
+    let head = m.copy_of(upstream, std::slice::from_ref(keys.header()), keys.query());
+    let req = session.req_header();
     let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let length = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    if !chunked && length == 0 {
-        send_mirror(session, ctx, Vec::new());
-    } else if length <= MAX_MIRROR_BODY {
-        ctx.mirror_body = Some(Vec::with_capacity(length));
+    match declared_length(&req.headers) {
+        Some(0) | None if !chunked => send_mirror(ctx, &head, Vec::new()),
+        length => {
+            let capacity = length.map_or(0, |l| l as usize).min(MAX_MIRROR_BODY);
+            ctx.mirror = Some((head, Vec::with_capacity(capacity)));
+        }
     }
 }
 
-fn send_mirror(session: &Session, ctx: &Ctx, body: Vec<u8>) {
-    let Some(m) = ctx.route.and_then(|i| ctx.rt.routes[i].mirror.as_ref()) else {
+fn send_mirror(ctx: &Ctx, head: &RequestHeader, body: Vec<u8>) {
+    let Some(route) = ctx.route.map(|i| &ctx.rt.routes[i]) else {
+        return;
+    };
+    let Some(m) = &route.mirror else {
+        return;
+    };
+    let Ok(permit) = m.slots.clone().try_acquire_owned() else {
+        if ctx.rt.metrics {
+            route.metrics.mirror_dropped();
+        }
+        log::debug!(
+            "request {}: mirror copy dropped, too many on their way",
+            ctx.request_id
+        );
         return;
     };
     let pool = ctx.rt.upstreams[m.pool].clone();
     mirror::send(
         pool,
-        session.req_header(),
+        head,
         body,
         m.timeout,
         ctx.request_id.to_string(),
+        permit,
     );
 }
 
@@ -1431,7 +1458,11 @@ async fn compose(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         request_id: &ctx.request_id,
         consumer: ctx.identity.as_ref().and_then(|i| i.consumer.as_deref()),
     };
-    match c.run(&rt, &vars, &fwd).await {
+    let paths = match c.targets(&vars) {
+        Ok(p) => p,
+        Err(why) => return error_response::send(session, 400, &why, &ctx.request_id, &[]).await,
+    };
+    match c.run(&rt, &paths, &fwd).await {
         Ok(body) => {
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let mut resp = ResponseHeader::build(200, Some(6))?;

@@ -108,6 +108,43 @@ impl Template {
     pub fn render(&self, v: &Vars) -> String {
         let mut out = String::new();
         for p in &self.parts {
+            self.render_part(p, v, &mut out);
+        }
+        out
+    }
+
+    /// Render as a request target: each variable is percent-encoded as one path segment
+    /// before the template's `?` and as one query value after it (RFC 3986 §3.3, §3.4), so
+    /// no client value can add segments, climb with `..` or add parameters. A query
+    /// parameter's value is decoded first (it arrived encoded). `$path` is the canonical
+    /// request path and goes in as it is.
+    pub fn render_target(&self, v: &Vars) -> Result<String, String> {
+        let mut out = String::new();
+        let mut value = String::new();
+        let mut in_query = false;
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => {
+                    out.push_str(s);
+                    in_query |= s.contains('?');
+                }
+                Part::Path => out.push_str(v.req.uri.path()),
+                Part::Query(q) => {
+                    let raw = crate::request_parts::query_param(v.req, q).unwrap_or("");
+                    push_component(&mut out, &percent_decode(raw), in_query)?;
+                }
+                _ => {
+                    value.clear();
+                    self.render_part(p, v, &mut value);
+                    push_component(&mut out, value.as_bytes(), in_query)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn render_part(&self, p: &Part, v: &Vars, out: &mut String) {
+        {
             match p {
                 Part::Lit(s) => out.push_str(s),
                 Part::RequestId => out.push_str(v.request_id),
@@ -140,8 +177,51 @@ impl Template {
                 }
             }
         }
-        out
     }
+}
+
+/// `%XX` escapes decoded; anything malformed is kept as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// `value` percent-encoded as one path segment or one query value: only unreserved
+/// characters stay. A whole segment of `.` or `..` would be read as a dot segment.
+fn push_component(out: &mut String, value: &[u8], in_query: bool) -> Result<(), String> {
+    if !in_query && (value == b"." || value == b"..") {
+        return Err(format!(
+            "{:?} cannot stand as a path segment",
+            String::from_utf8_lossy(value)
+        ));
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+    }
+    Ok(())
 }
 
 /// Every value of a `name: template` map, parsed; a fault names `field.name`.
@@ -195,6 +275,16 @@ mod tests {
         .unwrap();
         assert_eq!(t.render(&v), "rid|10.0.0.1|appx|r|h|/p/1|acme|3|ada|$|");
         assert_eq!(Template::parse("plain").unwrap().as_static(), Some("plain"));
+        let mut req = RequestHeader::build("GET", b"/p?id=..%2Fadmin%3Fx&u=a%20b", None).unwrap();
+        req.insert_header("x-user", "..").unwrap();
+        let v = Vars { req: &req, ..v };
+        let target = Template::parse("/users/$query.id?u=$query.u&r=$route").unwrap();
+        assert_eq!(
+            target.render_target(&v).unwrap(),
+            "/users/..%2Fadmin%3Fx?u=a%20b&r=r"
+        );
+        let dots = Template::parse("/users/$header.x-user").unwrap();
+        assert!(dots.render_target(&v).is_err());
         assert!(Template::parse("$nope")
             .unwrap_err()
             .contains("unknown variable $nope"));

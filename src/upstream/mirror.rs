@@ -1,12 +1,14 @@
-//! Mirroring a share of a route's requests to a shadow upstream. The copy is sent from its
-//! own task after the client's request is on its way; its response is read and dropped, so
+//! Mirroring a share of a route's requests to a shadow upstream. The copy is the request as
+//! it goes upstream, sent from its own task after the client's request is on its way; its response is read and dropped, so
 //! a slow or failing shadow never touches the client.
 
 use super::Pool;
+use http::header::{HeaderName, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use pingora_http::RequestHeader;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bodies larger than this are not mirrored.
 pub const MAX_MIRROR_BODY: usize = 1 << 20;
@@ -16,10 +18,50 @@ pub struct Mirror {
     /// Share of requests mirrored, in basis points.
     pub share: u32,
     pub timeout: Duration,
+    /// The client's credentials go to the shadow too.
+    pub forward_credentials: bool,
+    /// One permit per copy on its way; none left means the copy is dropped.
+    pub slots: Arc<Semaphore>,
 }
 
-/// The request line and headers of the copy: the client's request as it arrived, minus
-/// hop-by-hop headers, with framing for `body` and the shadow's own Host.
+impl Mirror {
+    /// The copy's header: the request exactly as it goes upstream (after every rewrite and
+    /// transform, with the gateway's forwarding and identity headers), less the client's
+    /// credentials unless the route forwards them.
+    pub fn copy_of(
+        &self,
+        upstream: &RequestHeader,
+        credentials: &[HeaderName],
+        credential_query: Option<&str>,
+    ) -> Box<RequestHeader> {
+        let mut copy = Box::new(upstream.clone());
+        if self.forward_credentials {
+            return copy;
+        }
+        for name in [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]
+            .iter()
+            .chain(credentials)
+        {
+            copy.remove_header(name);
+        }
+        if let (Some(name), Some(query)) = (credential_query, upstream.uri.query()) {
+            if let Some(kept) = crate::request_parts::without_query_param(query, name) {
+                let target = if kept.is_empty() {
+                    upstream.uri.path().to_string()
+                } else {
+                    format!("{}?{kept}", upstream.uri.path())
+                };
+                if let Ok(uri) = http::Uri::try_from(target) {
+                    copy.set_uri(uri);
+                }
+            }
+        }
+        copy
+    }
+}
+
+/// The request line and headers of the copy, minus hop-by-hop headers, with framing for
+/// `body` and the shadow's own Host.
 fn head(req: &RequestHeader, host: &str, body_len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(req.method.as_str().as_bytes());
@@ -62,6 +104,7 @@ pub fn send(
     body: Vec<u8>,
     timeout: Duration,
     request_id: String,
+    permit: OwnedSemaphorePermit,
 ) {
     let Some(addr) = pool.select(b"", &[]) else {
         log::debug!(
@@ -76,6 +119,7 @@ pub fn send(
         .unwrap_or_else(|| addr.to_string());
     let head = head(req, &host, body.len());
     tokio::spawn(async move {
+        let _permit = permit;
         let exchange = async {
             let mut s = tokio::net::TcpStream::connect(addr).await?;
             s.write_all(&head).await?;

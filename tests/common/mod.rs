@@ -708,12 +708,18 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> RedisServer {
+        Self::start_with(port, &[])
+    }
+
+    /// With more `redis-server` arguments, e.g. `--requirepass`.
+    pub fn start_with(port: u16, args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("redis.log");
         let mut child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path())
+            .args(args)
             .stdout(std::fs::File::create(&log).expect("redis log"))
             .stderr(Stdio::null())
             .spawn()

@@ -46,6 +46,16 @@ impl ApiKeys {
         }
     }
 
+    /// The header an API key comes in.
+    pub fn header(&self) -> &http::HeaderName {
+        &self.header
+    }
+
+    /// The query parameter an API key may come in.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
     fn presented<'a>(&self, req: &'a RequestHeader) -> Option<&'a [u8]> {
         if let Some(v) = req.headers.get(&self.header) {
             return Some(v.as_bytes());
