@@ -292,6 +292,8 @@ Try these in another terminal:
   curl -s -H 'x-user: ada' {g}/api/products               # products: public, consistent hashing on x-user
   for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {g}/api/products; done; echo   # 5 per 10 s, then 429
   curl -s -i {g}/nowhere                                  # 404 as JSON, with a request id
+  curl -s --path-as-is {g}/api/products/../orders         # 401: decided on the canonical path /api/orders, which needs a key
+  curl -s --path-as-is {g}/api/products/..%2Forders       # 400: an encoded separator is refused
   curl -s -H 'x-api-key: demo-key-123' {g}/api/overview   # orders, users and products in one answer
   curl -s -o /dev/null -D - {g}/api/catalog | grep -i -e cache-status -e age   # cached 30 s: run twice, miss then hit
   for i in 1 2 3 4 5 6; do curl -s {g}/api/inventory; echo; done   # inventory-2 fails: retried on inventory-1, then ejected

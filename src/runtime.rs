@@ -1382,6 +1382,23 @@ fn build_route(
                 format!("{mpath}.{field}"),
                 format!("{p:?} does not start with /"),
             ));
+            return;
+        }
+        // Requests are matched in canonical form, so another spelling never matches.
+        let lenient = crate::canonical::path::PathRules {
+            merge_slashes: false,
+            encoded_slash: crate::canonical::path::EncodedSlash::Keep,
+        };
+        match crate::canonical::path::canonical(p.as_bytes(), &lenient) {
+            Ok(None) => {}
+            Ok(Some(c)) => faults.push(Fault::new(
+                format!("{mpath}.{field}"),
+                format!("{p:?} would never match: request paths are canonical; write {c:?}"),
+            )),
+            Err(e) => faults.push(Fault::new(
+                format!("{mpath}.{field}"),
+                format!("{p:?} would never match: {}", e.message()),
+            )),
         }
     };
     let path_match = if let Some(p) = &m.path_exact {

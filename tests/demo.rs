@@ -103,6 +103,18 @@ fn demo_starts_and_answers() {
         405
     );
     assert_eq!(get(&format!("{url}/nowhere")).status, 404);
+    // The printed --path-as-is examples: decided on the canonical path.
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let dotted = raw(
+        addr,
+        "GET /api/products/../orders HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(dotted.starts_with("HTTP/1.1 401"), "{dotted}");
+    let encoded = raw(
+        addr,
+        "GET /api/products/..%2Forders HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(encoded.starts_with("HTTP/1.1 400"), "{encoded}");
 
     // One call aggregating the three services.
     let overview = send("GET", &format!("{url}/api/overview"), &key);

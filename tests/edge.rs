@@ -589,6 +589,10 @@ fn check_explains_each_edge_refusal() {
             "redis: {url: \"redis://127.0.0.1:1\", password_file: /nonexistent/pw}\n",
             "redis.password_file",
         ),
+        (
+            "upstreams: [{name: u, targets: [{address: \"127.0.0.1:1\"}]}]\nroutes: [{name: r, upstream: u, match: {path_prefix: /%61dmin}}]\n",
+            "routes[0].match.path_prefix",
+        ),
     ];
     for (yaml, path) in cases {
         let config = format!("listeners:\n  - address: 127.0.0.1:{}\n{yaml}", free_port());
