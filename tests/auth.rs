@@ -11,7 +11,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs512!";
+// RFC 7518 §3.2: HS512 needs a secret of at least 64 bytes.
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs512-which-needs-64-bytes!!";
 const PARTNER_KEY: &str = "partner-key-1";
 
 fn fixture(name: &str) -> String {
@@ -262,9 +263,9 @@ fn bad_tokens_get_401_and_never_reach_the_upstream() {
         ("alg none", unsigned, "malformed"),
         ("HS256 with the RSA public key", confused, "algorithm"),
         (
-            "unknown kid",
-            sign_with(unknown_kid, "rsa_private.pem", &claims(json!({}))),
-            "key is unknown",
+            "a kid none of its keys has, signed by another key",
+            sign_with(unknown_kid.clone(), "rsa2_private.pem", &claims(json!({}))),
+            "signature",
         ),
         ("garbage", "not.a.token".to_string(), "malformed"),
     ];
@@ -274,6 +275,22 @@ fn bad_tokens_get_401_and_never_reach_the_upstream() {
         assert_401(&r, description);
     }
     assert_eq!(s.up.count(), 0, "a rejected request reached the upstream");
+    // Identity providers put a kid in every token: keys configured without one (PEM files,
+    // secrets) verify a token whatever kid it names.
+    let with_kid = sign_with(unknown_kid, "rsa_private.pem", &claims(json!({})));
+    let r = call(&s, "/pki", &[("authorization", &bearer(&with_kid))]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut hs_kid = Header::new(Algorithm::HS256);
+    hs_kid.kid = Some("any".into());
+    let r = call(
+        &s,
+        "/jwt",
+        &[(
+            "authorization",
+            &bearer(&sign_with(hs_kid, "", &claims(json!({})))),
+        )],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]
@@ -612,5 +629,150 @@ fn jwks_over_https_is_verified_against_the_configured_ca() {
         jwks.count(),
         before,
         "no request got through an untrusted TLS handshake"
+    );
+}
+
+#[test]
+fn issuer_and_audience_are_required_when_configured() {
+    let s = setup();
+    let sign_claims = |c: &Value| sign(Algorithm::HS256, "", c);
+    let mut explicit_null = claims(json!({}));
+    explicit_null["iss"] = Value::Null;
+    let cases = [
+        ("no iss", sign_claims(&claims(json!({"iss": null})))),
+        ("no aud", sign_claims(&claims(json!({"aud": null})))),
+        ("iss: null", sign_claims(&explicit_null)),
+    ];
+    for (what, token) in cases {
+        let r = call(&s, "/jwt", &[("authorization", &bearer(&token))]);
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+    }
+    let r = call(
+        &s,
+        "/jwt",
+        &[("authorization", &bearer(&sign_claims(&claims(json!({})))))],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.up.count(), 1);
+}
+
+/// A JWK of `file`'s RSA key with `edit` applied to its JSON.
+fn jwk_json(kid: &str, file: &str, edit: impl Fn(&mut Value)) -> Value {
+    let mut jwk =
+        Jwk::from_encoding_key(&key_for(Algorithm::RS256, file), Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some(kid.to_string());
+    let mut v = serde_json::to_value(&jwk).unwrap();
+    edit(&mut v);
+    v
+}
+
+#[test]
+fn keys_that_must_not_verify_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = {
+        let key = EncodingKey::from_ec_pem(&std::fs::read(fixture("ec256_private.pem")).unwrap())
+            .unwrap();
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some("ec-off-curve".into());
+        let mut v = serde_json::to_value(&jwk).unwrap();
+        // Another point's y: (x, y') is not on P-256.
+        v["y"] = json!(B64.encode([7u8; 32]));
+        v
+    };
+    let set = json!({"keys": [
+        jwk_json("good", "rsa_private.pem", |_| {}),
+        jwk_json("e1", "rsa_private.pem", |v| v["e"] = json!("AQ")),
+        jwk_json("sign-only", "rsa_private.pem", |v| v["key_ops"] = json!(["sign"])),
+        jwk_json("good", "rsa2_private.pem", |_| {}),
+        jwk_json("short", "rsa1024_private.pem", |_| {}),
+        ec,
+    ]});
+    let jwks = dir.path().join("keys.json");
+    std::fs::write(&jwks, set.to_string()).unwrap();
+    let yaml = format!(
+        r#"listeners:
+  - address: 127.0.0.1:1
+auth:
+  jwt:
+    - name: set
+      algorithms: [RS256, ES256]
+      keys: {{jwks_file: {jwks}}}
+    - name: pem
+      algorithms: [RS256, ES256]
+      keys: {{pem_files: ["{short}", "{private}", "{ok}"]}}
+    - name: hmac
+      algorithms: [HS256, HS512]
+      keys: {{secret: "forty-bytes-are-enough-for-hs256-only!!!"}}
+"#,
+        jwks = jwks.display(),
+        short = fixture("rsa1024_public.pem"),
+        private = fixture("ec256_private.pem"),
+        ok = fixture("rsa_public.pem"),
+    );
+    let (ok, out) = check_config(&yaml);
+    assert!(!ok, "{out}");
+    for expected in [
+        "auth.jwt[0].keys.jwks_file: ",
+        "key \"e1\": the RSA exponent is not an odd number of at least 3",
+        "key \"sign-only\": its key_ops do not include verify",
+        "key \"good\": a second key with this kid",
+        "key \"short\": an RSA key of 1024 bits is too short",
+        "key \"ec-off-curve\": its point is not on curve P256",
+        "auth.jwt[1].keys.pem_files[0]: ",
+        "auth.jwt[1].keys.pem_files[1]: ",
+        "holds a private key",
+        "auth.jwt[2].keys.secret: an HMAC secret needs at least 64 bytes for HS512",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("pem_files[2]"),
+        "the sound key is accepted: {out}"
+    );
+}
+
+#[test]
+fn weak_keys_in_a_fetched_set_are_refused_and_the_others_kept() {
+    let s = setup();
+    let set = json!({"keys": [
+        jwk_json("k1", "rsa_private.pem", |_| {}),
+        jwk_json("k2", "rsa2_private.pem", |v| v["key_ops"] = json!(["sign"])),
+        jwk_json("k3", "rsa1024_private.pem", |_| {}),
+    ]});
+    s.jwks.set_body(&set.to_string());
+    // Past min_refetch_interval (100 ms) since the fetch at start.
+    std::thread::sleep(Duration::from_millis(150));
+    let token = |kid: &str, file: &str| {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(kid.into());
+        bearer(&sign_with(h, file, &claims(json!({}))))
+    };
+    // An unknown kid makes the gateway fetch the new set; k2 and k3 in it are refused.
+    let r = call(
+        &s,
+        "/rot",
+        &[("authorization", &token("k2", "rsa2_private.pem"))],
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = call(
+        &s,
+        "/rot",
+        &[("authorization", &token("k3", "rsa1024_private.pem"))],
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = call(
+        &s,
+        "/rot",
+        &[("authorization", &token("k1", "rsa_private.pem"))],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let log = s.gw.log_text();
+    assert!(
+        log.contains("key \"k2\": its key_ops do not include verify"),
+        "{log}"
+    );
+    assert!(
+        log.contains("key \"k3\": an RSA key of 1024 bits is too short"),
+        "{log}"
     );
 }

@@ -41,6 +41,7 @@ pub struct Families {
     target_ejected: IntGaugeVec,
     route_overloaded: IntCounterVec,
     mirror_dropped: IntCounterVec,
+    jwks_refused: IntCounterVec,
     cert_expiry: IntGaugeVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
@@ -238,6 +239,12 @@ impl Families {
                 "portico_route_overload_rejections_total",
                 "Requests answered 503 because the route was at max_concurrent",
                 &["route"],
+            ),
+            jwks_refused: counter(
+                reg,
+                "portico_jwks_keys_refused_total",
+                "Keys of a fetched JWK set refused (too weak, not for verifying, duplicate kid)",
+                &["provider"],
             ),
             mirror_dropped: counter(
                 reg,
@@ -620,6 +627,16 @@ pub fn render(rt: &Runtime) -> String {
     out
 }
 
+/// Keys of a JWK set fetched for `provider` that were refused.
+pub fn jwks_keys_refused(provider: &str, n: usize) {
+    if n > 0 {
+        families()
+            .jwks_refused
+            .with_label_values(&[provider])
+            .inc_by(n as u64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +670,7 @@ mod tests {
             &f.target_ejected,
             &f.route_overloaded,
             &f.mirror_dropped,
+            &f.jwks_refused,
             &f.cert_expiry,
             &f.target_healthy,
             &f.auth,

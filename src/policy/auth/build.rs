@@ -4,6 +4,7 @@
 use super::api_key::{self, ApiKeys};
 use super::jwks::{KeySet, RemoteKeys};
 use super::jwt::{JwtProvider, ProviderSpec, Source};
+use super::key_checks;
 use super::Identity;
 use crate::config::{self, Config, Fault, TokenSource};
 use crate::policy::access::{AccessRule, Provider};
@@ -172,10 +173,17 @@ fn build_provider(
         (None, None) => None,
     };
     if let Some((secret, field)) = &secret {
-        if secret.len() < 32 {
+        // RFC 7518 §3.2: at least as long as the hash output of every HMAC algorithm used.
+        let (need, alg) = algorithms
+            .iter()
+            .map(|&a| (key_checks::min_hmac_bytes(a), a))
+            .max_by_key(|(n, _)| *n)
+            .filter(|(n, _)| *n > 0)
+            .unwrap_or((32, Algorithm::HS256));
+        if secret.len() < need {
             faults.push(Fault::new(
                 format!("{kpath}.{field}"),
-                "an HMAC secret needs at least 32 bytes",
+                format!("an HMAC secret needs at least {need} bytes for {alg:?} (RFC 7518 §3.2)"),
             ));
         }
         match DecodingKey::from_secret(secret.as_bytes()) {
@@ -200,7 +208,16 @@ fn build_provider(
             .map_err(|e| format!("cannot read {file}: {e}"))
             .and_then(|json| KeySet::from_jwks(&json).map_err(|e| format!("{file}: {e}")));
         match r {
-            Ok(set) => keys.keys.extend(set.keys),
+            Ok((set, refused)) => {
+                // From a file, a refused key is a config fault: the operator can fix it.
+                for why in refused {
+                    faults.push(Fault::new(
+                        format!("{kpath}.jwks_file"),
+                        format!("{file}: {why}"),
+                    ));
+                }
+                keys.keys.extend(set.keys)
+            }
             Err(e) => faults.push(Fault::new(format!("{kpath}.jwks_file"), e)),
         }
     }

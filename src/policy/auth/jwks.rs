@@ -1,6 +1,7 @@
 //! Verification keys: static ones from the config and JSON Web Key Sets, from a file or from
 //! a URL that is fetched again in the background and when a token names an unknown `kid`.
 
+use super::key_checks;
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -38,22 +39,41 @@ impl KeySet {
         self.keys.iter().filter(move |k| {
             k.key.family() == alg.family()
                 && k.alg.is_none_or(|a| a == alg)
-                && match kid {
-                    Some(kid) => k.kid.as_deref() == Some(kid),
-                    None => true,
+                // A key without a kid (a secret, a PEM file) may verify a token naming any:
+                // identity providers put a kid in every token.
+                && match (kid, k.kid.as_deref()) {
+                    (Some(kid), Some(own)) => own == kid,
+                    _ => true,
                 }
         })
     }
 
-    /// Parse a JWKS document. Keys for encryption or of unsupported types are skipped; a
-    /// document without a single usable key is an error.
-    pub fn from_jwks(json: &[u8]) -> Result<KeySet, String> {
+    /// Parse a JWKS document. Keys for encryption or of unsupported types are skipped;
+    /// keys that must not verify (see [`key_checks::check_jwk`]) and a second key with the
+    /// same `kid` are refused, each with a reason. A document without a single usable key
+    /// is an error.
+    pub fn from_jwks(json: &[u8]) -> Result<(KeySet, Vec<String>), String> {
         let set: JwkSet =
             serde_json::from_slice(json).map_err(|e| format!("not a JWK set: {e}"))?;
-        let mut keys = Vec::new();
-        for jwk in &set.keys {
+        let mut keys: Vec<KeyEntry> = Vec::new();
+        let mut refused = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
             if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
                 continue;
+            }
+            let name = match &jwk.common.key_id {
+                Some(kid) => format!("key {kid:?}"),
+                None => format!("key #{i}"),
+            };
+            if let Err(why) = key_checks::check_jwk(jwk) {
+                refused.push(format!("{name}: {why}"));
+                continue;
+            }
+            if let Some(kid) = &jwk.common.key_id {
+                if keys.iter().any(|k| k.kid.as_deref() == Some(kid)) {
+                    refused.push(format!("{name}: a second key with this kid"));
+                    continue;
+                }
             }
             let alg = match &jwk.common.key_algorithm {
                 None => None,
@@ -72,13 +92,20 @@ impl KeySet {
             });
         }
         if keys.is_empty() {
-            return Err("the JWK set has no usable signing key".into());
+            let why = refused.join("; ");
+            return Err(format!("the JWK set has no usable signing key {why}")
+                .trim()
+                .into());
         }
-        Ok(KeySet { keys })
+        Ok((KeySet { keys }, refused))
     }
 
     /// A public key PEM file (RSA, EC or Ed25519), without a `kid`.
     pub fn add_pem(&mut self, pem: &[u8]) -> Result<(), String> {
+        if key_checks::is_private_pem(pem) {
+            return Err("holds a private key, which cannot verify; give the public key".into());
+        }
+        key_checks::check_rsa_pem(pem)?;
         let key = DecodingKey::from_rsa_pem(pem)
             .or_else(|_| DecodingKey::from_ec_pem(pem))
             .or_else(|_| DecodingKey::from_ed_pem(pem))
@@ -216,7 +243,15 @@ impl RemoteKeys {
     async fn fetch(&self, last: &mut Option<Instant>) {
         *last = Some(Instant::now());
         match self.download().await.and_then(|b| KeySet::from_jwks(&b)) {
-            Ok(set) => {
+            Ok((set, refused)) => {
+                for why in &refused {
+                    log::warn!(
+                        "jwt provider {}: key from {} refused: {why}",
+                        self.provider,
+                        self.url
+                    );
+                }
+                crate::observe::metrics::jwks_keys_refused(&self.provider, refused.len());
                 log::debug!(
                     "jwt provider {}: {} keys from {}",
                     self.provider,

@@ -126,6 +126,14 @@ fn header_value(v: &Value) -> Option<HeaderValue> {
 impl JwtProvider {
     pub fn new(spec: ProviderSpec) -> JwtProvider {
         let mut required: Vec<&str> = vec!["exp"];
+        // A configured issuer or audience makes the claim required (RFC 8725 §3.8-3.9):
+        // a token without it must not pass as one that has the right value.
+        if spec.issuer.is_some() {
+            required.push("iss");
+        }
+        if !spec.audiences.is_empty() {
+            required.push("aud");
+        }
         required.extend(
             spec.required_claims
                 .iter()

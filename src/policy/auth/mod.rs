@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod build;
 pub mod jwks;
 pub mod jwt;
+pub mod key_checks;
 
 use std::fmt;
 
