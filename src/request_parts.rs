@@ -63,6 +63,20 @@ pub fn ip_bytes(ip: Option<IpAddr>, scratch: &mut [u8; 16]) -> &[u8] {
     }
 }
 
+/// As [`ip_bytes`], an IPv6 address cut to its first `v6_prefix` bits (its network).
+pub fn ip_network_bytes(ip: Option<IpAddr>, v6_prefix: u8, scratch: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        Some(IpAddr::V6(v6)) if v6_prefix < 128 => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix))
+                .unwrap_or(0);
+            *scratch = (u128::from(v6) & mask).to_be_bytes();
+            &scratch[..]
+        }
+        _ => ip_bytes(ip, scratch),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +98,19 @@ mod tests {
         );
         assert_eq!(without_query_param("key=s", "key").as_deref(), Some(""));
         assert_eq!(without_query_param("a=1", "key"), None);
+        let mut a = [0u8; 16];
+        let mut b = [0u8; 16];
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(
+            ip_network_bytes(Some(one), 64, &mut a),
+            ip_network_bytes(Some(other), 64, &mut b)
+        );
+        assert_ne!(
+            ip_network_bytes(Some(one), 128, &mut a),
+            ip_network_bytes(Some(other), 128, &mut b)
+        );
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(ip_network_bytes(Some(v4), 64, &mut a), &[10, 1, 2, 3]);
     }
 }

@@ -187,3 +187,133 @@ routes:
     assert_eq!(get(&gw.url("/items/1")).status, 429);
     assert_eq!(get(&gw.url("/items/2")).status, 200);
 }
+
+/// Send `n` requests at once (each on its own connection, released together) with
+/// `headers`; how many were admitted.
+fn admitted_at_once(gw: &Gateway, n: usize, headers: &[(&str, &str)]) -> usize {
+    let url = gw.url("/");
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.clone();
+            let start = start.clone();
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            std::thread::spawn(move || {
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                start.wait();
+                send("GET", &url, &h).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    statuses.iter().filter(|s| **s == 200).count()
+}
+
+#[test]
+fn concurrent_requests_never_get_past_a_local_limit() {
+    let up = Upstream::start("up");
+    let gw = gateway(
+        &up,
+        "",
+        "      - {name: per-run, requests: 5, per: 1m, key: \"header:x-run\"}\n",
+    );
+    for run in 0..10 {
+        let run = run.to_string();
+        let admitted = admitted_at_once(&gw, 60, &[("x-run", &run)]);
+        assert_eq!(admitted, 5, "run {run}");
+    }
+    assert_eq!(up.count(), 50);
+}
+
+#[test]
+fn impossible_limits_are_refused_at_load() {
+    let (ok, out) = check_config(&format!(
+        "listeners:\n  - address: 127.0.0.1:{}\nupstreams: [{{name: u, targets: [{{address: \"127.0.0.1:1\"}}]}}]\nroutes:\n  - name: r\n    upstream: u\n    rate_limits:\n      - {{name: huge, requests: 1, per: 1h, burst: 10000000}}\n      - {{name: v6, requests: 1, per: 1s, ipv6_prefix: 129}}\n",
+        free_port()
+    ));
+    assert!(!ok);
+    assert!(out.contains("routes[0].rate_limits[0].burst"), "{out}");
+    assert!(
+        out.contains("routes[0].rate_limits[1].ipv6_prefix"),
+        "{out}"
+    );
+}
+
+#[test]
+fn ipv6_clients_are_counted_by_their_network() {
+    let up = Upstream::start("up");
+    let gw = gateway(
+        &up,
+        "trusted_proxies: [127.0.0.1/32]",
+        "      - {name: per-client, requests: 1, per: 1m, key: client_ip}\n",
+    );
+    let from = |ip: &str| status(&gw, &[("x-forwarded-for", ip)]);
+    assert_eq!(from("2001:db8:0:1::1"), 200);
+    // Another address of the same /64: the same holder.
+    assert_eq!(from("2001:db8:0:1:ffff::2"), 429);
+    assert_eq!(from("2001:db8:0:2::1"), 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn the_policy_states_the_burst_a_client_can_use() {
+    let up = Upstream::start("up");
+    let gw = gateway(
+        &up,
+        "",
+        "      - {name: bursty, requests: 5, per: 10s, burst: 6, key: route}\n",
+    );
+    let codes: Vec<u16> = (0..7).map(|_| status(&gw, &[])).collect();
+    assert_eq!(codes, [200, 200, 200, 200, 200, 200, 429]);
+    let r = send("GET", &gw.url("/"), &[]);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"bursty\";q=6;w=12"));
+}
+
+#[test]
+fn a_sustained_flood_gets_no_more_than_burst_plus_rate() {
+    let up = Upstream::start("up");
+    let gw = gateway(
+        &up,
+        "",
+        "      - {name: steady, requests: 50, per: 1s, burst: 10, key: route}\n",
+    );
+    let url = gw.url("/");
+    let stop = Instant::now() + Duration::from_secs(4);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..32)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::Agent::new_with_defaults();
+                let mut admitted = 0;
+                while Instant::now() < stop {
+                    if let Ok(r) = agent.get(&url).call() {
+                        admitted += usize::from(r.status() == 200);
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    // GCRA's guarantee over any interval t: at most burst + t / T. The measured t can only
+    // be longer than the time the gateway decided in, so the bound only loosens under load.
+    let t = start.elapsed().as_secs_f64();
+    let bound = 10 + (t * 50.0).ceil() as usize;
+    assert!(
+        admitted <= bound,
+        "{admitted} admitted in {t:.2}s, bound {bound}"
+    );
+    assert!(admitted >= 10, "{admitted}");
+    assert_eq!(up.count(), admitted);
+}

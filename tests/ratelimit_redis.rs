@@ -106,3 +106,46 @@ fn redis_down_fails_open_or_closed_as_configured_without_hanging() {
         closed.log_text()
     );
 }
+
+#[test]
+fn a_local_limit_next_to_a_cluster_limit_admits_exactly_its_burst() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("up");
+    let gw = Gateway::start(&format!(
+        r#"
+redis: {{url: "{url}", timeout: 2s, on_failure: fail_closed}}
+upstreams:
+  - name: up
+    targets: [{{address: "{up}"}}]
+routes:
+  - name: both
+    upstream: up
+    rate_limits:
+      - {{name: local, requests: 5, per: 1m, key: "header:x-run"}}
+      - {{name: fleet, requests: 100000, per: 1m, key: "header:x-run", cluster: true}}
+"#,
+        url = redis.url(),
+        up = up.addr
+    ));
+    let url = gw.url("/");
+    for run in 0..10 {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(60));
+        let handles: Vec<_> = (0..60)
+            .map(|_| {
+                let (url, start, run) = (url.clone(), start.clone(), run.to_string());
+                std::thread::spawn(move || {
+                    start.wait();
+                    send("GET", &url, &[("x-run", &run)]).status
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 429),
+            "{statuses:?}"
+        );
+        let admitted = statuses.iter().filter(|s| **s == 200).count();
+        assert_eq!(admitted, 5, "run {run}: the local limit alone decides");
+    }
+    assert_eq!(up.count(), 50);
+}

@@ -904,6 +904,14 @@ pub struct RateLimit {
     /// Keep the count in the `redis` section's server, shared by every gateway using it.
     #[serde(default)]
     pub cluster: bool,
+    /// IPv6 clients are counted per network of this prefix length (one holder of a /64 has
+    /// all its addresses); IPv4 clients per address.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+}
+
+fn default_ipv6_prefix() -> u8 {
+    64
 }
 
 /// The Redis server that keeps cluster-wide rate limits.

@@ -10,8 +10,9 @@
 //!
 //! Memory: one `u64` per active key. A key whose TAT has passed holds no information (its
 //! bucket is full) and is dropped by the sweep a shard runs when it reaches its share of
-//! `max_keys`; if every key is still active, arbitrary keys are dropped, which can only make
-//! the limiter more lenient for them, never stricter.
+//! `max_keys`; if every key is still active, the keys whose buckets are fullest (TAT nearest
+//! to now) are dropped. A client being limited has its TAT furthest ahead, so a flood of new
+//! keys (each one request in) cannot reset it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -83,7 +84,9 @@ impl GcraStore {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Decide for `key`; when `commit` and admitted, the request is counted.
+    /// Decide for `key`; when `commit` and admitted, the request is counted in the same
+    /// step (under the shard's lock), so concurrent requests can never both take the last
+    /// unit.
     pub fn check(&self, key: u64, gcra: Gcra, commit: bool) -> Verdict {
         let now = self.now();
         let shard = &self.shards[(key as usize) % SHARDS];
@@ -98,19 +101,29 @@ impl GcraStore {
                 retry_after: Duration::from_nanos(ahead - gcra.tolerance),
             };
         }
-        let new_tat = tat + gcra.interval;
+        let new_tat = tat.saturating_add(gcra.interval);
         if commit {
             if map.len() >= self.shard_cap && !map.contains_key(&key) {
                 sweep(&mut map, now, self.shard_cap);
             }
             map.insert(key, new_tat);
         }
-        let capacity = gcra.tolerance + gcra.interval;
+        let capacity = gcra.tolerance.saturating_add(gcra.interval);
         Verdict {
             allowed: true,
-            remaining: (capacity - (new_tat - now)) / gcra.interval,
+            remaining: capacity.saturating_sub(new_tat - now) / gcra.interval,
             reset_after: Duration::from_nanos(new_tat - now),
             retry_after: Duration::ZERO,
+        }
+    }
+
+    /// Give back a unit counted by an admitting [`GcraStore::check`] for a request that
+    /// another limit then refused.
+    pub fn refund(&self, key: u64, gcra: Gcra) {
+        let shard = &self.shards[(key as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tat) = map.get_mut(&key) {
+            *tat = tat.saturating_sub(gcra.interval);
         }
     }
 
@@ -126,16 +139,20 @@ impl GcraStore {
     }
 }
 
-/// Drop keys whose bucket is full again; if that is not enough, drop arbitrary keys down to
-/// 90% of the cap.
+/// Drop keys whose bucket is full again; if that is not enough, drop the keys whose buckets
+/// are fullest (lowest TAT) down to 90% of the cap, so limited clients are kept.
 fn sweep(map: &mut HashMap<u64, u64>, now: u64, cap: usize) {
     map.retain(|_, tat| *tat > now);
     if map.len() >= cap {
         let excess = map.len() - cap * 9 / 10;
-        let victims: Vec<u64> = map.keys().take(excess).copied().collect();
-        for k in victims {
-            map.remove(&k);
-        }
+        let mut tats: Vec<u64> = map.values().copied().collect();
+        let (_, &mut threshold, _) = tats.select_nth_unstable(excess - 1);
+        let mut dropped = 0;
+        map.retain(|_, tat| {
+            let drop = *tat < threshold || (*tat == threshold && dropped < excess);
+            dropped += usize::from(drop);
+            !drop
+        });
     }
 }
 
@@ -171,6 +188,42 @@ mod tests {
         assert!(store.check(k, g, false).allowed);
         assert!(store.check(k, g, true).allowed);
         assert!(!store.check(k, g, false).allowed);
+    }
+
+    #[test]
+    fn a_limited_client_stays_limited_under_a_flood_of_new_keys() {
+        let store = GcraStore::new(64 * 16);
+        let strict = Gcra::new(1, Duration::from_secs(3600), 1);
+        let limited = store.key(0, &[b"limited"]);
+        assert!(store.check(limited, strict, true).allowed);
+        assert!(!store.check(limited, strict, true).allowed);
+        let loose = Gcra::new(1000, Duration::from_secs(1), 1000);
+        for i in 0u64..1_100_000 {
+            store.check(store.key(1, &[&i.to_le_bytes()]), loose, true);
+        }
+        assert!(store.len() <= 64 * 16);
+        assert!(!store.check(limited, strict, true).allowed);
+    }
+
+    #[test]
+    fn huge_bursts_do_not_overflow() {
+        let store = GcraStore::new(1000);
+        let g = Gcra::new(1, Duration::from_secs(3600), u64::MAX);
+        let k = store.key(0, &[b"x"]);
+        for _ in 0..3 {
+            assert!(store.check(k, g, true).allowed);
+        }
+    }
+
+    #[test]
+    fn a_refund_gives_the_unit_back() {
+        let store = GcraStore::new(1000);
+        let g = Gcra::new(1, Duration::from_secs(60), 1);
+        let k = store.key(0, &[b"x"]);
+        assert!(store.check(k, g, true).allowed);
+        store.refund(k, g);
+        assert!(store.check(k, g, true).allowed);
+        assert!(!store.check(k, g, true).allowed);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Limit {
     cluster: Option<String>,
     /// `"name";q=10;w=1`, ready for RateLimit-Policy.
     policy: String,
+    /// IPv6 clients are keyed by their network of this length.
+    ipv6_prefix: u8,
 }
 
 /// What a request sees of the route's limits.
@@ -69,10 +71,16 @@ fn secs_ceil(d: Duration) -> u64 {
 /// `scratch`, so nothing is allocated).
 fn key_parts<'a>(
     key: &'a LimitKey,
+    ipv6_prefix: u8,
     req: &'a Request,
     scratch: &'a mut [u8; 16],
 ) -> (&'static str, &'a [u8]) {
-    let by_ip = |scratch: &'a mut [u8; 16]| ("ip", request_parts::ip_bytes(req.client_ip, scratch));
+    let by_ip = |scratch: &'a mut [u8; 16]| {
+        (
+            "ip",
+            request_parts::ip_network_bytes(req.client_ip, ipv6_prefix, scratch),
+        )
+    };
     match key {
         LimitKey::Route => ("route", b""),
         LimitKey::ClientIp => by_ip(scratch),
@@ -100,14 +108,14 @@ impl Limit {
     fn redis_key(&self, prefix: &str, scope: &str, req: &Request) -> String {
         use sha2::{Digest, Sha256};
         let mut scratch = [0u8; 16];
-        let (kind, value) = key_parts(&self.key, req, &mut scratch);
+        let (kind, value) = key_parts(&self.key, self.ipv6_prefix, req, &mut scratch);
         let digest = Sha256::digest(value);
         format!("{prefix}{scope}:{kind}:{}", hex::encode(&digest[..16]))
     }
 
     fn store_key(&self, store: &GcraStore, req: &Request) -> u64 {
         let mut scratch = [0u8; 16];
-        let (kind, value) = key_parts(&self.key, req, &mut scratch);
+        let (kind, value) = key_parts(&self.key, self.ipv6_prefix, req, &mut scratch);
         store.key(self.id, &[kind.as_bytes(), value])
     }
 
@@ -121,10 +129,12 @@ impl Limit {
     }
 }
 
-/// Decide `req` against `limits`. Nothing is counted unless every enforcing limit admits the
-/// request, so a refused request does not use up another limit's allowance: local limits are
-/// checked first without counting, cluster limits are decided (and counted) atomically in
-/// Redis only when the local ones admit, and local limits are counted last.
+/// Decide `req` against `limits`. Nothing stays counted unless every enforcing limit admits
+/// the request, so a refused request does not use up another limit's allowance: each local
+/// limit is checked and counted in one atomic step, cluster limits are decided (and counted)
+/// atomically in Redis only when the local ones admit, and local units are given back when
+/// a later limit refuses. No interleaving of concurrent requests can admit more than a
+/// limit allows.
 pub async fn decide(
     limits: &[Limit],
     store: &GcraStore,
@@ -133,13 +143,20 @@ pub async fn decide(
 ) -> Outcome {
     let mut out = Outcome::default();
     let mut verdicts: Vec<Option<Verdict>> = vec![None; limits.len()];
-    let local_keys: Vec<Option<u64>> = limits
-        .iter()
-        .map(|l| l.cluster.is_none().then(|| l.store_key(store, req)))
-        .collect();
+    // Local units counted for this request, to give back if it is refused after all.
+    let mut counted: Vec<(u64, Gcra)> = Vec::new();
     for (i, limit) in limits.iter().enumerate() {
-        if let Some(key) = local_keys[i] {
-            verdicts[i] = Some(store.check(key, limit.gcra, false));
+        if limit.cluster.is_some() {
+            continue;
+        }
+        let key = limit.store_key(store, req);
+        let v = store.check(key, limit.gcra, true);
+        if v.allowed {
+            counted.push((key, limit.gcra));
+        }
+        verdicts[i] = Some(v);
+        if !v.allowed && !limit.dry_run {
+            break;
         }
     }
     note_rejections(limits, &verdicts, &mut out);
@@ -175,13 +192,9 @@ pub async fn decide(
     }
 
     let refused = out.rejected_by.is_some() || matches!(out.store_failed, Some((_, true)));
-    if !refused {
-        for (i, limit) in limits.iter().enumerate() {
-            if let (Some(key), Some(v)) = (local_keys[i], verdicts[i].as_mut()) {
-                if v.allowed {
-                    *v = store.check(key, limit.gcra, true);
-                }
-            }
+    if refused {
+        for (key, gcra) in counted {
+            store.refund(key, gcra);
         }
     }
     let send = out.rejected_by.is_some() || limits.iter().any(|l| l.headers_on_success);
@@ -219,6 +232,23 @@ fn note_rejections(limits: &[Limit], verdicts: &[Option<Verdict>], out: &mut Out
     }
 }
 
+/// Longest time a full bucket may take to refill.
+const MAX_REFILL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// RateLimit-Policy for a limit: the quota a client can actually use at once (the burst)
+/// and the window in which that quota comes back at the configured rate, so that `q` agrees
+/// with the `r` the RateLimit field reports. Without a burst of its own that is exactly
+/// `requests` per `per`.
+fn policy(name: &str, requests: u64, per: Duration, burst: u64) -> String {
+    let window = if burst == requests {
+        per
+    } else {
+        let nanos = per.as_nanos().saturating_mul(u128::from(burst)) / u128::from(requests.max(1));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    };
+    format!("\"{name}\";q={burst};w={}", secs_ceil(window))
+}
+
 /// A limit's identity in the counter store: the same route, name and parameters give the
 /// same id in every config, so a reload keeps the counters of limits it does not change
 /// and starts fresh ones for limits it changes.
@@ -227,7 +257,14 @@ fn stable_id(route: &str, l: &config::RateLimit) -> u64 {
     // SipHash with fixed keys: the same in every config of this process.
     let mut h = std::hash::DefaultHasher::new();
     (
-        route, &l.name, l.requests, l.per.0, l.burst, &l.key, l.cluster,
+        route,
+        &l.name,
+        l.requests,
+        l.per.0,
+        l.burst,
+        &l.key,
+        l.cluster,
+        l.ipv6_prefix,
     )
         .hash(&mut h);
     h.finish()
@@ -275,6 +312,27 @@ pub fn compile(
         if l.burst == Some(0) {
             faults.push(Fault::new(format!("{lpath}.burst"), "must be at least 1"));
         }
+        // The time a full bucket takes to refill: beyond a year the numbers mean nothing
+        // (and would overflow the arithmetic of the counters).
+        let interval = l.per.0.as_nanos() / u128::from(l.requests.max(1));
+        let refill = interval.saturating_mul(u128::from(l.burst.unwrap_or(l.requests)));
+        if refill > MAX_REFILL.as_nanos() {
+            faults.push(Fault::new(
+                format!("{lpath}.burst"),
+                format!(
+                    "a burst of {} at {} per {} takes over a year to refill",
+                    l.burst.unwrap_or(l.requests),
+                    l.requests,
+                    l.per
+                ),
+            ));
+        }
+        if !(1..=128).contains(&l.ipv6_prefix) {
+            faults.push(Fault::new(
+                format!("{lpath}.ipv6_prefix"),
+                "must be between 1 and 128",
+            ));
+        }
         if l.cluster && !have_redis {
             faults.push(Fault::new(
                 format!("{lpath}.cluster"),
@@ -321,15 +379,17 @@ pub fn compile(
             continue;
         }
         let burst = l.burst.unwrap_or(l.requests);
+        let gcra = Gcra::new(l.requests, l.per.0, burst);
         out.push(Limit {
             id: stable_id(route_name, l),
             name: l.name.clone(),
-            gcra: Gcra::new(l.requests, l.per.0, burst),
+            gcra,
             key,
             dry_run: l.dry_run,
             headers_on_success: l.headers_on_success,
             cluster: l.cluster.then(|| format!("{route_name}:{}", l.name)),
-            policy: format!("\"{}\";q={};w={}", l.name, l.requests, secs_ceil(l.per.0)),
+            policy: policy(&l.name, l.requests, l.per.0, burst),
+            ipv6_prefix: l.ipv6_prefix,
         });
     }
     out
