@@ -55,9 +55,11 @@ fn bench(c: &mut Criterion) {
         default_ttl: None,
         max_ttl: Some(Duration::from_secs(3600)),
         allow_set_cookie: false,
+        targeted: vec!["portico-cache-control".into(), "cdn-cache-control".into()],
     };
     let facts = RequestFacts {
         credentials: false,
+        personal: false,
         no_store: false,
     };
     let resp = response(100);

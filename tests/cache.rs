@@ -964,10 +964,10 @@ routes:
         "b has an entry of its own"
     );
     assert_eq!(get_h(&gw, "/me", &kb).body, "body 2");
-    // Without the consumer in the key, an authenticated response is shared only when the
-    // origin says so.
+    // Without the consumer in the key, a response to an authenticated caller is not stored
+    // (unless the route says its answers are the same for everyone).
     let r = get_h(&gw, "/shared", &ka);
-    assert!(status_of(&r).contains("detail=authorization"), "{r:?}");
+    assert!(status_of(&r).contains("detail=authenticated"), "{r:?}");
     assert_eq!(get_h(&gw, "/shared", &kb).body, "body 2");
 }
 
@@ -1036,4 +1036,169 @@ fn large_heads_misses_and_ranges_are_handled_whole() {
     assert_eq!((part.status, part.body.as_str()), (206, "2345"), "{part:?}");
     assert_eq!(part.header("content-range"), Some("bytes 2-5/10"));
     assert_eq!(up.count_path("/doc"), 1);
+}
+
+#[test]
+fn stale_windows_run_from_when_the_response_became_stale() {
+    let up = Upstream::start("app");
+    // 99 s stale on arrival: both 10 s windows are long over.
+    let old = [
+        (
+            "cache-control",
+            "max-age=1, stale-while-revalidate=10, stale-if-error=10",
+        ),
+        ("age", "100"),
+    ];
+    up.script("/old", 200, &old, "old {n}");
+    // `Age: 7200, 0` is 7200 s old, not 0.
+    up.script(
+        "/listed",
+        200,
+        &[("cache-control", "max-age=60"), ("age", "7200, 0")],
+        "l {n}",
+    );
+    let gw = gateway(&up, "{}", "");
+    assert_eq!(get(&gw.url("/old")).body, "old 1");
+    let second = get(&gw.url("/old"));
+    assert_eq!(second.body, "old 2", "not served stale: {second:?}");
+    up.script("/old", 503, &[], "down");
+    let failed = get(&gw.url("/old"));
+    assert_eq!(failed.status, 503, "no stale-if-error answer: {failed:?}");
+    assert_eq!(get(&gw.url("/listed")).body, "l 1");
+    assert_eq!(get(&gw.url("/listed")).body, "l 2");
+    assert_eq!(up.count_path("/listed"), 2);
+}
+
+#[test]
+fn a_stale_if_error_answer_names_the_upstream_status_and_its_connection_fate() {
+    let up = Upstream::start("app");
+    up.script(
+        "/s",
+        200,
+        &[("cache-control", "max-age=1, stale-if-error=60")],
+        "old",
+    );
+    let gw = gateway(&up, "{}", "");
+    assert_eq!(get(&gw.url("/s")).body, "old");
+    // Stale from here on (max-age=1).
+    std::thread::sleep(Duration::from_millis(2100));
+    up.script("/s", 503, &[], "down");
+    let r = get(&gw.url("/s"));
+    assert_eq!((r.status, r.body.as_str()), (200, "old"));
+    let status = status_of(&r);
+    assert!(status.contains("fwd=stale; fwd-status=503"), "{status}");
+    // With the upstream gone: no status to name, and the connection is announced closed.
+    up.stop();
+    let out = raw(
+        gw.addr,
+        &format!("GET /s HTTP/1.1\r\nHost: {}\r\n\r\n", gw.addr),
+    );
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{out}");
+    assert!(lower.contains("connection: close"), "{out}");
+    assert!(!lower.contains("fwd-status"), "{out}");
+}
+
+#[test]
+fn targeted_cache_control_fields_take_precedence() {
+    let up = Upstream::start("app");
+    up.script(
+        "/cdn",
+        200,
+        &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ],
+        "cdn {n}",
+    );
+    up.script(
+        "/own",
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-store"),
+            ("portico-cache-control", "max-age=30"),
+        ],
+        "own {n}",
+    );
+    up.script(
+        "/cdn-off",
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-store"),
+        ],
+        "off {n}",
+    );
+    let gw = gateway(&up, "{}", "");
+    for _ in 0..2 {
+        let r = get(&gw.url("/cdn"));
+        assert_eq!(r.body, "cdn 1");
+        // Not ours alone: passed on for caches further down.
+        assert_eq!(r.header("cdn-cache-control"), Some("max-age=60"));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        let r = get(&gw.url("/own"));
+        assert_eq!(r.body, "own 1");
+        assert_eq!(
+            r.header("portico-cache-control"),
+            None,
+            "ours is not forwarded"
+        );
+    }
+    // CDN-Cache-Control: no-store wins over Cache-Control for this cache.
+    get(&gw.url("/cdn-off"));
+    assert_eq!(get(&gw.url("/cdn-off")).body, "off 2");
+}
+
+#[test]
+fn responses_to_authenticated_callers_are_not_shared() {
+    let up = Upstream::start("app");
+    let key = portico::policy::auth::api_key::hash_key("key-a");
+    let config = |share: &str| {
+        format!(
+            r#"
+consumers:
+  - {{name: a, api_keys: ["{key}"]}}
+upstreams:
+  - name: app
+    targets: [{{address: "{up}"}}]
+routes:
+  - name: api
+    upstream: app
+    access: {{providers: [api_key], anonymous: true}}
+    cache: {{{share}}}
+"#,
+            up = up.addr
+        )
+    };
+    up.script(
+        "/me",
+        200,
+        &[("cache-control", "public, max-age=60")],
+        "personal {n}",
+    );
+    let gw = Gateway::start(&config(""));
+    let mine = get_h(&gw, "/me", &[("x-api-key", "key-a")]);
+    assert_eq!(mine.body, "personal 1");
+    assert!(
+        status_of(&mine).contains("detail=authenticated"),
+        "{mine:?}"
+    );
+    let anonymous = get(&gw.url("/me"));
+    assert_eq!(anonymous.body, "personal 2", "not consumer a's answer");
+    drop(gw);
+    // A route that says its answers are the same for everyone shares them.
+    up.clear();
+    up.script(
+        "/me",
+        200,
+        &[("cache-control", "public, max-age=60")],
+        "shared {n}",
+    );
+    let gw = Gateway::start(&config("share_authenticated: true"));
+    assert_eq!(
+        get_h(&gw, "/me", &[("x-api-key", "key-a")]).body,
+        "shared 1"
+    );
+    assert_eq!(get(&gw.url("/me")).body, "shared 1");
 }

@@ -74,6 +74,9 @@ pub struct RoutePolicy {
     pub key: KeySpec,
     bypass: Vec<TokenSource>,
     pub lock_timeout: Duration,
+    pub share_authenticated: bool,
+    /// The gateway's own targeted field, removed from responses to clients.
+    pub own_field: Option<http::HeaderName>,
 }
 
 impl RoutePolicy {
@@ -104,6 +107,15 @@ impl RoutePolicy {
             }
         }
         let key = KeySpec::new(&c.key).map_err(|e| ("key.headers".to_string(), e))?;
+        let own_field = match section.targeted_field.as_str() {
+            "" => None,
+            name => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                (
+                    "targeted_field".to_string(),
+                    format!("cache.targeted_field {name:?} is not a header name"),
+                )
+            })?),
+        };
         if c.bypass.iter().any(|b| matches!(b, TokenSource::Bearer)) {
             return Err((
                 "bypass".into(),
@@ -118,10 +130,17 @@ impl RoutePolicy {
                 default_ttl: c.default_ttl.map(|d| d.0),
                 max_ttl: c.max_ttl.map(|d| d.0),
                 allow_set_cookie: c.allow_set_cookie,
+                targeted: own_field
+                    .iter()
+                    .map(|h| h.as_str().to_string())
+                    .chain(std::iter::once("cdn-cache-control".to_string()))
+                    .collect(),
             },
             key,
             bypass: c.bypass.clone(),
             lock_timeout: c.lock_timeout.unwrap_or(section.lock_timeout).0,
+            share_authenticated: c.share_authenticated,
+            own_field,
         }))
     }
 
@@ -153,6 +172,9 @@ pub struct RequestState {
     pub active: bool,
     /// Header fields of a 304 that revalidated the stored response.
     pub revalidated_fields: Option<http::HeaderMap>,
+    /// The status the upstream answered, for `fwd-status` when a stored response is
+    /// served in its place.
+    pub upstream_status: Option<u16>,
 }
 
 /// Fields a 304 may not change in the stored response (RFC 9111 §3.2): framing and

@@ -23,15 +23,36 @@ pub struct StoreLimits {
     pub default_ttl: Option<Duration>,
     pub max_ttl: Option<Duration>,
     pub allow_set_cookie: bool,
+    /// Targeted cache-control fields (RFC 9213), in order of precedence: the first one a
+    /// response carries with a valid value replaces its Cache-Control and Expires.
+    pub targeted: Vec<String>,
 }
 
 /// Facts about the request a response answers.
 pub struct RequestFacts {
-    /// `Authorization` was sent, or the gateway authenticated the caller and the key does
-    /// not separate callers: the response must say it may be shared.
+    /// `Authorization` was sent: the response must say it may be shared (RFC 9111 §3.5).
     pub credentials: bool,
+    /// The caller was authenticated, the key does not separate callers and the route did
+    /// not opt in to sharing: the response may be personal and is never stored.
+    pub personal: bool,
     /// The request said `no-store`.
     pub no_store: bool,
+}
+
+/// The cache-control directives that govern a response for this cache, and whether they
+/// came from a targeted field (RFC 9213 §2.1), which also sets Expires aside.
+pub fn response_directives(
+    resp: &ResponseHeader,
+    targeted: &[String],
+) -> (Option<CacheControl>, bool) {
+    for name in targeted {
+        if let Some(cc) = CacheControl::from_resp_headers_named(name, resp) {
+            if !cc.directives.is_empty() {
+                return (Some(cc), true);
+            }
+        }
+    }
+    (CacheControl::from_resp_headers(resp), false)
 }
 
 fn delta(cc: &CacheControl, key: DirectiveKey) -> Option<Result<u64, ()>> {
@@ -61,6 +82,7 @@ fn http_date(resp: &ResponseHeader, name: http::HeaderName) -> Option<Result<Sys
 /// values count as stale (lifetime 0), as §4.2.1 encourages.
 fn explicit_lifetime(
     cc: Option<&CacheControl>,
+    targeted: bool,
     resp: &ResponseHeader,
     now: SystemTime,
 ) -> Option<u64> {
@@ -73,6 +95,9 @@ fn explicit_lifetime(
                 return Some(v.unwrap_or(0));
             }
         }
+    }
+    if targeted {
+        return None;
     }
     let expires = http_date(resp, http::header::EXPIRES)?;
     let Ok(expires) = expires else {
@@ -87,10 +112,12 @@ fn explicit_lifetime(
 
 /// Age the response already had when it arrived (§4.2.3).
 fn initial_age(resp: &ResponseHeader, now: SystemTime) -> u64 {
+    // A list (`Age: 7200, 0`) counts by its first value (RFC 9111 §5.1).
     let age_value = resp
         .headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     let apparent = match http_date(resp, http::header::DATE) {
@@ -141,7 +168,10 @@ pub fn storable(
     if req.no_store {
         return Err("request-no-store");
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    if req.personal {
+        return Err("authenticated");
+    }
+    let (cc, targeted) = response_directives(resp, &limits.targeted);
     if let Some(cc) = &cc {
         if cc.no_store() {
             return Err("no-store");
@@ -171,7 +201,7 @@ pub fn storable(
         return Err("set-cookie");
     }
     let public = cc.as_ref().is_some_and(|cc| cc.public());
-    let lifetime = match explicit_lifetime(cc.as_ref(), resp, now) {
+    let lifetime = match explicit_lifetime(cc.as_ref(), targeted, resp, now) {
         Some(l) => l,
         None => match limits.default_ttl {
             Some(ttl) if heuristically_cacheable(status) || public => ttl.as_secs(),
@@ -187,19 +217,28 @@ pub fn storable(
     let swr = stale_window(cc.as_ref(), DirectiveKey::StaleWhileRevalidate);
     let sie = stale_window(cc.as_ref(), DirectiveKey::StaleIfError);
     let age = initial_age(resp, now);
-    if lifetime <= age && !has_validator && swr == 0 && sie == 0 {
-        // Stale on arrival and nothing to revalidate with: storing would only cost memory.
+    let epoch = now.checked_sub(Duration::from_secs(age)).unwrap_or(now);
+    // When the response became stale, even if that was before it arrived: the stale
+    // windows run from that moment (RFC 5861 §3-4, RFC 9111 §4.2.3), not from arrival.
+    let fresh_until = epoch
+        .checked_add(Duration::from_secs(lifetime))
+        .unwrap_or(epoch);
+    let stale_for = now.duration_since(fresh_until).map_or(0, |d| d.as_secs());
+    let usable_stale = stale_for < u64::from(swr.max(sie));
+    if lifetime <= age && !has_validator && !usable_stale {
+        // Stale on arrival, past its stale windows and nothing to revalidate with: storing
+        // would only cost memory.
         return Err("stale-on-arrival");
     }
     let mut header = resp.clone();
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
-    let epoch = now.checked_sub(Duration::from_secs(age)).unwrap_or(now);
+    // Pingora reads a stored response as fresh while `fresh_until >= now`.
     let fresh_until = if lifetime > age {
-        epoch + Duration::from_secs(lifetime)
+        fresh_until
     } else {
-        now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+        fresh_until.min(now.checked_sub(Duration::from_secs(1)).unwrap_or(now))
     };
     let mut meta = CacheMeta::new(fresh_until, now, swr, sie, header);
     if age > 0 {
@@ -265,6 +304,7 @@ impl RequestDirectives {
         meta: &CacheMeta,
         is_fresh: bool,
         now: SystemTime,
+        targeted: &[String],
     ) -> Option<ForcedFreshness> {
         if self.no_cache {
             return Some(ForcedFreshness::ForceExpired);
@@ -283,7 +323,8 @@ impl RequestDirectives {
         if !is_fresh {
             if let Some(limit) = self.max_stale {
                 let stale_for = now.duration_since(fresh_until).map_or(0, |d| d.as_secs());
-                let forbidden = CacheControl::from_resp_headers(meta.response_header())
+                let forbidden = response_directives(meta.response_header(), targeted)
+                    .0
                     .is_some_and(|cc| requires_revalidation(&cc));
                 if !forbidden && limit.is_none_or(|l| stale_for <= l) {
                     return Some(ForcedFreshness::ForceFresh);
@@ -311,9 +352,11 @@ mod tests {
         default_ttl: None,
         max_ttl: None,
         allow_set_cookie: false,
+        targeted: Vec::new(),
     };
     const PLAIN: RequestFacts = RequestFacts {
         credentials: false,
+        personal: false,
         no_store: false,
     };
 
@@ -381,6 +424,7 @@ mod tests {
         let now = SystemTime::now();
         let creds = RequestFacts {
             credentials: true,
+            personal: false,
             no_store: false,
         };
         let plain = resp(200, &[("cache-control", "max-age=60")]);
@@ -390,6 +434,102 @@ mod tests {
         );
         let public = resp(200, &[("cache-control", "public, max-age=60")]);
         assert!(storable(&public, &creds, &NO_LIMITS, now).is_ok());
+        let personal = RequestFacts {
+            personal: true,
+            ..creds
+        };
+        assert_eq!(
+            storable(&public, &personal, &NO_LIMITS, now).err(),
+            Some("authenticated")
+        );
+    }
+
+    #[test]
+    fn stale_windows_run_from_staleness_and_age_lists_count_their_first_value() {
+        let now = SystemTime::now();
+        let stale_long_ago = resp(
+            200,
+            &[
+                (
+                    "cache-control",
+                    "max-age=1, stale-while-revalidate=10, stale-if-error=10",
+                ),
+                ("age", "100"),
+            ],
+        );
+        // Stale for 99 s when it arrives: past both 10 s windows, nothing to revalidate.
+        assert_eq!(
+            storable(&stale_long_ago, &PLAIN, &NO_LIMITS, now).err(),
+            Some("stale-on-arrival")
+        );
+        let with_validator = resp(
+            200,
+            &[
+                ("cache-control", "max-age=1, stale-while-revalidate=10"),
+                ("age", "100"),
+                ("etag", "\"v1\""),
+            ],
+        );
+        let meta = storable(&with_validator, &PLAIN, &NO_LIMITS, now).unwrap();
+        assert!(!meta.serve_stale_while_revalidate(now));
+        let recent = resp(
+            200,
+            &[
+                ("cache-control", "max-age=1, stale-if-error=10"),
+                ("age", "5"),
+            ],
+        );
+        let meta = storable(&recent, &PLAIN, &NO_LIMITS, now).unwrap();
+        assert!(meta.serve_stale_if_error(now));
+        assert!(!meta.serve_stale_if_error(now + Duration::from_secs(7)));
+        let listed = resp(200, &[("cache-control", "max-age=60"), ("age", "7200, 0")]);
+        assert_eq!(
+            storable(&listed, &PLAIN, &NO_LIMITS, now).err(),
+            Some("stale-on-arrival")
+        );
+    }
+
+    #[test]
+    fn targeted_fields_take_precedence() {
+        let limits = StoreLimits {
+            targeted: vec!["portico-cache-control".into(), "cdn-cache-control".into()],
+            ..NO_LIMITS
+        };
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=30"),
+                ("portico-cache-control", "max-age=20"),
+            ],
+        );
+        assert_eq!(ttl(&r, &limits), Ok(20));
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "no-store"),
+            ],
+        );
+        assert_eq!(ttl(&r, &limits), Err("no-store"));
+        // A targeted field sets Expires aside too.
+        let r = resp(
+            200,
+            &[
+                ("cdn-cache-control", "public"),
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+            ],
+        );
+        assert_eq!(ttl(&r, &limits), Err("no-freshness"));
+        // Without the targeted list, Cache-Control decides.
+        let r = resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "no-store"),
+            ],
+        );
+        assert_eq!(ttl(&r, &NO_LIMITS), Ok(60));
     }
 
     #[test]

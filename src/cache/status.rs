@@ -41,7 +41,12 @@ pub fn render(cache: &HttpCache, state: &RequestState, status: u16) -> Option<St
             v.push_str("; detail=stale-while-revalidate");
         }
         CachePhase::Stale => {
-            let _ = write!(v, "; fwd=stale; fwd-status={status}");
+            // The status of the failed upstream answer this response stands in for; none
+            // when the upstream gave no answer at all (RFC 9211 §2.5).
+            v.push_str("; fwd=stale");
+            if let Some(s) = state.upstream_status {
+                let _ = write!(v, "; fwd-status={s}");
+            }
             if let Some(t) = ttl(cache) {
                 let _ = write!(v, "; ttl={t}");
             }

@@ -794,6 +794,10 @@ pub struct CacheSection {
     pub lock_timeout: Dur,
     /// Accept the `PURGE` method on cached routes (with the admin token).
     pub purge_method: bool,
+    /// A cache-control field for this gateway alone (RFC 9213): it takes precedence over
+    /// `CDN-Cache-Control` and `Cache-Control` and is not forwarded to clients. `""` turns
+    /// it off.
+    pub targeted_field: String,
 }
 
 impl Default for CacheSection {
@@ -803,6 +807,7 @@ impl Default for CacheSection {
             max_object_size: super::ByteSize(1 << 20),
             lock_timeout: Dur::secs(5),
             purge_method: false,
+            targeted_field: "portico-cache-control".into(),
         }
     }
 }
@@ -835,6 +840,11 @@ pub struct RouteCache {
     /// Overrides `cache.lock_timeout` for this route.
     #[serde(default)]
     pub lock_timeout: Option<Dur>,
+    /// Store responses to authenticated callers under the shared key, so that any caller
+    /// may get them (only when they are the same for everyone). Without it, such responses
+    /// are stored only when the key separates consumers.
+    #[serde(default)]
+    pub share_authenticated: bool,
 }
 
 fn default_cache_methods() -> Vec<String> {

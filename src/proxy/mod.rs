@@ -582,11 +582,12 @@ impl ProxyHttp for Gateway {
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
+        let targeted = ctx.cache_policy().map_or(&[][..], |p| &p.limits.targeted);
         let forced = ctx
             .cache
             .directives
             .as_ref()
-            .and_then(|d| d.judge(meta, is_fresh, SystemTime::now()));
+            .and_then(|d| d.judge(meta, is_fresh, SystemTime::now(), targeted));
         match forced {
             Some(ForcedFreshness::ForceExpired) => ctx.cache.fwd = Some("request"),
             None if !is_fresh => ctx.cache.fwd = Some("stale"),
@@ -652,9 +653,14 @@ impl ProxyHttp for Gateway {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
         let req = session.req_header();
+        // Credentials the gateway verified; an Authorization it did not look at follows
+        // RFC 9111 §3.5 (stored when the response says it may be shared).
+        let authenticated = ctx.identity.is_some();
         let facts = RequestFacts {
-            credentials: req.headers.contains_key(http::header::AUTHORIZATION)
-                || (ctx.identity.is_some() && !policy.key.per_consumer()),
+            credentials: req.headers.contains_key(http::header::AUTHORIZATION),
+            // One caller's answer goes to another only where the key separates them or
+            // the route says its answers are the same for everyone.
+            personal: authenticated && !policy.key.per_consumer() && !policy.share_authenticated,
             no_store: ctx.cache.directives.as_ref().is_some_and(|d| d.no_store),
         };
         match rules::storable(resp, &facts, &policy.limits, SystemTime::now()) {
@@ -669,9 +675,16 @@ impl ProxyHttp for Gateway {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
+        if let Some(e) = error {
+            // For Cache-Status' fwd-status: what the upstream answered, if it answered.
+            ctx.cache.upstream_status = match e.etype() {
+                ErrorType::HTTPStatus(s) => Some(*s),
+                _ => None,
+            };
+        }
         // The stored response's own stale-while-revalidate / stale-if-error window has been
         // checked already; what is left is which failures count as errors (RFC 5861 §4).
         match error {
@@ -1012,6 +1025,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.times.response = Some(Instant::now());
         let status = resp.status.as_u16();
+        ctx.cache.upstream_status = Some(status);
         if status >= 200 && ctx.pool().is_some() {
             if status < 500 {
                 ctx.answered = true;
@@ -1054,6 +1068,15 @@ impl ProxyHttp for Gateway {
         }
         if let Some(v) = cache_status::render(&session.cache, &ctx.cache, resp.status.as_u16()) {
             resp.insert_header("cache-status", v)?;
+        }
+        if let Some(own) = ctx.cache_policy().and_then(|p| p.own_field.as_ref()) {
+            resp.remove_header(own);
+        }
+        if session.cache.phase() == CachePhase::Stale {
+            // A stored response stands in for a failed upstream; Pingora does not reuse
+            // the client connection after that, so say so rather than leave the client to
+            // find a closed connection under its next request.
+            session.set_keepalive(None);
         }
         let req = session.req_header();
         if let Some(t) = ctx
