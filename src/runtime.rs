@@ -405,7 +405,7 @@ pub fn build_with(
             ));
             continue;
         }
-        let source = format!("{u:?}");
+        let source = upstream_fingerprint(u);
         let running = carry.pools.get(&u.name).filter(|p| p.source == source);
         if let Some(pool) = running {
             upstream_index.insert(u.name.as_str(), upstreams.len());
@@ -709,6 +709,32 @@ pub fn build_with(
             loaded_at: SystemTime::now(),
         },
     })
+}
+
+/// What an upstream is built from: its section, the contents of the files it names and
+/// the addresses its targets resolve to now. A reload keeps the running pool (and the
+/// targets' health, ejections, breaker and budget) only when all of it is the same, so a
+/// rotated CA or client certificate, or a name that resolves elsewhere, takes effect.
+fn upstream_fingerprint(u: &config::Upstream) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{u:?}").as_bytes());
+    if let Some(t) = &u.tls {
+        for file in [&t.ca, &t.client_cert, &t.client_key].into_iter().flatten() {
+            // An unreadable file is reported by the build; here it only has to differ.
+            h.update(std::fs::read(file).unwrap_or_default());
+            h.update([0xff]);
+        }
+    }
+    for t in &u.targets {
+        if let Ok(addrs) = resolve(&t.address) {
+            for a in addrs {
+                h.update(a.to_string().as_bytes());
+                h.update([0]);
+            }
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 fn find_upstream(

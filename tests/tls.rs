@@ -346,3 +346,42 @@ fn check_warns_of_expired_certificates_but_accepts_them() {
         "{text}"
     );
 }
+
+#[test]
+fn a_rotated_upstream_ca_is_picked_up_by_a_reload() {
+    let old_ca = TestCa::new("old");
+    let new_ca = TestCa::new("new");
+    let (old_cert, old_key) = old_ca.issue("svc-old", &["localhost"]);
+    let (new_cert, new_key) = new_ca.issue("svc-new", &["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::copy(old_ca.ca_path(), &ca_file).unwrap();
+    let svc = Upstream::start_tls_with("svc", &old_cert, &old_key, None);
+    let port = svc.addr.port();
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  - name: svc
+    targets: [{{address: "127.0.0.1:{port}"}}]
+    keepalive: false
+    tls: {{sni: localhost, ca: {ca}}}
+routes:
+  - name: r
+    upstream: svc
+"#,
+        ca = ca_file.display()
+    ));
+    assert_eq!(get(&gw.url("/x")).status, 200);
+    // The service moves to a certificate of the new CA, the CA file is rotated in place:
+    // the config text does not change.
+    svc.stop();
+    let _svc = Upstream::start_tls_on("svc", port, &new_cert, &new_key);
+    assert_eq!(get(&gw.url("/x")).status, 502, "the old CA refuses the new certificate");
+    std::fs::copy(new_ca.ca_path(), &ca_file).unwrap();
+    signal(gw.pid(), "HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || get(&gw.url("/x")).status == 200),
+        "{}",
+        gw.log_text()
+    );
+}

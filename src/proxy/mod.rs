@@ -858,13 +858,13 @@ impl ProxyHttp for Gateway {
             // Recorded and decided when the response header came.
             return e;
         }
-        let safe = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none();
-        if matches!(e.retry, RetryType::ReusedOnly) && client_reused && safe {
+        if matches!(e.retry, RetryType::ReusedOnly) && client_reused {
             // A kept-alive connection the upstream had closed meanwhile: no fault of the
-            // target's, and the request is sent again on a new connection.
-            e.set_retry(true);
+            // target's, but another attempt all the same, counted like any other (Pingora
+            // alone would try up to 16 times).
+            ctx.attempt_failed();
+            let retry = ctx.retry(session, Failure::Reset);
+            e.set_retry(retry);
             return e;
         }
         if e.esource() != &ErrorSource::Upstream {

@@ -33,6 +33,15 @@ impl FailureSet {
         statuses: 0,
     };
 
+    /// What an upstream's own `retries` cover: refused connects, and connections dropped
+    /// before an answer (for idempotent requests only, as every non-connect failure).
+    pub const CONNECT_AND_RESET: FailureSet = FailureSet {
+        connect: true,
+        timeout: false,
+        reset: true,
+        statuses: 0,
+    };
+
     pub fn compile(names: &[FailureName]) -> Result<FailureSet, String> {
         let mut set = FailureSet::default();
         for name in names {

@@ -318,7 +318,7 @@ impl Pool {
                 .map(|policy| Outlier::new(policy, records)),
             breaker: opts.breaker.take().map(|p| Breaker::new(p, name)),
             budget: RetryBudget::new(opts.budget.0, opts.budget.1),
-            default_retry: RetryPolicy::connect_only(opts.retries),
+            default_retry: RetryPolicy::upstream_default(opts.retries),
             metrics: UpstreamMetrics::new(name),
             source: String::new(),
         }

@@ -17,10 +17,12 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// What a route without a `retry` section does: a failed connect goes to another
     /// target at once, up to the upstream's `retries`.
-    pub fn connect_only(retries: usize) -> RetryPolicy {
+    /// The upstream's `retries`, for routes without a `retry` section: refused connects
+    /// on any method, dropped connections on idempotent ones.
+    pub fn upstream_default(retries: usize) -> RetryPolicy {
         RetryPolicy {
-            attempts: retries + 1,
-            on: FailureSet::CONNECT_ONLY,
+            attempts: retries.saturating_add(1),
+            on: FailureSet::CONNECT_AND_RESET,
             try_timeout: None,
             backoff: Duration::ZERO,
             max_backoff: Duration::ZERO,
@@ -132,6 +134,6 @@ mod tests {
         }
         let spread: std::collections::HashSet<_> = (0..20).map(|_| p.backoff(2)).collect();
         assert!(spread.len() > 1);
-        assert_eq!(RetryPolicy::connect_only(2).backoff(1), Duration::ZERO);
+        assert_eq!(RetryPolicy::upstream_default(2).backoff(1), Duration::ZERO);
     }
 }

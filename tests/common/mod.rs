@@ -383,6 +383,17 @@ impl Upstream {
         )
     }
 
+    /// As [`Upstream::start_tls_with`], on `port` (e.g. the port of one just stopped).
+    pub fn start_tls_on(name: &str, port: u16, cert: &str, key: &str) -> Upstream {
+        let config = tls::server_config(cert, key, &[], None);
+        Self::spawn(
+            name,
+            port,
+            Arc::default(),
+            Some(tokio_rustls::TlsAcceptor::from(config)),
+        )
+    }
+
     fn start_with(name: &str, port: u16, state: Arc<State>) -> Upstream {
         Self::spawn(name, port, state, None)
     }

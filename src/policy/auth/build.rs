@@ -237,7 +237,12 @@ fn build_provider(
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() =>
             {
-                let source = format!("{k:?}");
+                // A rotated CA file counts as a change, like a changed section.
+                let ca_digest = k.jwks_ca_file.as_ref().map(|f| {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(std::fs::read(f).unwrap_or_default()))
+                });
+                let source = format!("{k:?} {ca_digest:?}");
                 match previous.get(&p.name).filter(|r| r.source == source) {
                     Some(running) => Some(running.clone()),
                     None => Some(Arc::new(RemoteKeys::new(
