@@ -149,3 +149,64 @@ routes:
     }
     assert_eq!(up.count(), 50);
 }
+
+#[test]
+fn the_first_request_after_a_redis_restart_is_decided() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start("up");
+    let limit = "{name: fleet, requests: 100, per: 1m, key: route, cluster: true}";
+    let gw = gateway(&up, &redis.url(), "fail_closed", limit);
+    assert_eq!(get(&gw.url("/")).status, 200);
+    // Restarted while the gateway was idle: its connection is dead, it does not know yet.
+    redis.stop();
+    let _back = RedisServer::start_on(redis.port);
+    let r = get(&gw.url("/"));
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log_text());
+}
+
+#[test]
+fn an_unreachable_redis_is_tried_at_most_once_a_second() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // A "Redis" that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let up = Upstream::start("up");
+    let gw = Gateway::start(&format!(
+        r#"
+redis: {{url: "redis://127.0.0.1:{port}", timeout: 300ms, on_failure: fail_closed}}
+upstreams:
+  - name: up
+    targets: [{{address: "{up}"}}]
+routes:
+  - name: shared
+    upstream: up
+    rate_limits:
+      - {{name: fleet, requests: 100, per: 1m, key: route, cluster: true}}
+"#,
+        up = up.addr
+    ));
+    let start = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("/")).status, 503);
+    }
+    // At most one attempt per second passed (the first one included); measured time can
+    // only be longer than the gateway's, so the bound only loosens on a busy machine.
+    let seconds = start.elapsed().as_secs_f64().ceil() as usize;
+    let attempts = accepted.load(Ordering::SeqCst);
+    assert!(attempts >= 1, "Redis was never tried");
+    assert!(
+        attempts <= seconds + 1,
+        "{attempts} connections in {seconds}s"
+    );
+    assert_eq!(up.count(), 0);
+}

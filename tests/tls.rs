@@ -376,7 +376,11 @@ routes:
     // the config text does not change.
     svc.stop();
     let _svc = Upstream::start_tls_on("svc", port, &new_cert, &new_key);
-    assert_eq!(get(&gw.url("/x")).status, 502, "the old CA refuses the new certificate");
+    assert_eq!(
+        get(&gw.url("/x")).status,
+        502,
+        "the old CA refuses the new certificate"
+    );
     std::fs::copy(new_ca.ca_path(), &ca_file).unwrap();
     signal(gw.pid(), "HUP");
     assert!(

@@ -94,19 +94,27 @@ impl RedisLimiter {
         })
     }
 
+    /// A connection to Redis failed less than a second ago: answer at once instead of
+    /// making every request wait for another attempt.
+    fn backing_off(&self) -> bool {
+        let last = self
+            .last_connect_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+    }
+
+    fn note_connection_failure(&self) {
+        *self
+            .last_connect_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
     async fn connection(&self) -> Result<ConnectionManager, String> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
-        }
-        {
-            let last = self
-                .last_connect_failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return Err("not connected (retrying every second)".into());
-            }
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
@@ -118,16 +126,16 @@ impl RedisLimiter {
                 Ok(c)
             }
             Err(e) => {
-                *self
-                    .last_connect_failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                self.note_connection_failure();
                 Err(format!("cannot connect: {e}"))
             }
         }
     }
 
     async fn run(&self, checks: &[Check]) -> Result<Vec<(i64, i64)>, String> {
+        if self.backing_off() {
+            return Err("Redis unreachable (trying again once a second)".into());
+        }
         let mut conn = self.connection().await?;
         let mut inv = self.script.prepare_invoke();
         for c in checks {
@@ -136,14 +144,39 @@ impl RedisLimiter {
                 .arg(c.tolerance_us)
                 .arg(if c.enforce { "1" } else { "0" });
         }
-        inv.invoke_async(&mut conn).await.map_err(|e| e.to_string())
+        let lost = |e: &redis::RedisError| {
+            e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+        };
+        match inv.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            // A connection Redis dropped (it restarted): the manager reconnects, and one
+            // more try decides the request instead of failing it.
+            Err(e) if lost(&e) => match inv.invoke_async(&mut conn).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    if lost(&e) {
+                        self.note_connection_failure();
+                    }
+                    Err(e.to_string())
+                }
+            },
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Decide every check in one round trip, or say why Redis could not.
     pub async fn decide(&self, checks: &[Check]) -> Result<Vec<Verdict>, String> {
         let result = match tokio::time::timeout(self.timeout, self.run(checks)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Err(_) => {
+                // Still connecting when time ran out: Redis is unreachable, so the next
+                // requests do not each wait for a new attempt.
+                let connected = self.conn.try_lock().is_ok_and(|c| c.is_some());
+                if !connected {
+                    self.note_connection_failure();
+                }
+                Err(format!("no answer within {:?}", self.timeout))
+            }
         };
         let raw = result.inspect_err(|_| {
             self.failures.fetch_add(1, Ordering::Relaxed);
