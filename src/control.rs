@@ -69,6 +69,16 @@ fn started_at(pid: u32) -> Option<i64> {
     (hz > 0).then(|| boot + ticks / hz)
 }
 
+/// Where the new process's standard error goes: the running one's (a log file, a pipe),
+/// when it can be opened; else nowhere (journald's socket cannot be reopened: set
+/// `server.error_log` to keep the log of an upgraded process).
+fn error_stream(pid: u32) -> Stdio {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/{pid}/fd/2"))
+        .map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
 /// Ask `pid` to reload its config (SIGHUP).
 pub fn reload(pid: u32) -> Result<(), String> {
     send(pid, libc::SIGHUP)
@@ -88,6 +98,10 @@ pub fn upgrade(conf: &Path, pid: u32, rt: &Runtime) -> Result<u32, String> {
         .args(["run", "-u", "-c"])
         .arg(conf)
         .stdin(Stdio::null())
+        // Not this command's streams: `portico upgrade | cat` must end when this command
+        // does, and a closed terminal must not break the new gateway's logging.
+        .stdout(Stdio::null())
+        .stderr(error_stream(pid))
         // Its own process group: a Ctrl-C meant for this command must not reach it.
         .process_group(0)
         .spawn()

@@ -324,22 +324,25 @@ fn two_binary_upgrades_under_load_lose_no_request() {
 
     let mut pids = vec![gw.pid()];
     for _ in 0..2 {
-        // To files, not pipes: the new process inherits them and lives on.
-        let (out, err) = (
-            gw.dir.path().join("upgrade.out"),
-            gw.dir.path().join("upgrade.err"),
-        );
-        let status = Command::new(portico_bin())
-            .args(["upgrade", "-c"])
-            .arg(&gw.conf)
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .status()
-            .expect("portico upgrade");
-        let text = std::fs::read_to_string(&out).unwrap_or_default()
-            + &std::fs::read_to_string(&err).unwrap_or_default();
+        // Pipes, as `portico upgrade | cat` would have: the command must end although the
+        // new gateway lives on (it does not hold the pipes).
+        let conf = gw.conf.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let out = Command::new(portico_bin())
+                .args(["upgrade", "-c"])
+                .arg(&conf)
+                .output()
+                .expect("portico upgrade");
+            let _ = done.send(out);
+        });
+        let out = finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("portico upgrade never returned: the new process holds its pipes");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(
-            status.success(),
+            out.status.success(),
             "upgrade failed: {text}\n{}",
             gw.log_text()
         );

@@ -61,7 +61,8 @@ pub struct ServerSection {
     pub upgrade_sock: String,
     /// How long a stopping process keeps serving before it shuts its runtimes down.
     pub grace_period: Dur,
-    /// How long runtimes get to finish in-flight work once shutdown starts.
+    /// After the grace period, how long the runtimes get to exit. Pingora ends requests
+    /// still running at the end of the grace period; this does not extend them.
     pub shutdown_timeout: Dur,
     /// File the error log goes to (stderr when unset).
     pub error_log: Option<String>,
