@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn gateway(stable: &Upstream, canary: &Upstream, route_extra: &str, extra_up: &str) -> Gateway {
     Gateway::start(&format!(
@@ -79,17 +79,17 @@ fn mirrored_copies_never_slow_the_client() {
     let stable = Upstream::start("stable");
     let canary = Upstream::start("canary");
     let shadow = Upstream::start("shadow");
-    shadow.set_delay(Duration::from_secs(2));
+    // Longer than the client waits (15 s): a client that waited for its copy would fail.
+    shadow.set_delay(Duration::from_secs(60));
     let gw = gateway(
         &stable,
         &canary,
-        "    mirror: {upstream: shadow, percent: 100, timeout: 5s}\n",
+        "    mirror: {upstream: shadow, percent: 100, timeout: 90s}\n",
         &format!(
             "  - name: shadow\n    targets: [{{address: \"{}\"}}]\n",
             shadow.addr
         ),
     );
-    let start = Instant::now();
     for i in 0..5 {
         let r = send_body(
             "POST",
@@ -99,11 +99,6 @@ fn mirrored_copies_never_slow_the_client() {
         );
         assert_eq!(r.server(), "stable");
     }
-    let took = start.elapsed();
-    assert!(
-        took < Duration::from_millis(1500),
-        "5 requests took {took:?} with a 2 s shadow"
-    );
     assert!(
         eventually(Duration::from_secs(5), || shadow.count() == 5),
         "{}",

@@ -73,6 +73,37 @@ struct State {
     body: Mutex<Option<String>>,
     /// Scripted answers by target (`/p?q`) or path.
     scripts: Mutex<HashMap<String, Script>>,
+    /// Answers wait until this gate opens.
+    gate: Mutex<Option<Arc<Gate>>>,
+}
+
+/// Opens once `needed` requests have arrived at the upstreams sharing it: proof by order
+/// that they were all sent before any was answered.
+pub struct Gate {
+    arrived: std::sync::atomic::AtomicUsize,
+    needed: usize,
+}
+
+impl Gate {
+    pub fn new(needed: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+            needed,
+        })
+    }
+
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Count one arrival and wait (up to a minute) until all have arrived.
+    async fn pass(&self) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.arrived() < self.needed && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// A scripted answer. `{n}` in the body becomes how many requests the path has had. With
@@ -274,6 +305,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 body: String::from_utf8_lossy(&body).to_string(),
             });
         }
+        let gate = state.gate.lock().unwrap().clone();
+        if let Some(g) = gate.filter(|_| !is_health) {
+            g.pass().await;
+        }
         let fault = *state.fault.lock().unwrap();
         if !is_health && fault != Fault::None {
             match fault {
@@ -462,6 +497,11 @@ impl Upstream {
 
     pub fn clear(&self) {
         self.state.requests.lock().unwrap().clear();
+    }
+
+    /// Hold every answer until `gate` opens.
+    pub fn set_gate(&self, gate: Arc<Gate>) {
+        *self.state.gate.lock().unwrap() = Some(gate);
     }
 
     pub fn set_delay(&self, d: Duration) {
