@@ -234,7 +234,7 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
             continue;
         };
         for c in &mut tls.certificates {
-            if c.cert == "demo-self-signed.pem" {
+            if c.cert == "conf/demo-self-signed.pem" {
                 let (cert, key) = self_signed(&dir).map_err(err)?;
                 (c.cert, c.key) = (cert, key);
             }

@@ -146,16 +146,18 @@ fn shipped_configs_pass() {
         "{}",
         demo.err().map(|e| e.to_string()).unwrap_or_default()
     );
-    let f = "conf/portico.yaml";
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
-    let out = Command::new(portico_bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{f}: {text}");
-    assert!(text.starts_with("OK"), "{f}: {text}");
+    // And as a newcomer runs it, from the project's directory.
+    for f in ["conf/portico.yaml", "conf/demo.yaml"] {
+        let out = Command::new(portico_bin())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["check", "-c", f])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{f}: {text}");
+        assert!(text.starts_with("OK"), "{f}: {text}");
+    }
 }
 
 #[test]
