@@ -776,3 +776,41 @@ fn weak_keys_in_a_fetched_set_are_refused_and_the_others_kept() {
         "{log}"
     );
 }
+
+#[test]
+fn a_verified_token_is_not_verified_again() {
+    let up = Upstream::start("up");
+    let admin = free_port();
+    let gw = Gateway::start(&format!(
+        r#"
+admin: {{address: "127.0.0.1:{admin}"}}
+auth:
+  jwt:
+    - {{name: hmac, algorithms: [HS256], keys: {{secret: "{SECRET}"}}}}
+upstreams:
+  - name: up
+    targets: [{{address: "{up}"}}]
+routes:
+  - {{name: r, upstream: up, access: {{providers: [hmac]}}}}
+"#,
+        up = up.addr
+    ));
+    let token = bearer(&hmac(&claims(json!({}))));
+    let other = bearer(&hmac(&claims(json!({"sub": "grace"}))));
+    for _ in 0..5 {
+        assert_eq!(
+            send("GET", &gw.url("/x"), &[("authorization", &token)]).status,
+            200
+        );
+    }
+    assert_eq!(
+        send("GET", &gw.url("/x"), &[("authorization", &other)]).status,
+        200
+    );
+    let metrics = admin_get(admin, "/metrics").body;
+    assert!(
+        metrics.contains("portico_jwt_verifications_total{provider=\"hmac\"} 2"),
+        "six requests, two tokens, two verifications:\n{metrics}"
+    );
+    assert_eq!(up.count(), 6);
+}

@@ -42,6 +42,7 @@ pub struct Families {
     route_overloaded: IntCounterVec,
     mirror_dropped: IntCounterVec,
     jwks_refused: IntCounterVec,
+    jwt_verifications: IntCounterVec,
     cert_expiry: IntGaugeVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
@@ -239,6 +240,12 @@ impl Families {
                 "portico_route_overload_rejections_total",
                 "Requests answered 503 because the route was at max_concurrent",
                 &["route"],
+            ),
+            jwt_verifications: counter(
+                reg,
+                "portico_jwt_verifications_total",
+                "Token signatures checked (verified tokens are cached: repeated tokens are not counted)",
+                &["provider"],
             ),
             jwks_refused: counter(
                 reg,
@@ -627,6 +634,14 @@ pub fn render(rt: &Runtime) -> String {
     out
 }
 
+/// A token of `provider` had its signature checked (a miss of the verified-token cache).
+pub fn jwt_verification(provider: &str) {
+    families()
+        .jwt_verifications
+        .with_label_values(&[provider])
+        .inc();
+}
+
 /// Keys of a JWK set fetched for `provider` that were refused.
 pub fn jwks_keys_refused(provider: &str, n: usize) {
     if n > 0 {
@@ -671,6 +686,7 @@ mod tests {
             &f.route_overloaded,
             &f.mirror_dropped,
             &f.jwks_refused,
+            &f.jwt_verifications,
             &f.cert_expiry,
             &f.target_healthy,
             &f.auth,

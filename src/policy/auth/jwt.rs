@@ -235,6 +235,7 @@ impl JwtProvider {
 
     /// Verify a token without the cache (what a cache miss costs).
     pub async fn verify(&self, token: &str) -> Result<Identity, Reject> {
+        crate::observe::metrics::jwt_verification(&self.name);
         let header = jsonwebtoken::decode_header(token).map_err(|_| Reject::Malformed)?;
         let alg = header.alg;
         let validation = self
