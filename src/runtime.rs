@@ -114,6 +114,8 @@ pub struct RouteAction {
     pub fallback: Option<(u16, bytes::Bytes)>,
     /// Plain HTTP requests are redirected to HTTPS.
     pub redirect_https: bool,
+    /// Idle limit of an upgraded connection (WebSocket), each way.
+    pub upgrade_idle: std::time::Duration,
 }
 
 pub struct Runtime {
@@ -1606,6 +1608,7 @@ fn build_route(
             limit: None,
             fallback: None,
             redirect_https: r.redirect_https,
+            upgrade_idle: r.upgrade_idle_timeout.0,
         },
     ))
 }

@@ -344,3 +344,36 @@ routes:
     );
     assert_eq!(up.count_path("/cached"), 1);
 }
+
+#[test]
+fn an_idle_websocket_lives_by_its_own_timeout() {
+    let (ws, _) = websocket_echo();
+    let gw = Gateway::start_with(
+        "  body_timeout: 1s\n",
+        &format!(
+            r#"upstreams:
+  - {{name: chat, targets: [{{address: "{ws}"}}], timeouts: {{read: 1s}}}}
+routes:
+  - {{name: ws, upstream: chat, upgrade_idle_timeout: 10s}}
+"#
+        ),
+    );
+    let (head, mut s) = open_websocket(gw.addr, &[]);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Quiet for longer than the read and body timeouts: still open.
+    std::thread::sleep(Duration::from_millis(2500));
+    let sent = frame("still there");
+    s.write_all(&sent).unwrap();
+    let mut back = vec![0u8; sent.len()];
+    s.read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("closed while idle under its limit: {e}"));
+    assert_eq!(back, sent);
+    // Quiet past the route's idle limit: the gateway closes it.
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 64];
+    let closed = match s.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the idle WebSocket was not closed");
+}

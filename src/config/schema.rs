@@ -516,6 +516,14 @@ pub struct Route {
     /// Redirect requests that came over plain HTTP to HTTPS.
     #[serde(default)]
     pub redirect_https: bool,
+    /// A WebSocket (or other upgraded connection) is closed after this long without a
+    /// byte either way; the route's timeouts and `server.body_timeout` do not apply to it.
+    #[serde(default = "default_upgrade_idle")]
+    pub upgrade_idle_timeout: Dur,
+}
+
+fn default_upgrade_idle() -> Dur {
+    Dur::secs(3600)
 }
 
 #[derive(Debug, Clone, Deserialize)]

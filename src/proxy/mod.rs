@@ -363,6 +363,11 @@ impl ProxyHttp for Gateway {
                 if route.redirect_https && !is_tls(session) && redirect_https(session, ctx).await? {
                     return Ok(true);
                 }
+                if session.is_upgrade_req() {
+                    // The client's side of an upgraded connection: idle per the route, not
+                    // per the body timeout (Pingora's default would cut it after 60 s).
+                    session.set_read_timeout(Some(route.upgrade_idle));
+                }
                 let req = session.req_header();
 
                 if let Some(f) = &route.ip_filter {
@@ -808,6 +813,10 @@ impl ProxyHttp for Gateway {
         let (mut peer, host) = pool.peer(&addr).ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "selected target has no peer")
         })?;
+        if session.is_upgrade_req() {
+            // The service's side of an upgraded connection: the same idle limit.
+            peer.options.read_timeout = Some(ctx.rt.routes[ri].upgrade_idle);
+        }
         if let Some(b) = bound {
             let o = &mut peer.options;
             for t in [
@@ -1146,12 +1155,15 @@ impl ProxyHttp for Gateway {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        if !end_of_stream && ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+        if !end_of_stream
+            && ctx.deadline.is_some_and(|d| Instant::now() >= d)
+            && !session.was_upgraded()
+        {
             // The response has started: all the deadline can do is end it here.
             return Error::e_explain(ErrorType::Custom(DEADLINE), "while sending the body");
         }
