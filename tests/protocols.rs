@@ -377,3 +377,63 @@ routes:
     };
     assert!(closed, "the idle WebSocket was not closed");
 }
+
+#[test]
+fn errors_the_gateway_answers_to_grpc_calls_are_grpc_statuses() {
+    let svc = grpc_service(None);
+    let down = free_port();
+    let gw = Gateway::start_with(
+        "  h2c: true\n",
+        &format!(
+            r#"consumers:
+  - {{name: app, api_keys: ["{key}"]}}
+upstreams:
+  - {{name: greeter, targets: [{{address: "{svc}"}}], http2: true}}
+  - {{name: gone, targets: [{{address: "127.0.0.1:{down}"}}], http2: true}}
+routes:
+  - {{name: locked, match: {{path_prefix: /locked.Greeter/}}, upstream: greeter, access: {{providers: [api_key]}}}}
+  - {{name: limited, match: {{path_prefix: /limited.Greeter/}}, upstream: greeter, rate_limits: [{{name: one, requests: 1, per: 1m, key: route}}]}}
+  - {{name: down, match: {{path_prefix: /down.Greeter/}}, upstream: gone}}
+"#,
+            key = portico::policy::auth::api_key::hash_key("grpc-key")
+        ),
+    );
+    let mut h2 = H2::cleartext(gw.addr).unwrap();
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let message = [0u8, 0, 0, 0, 0];
+    let mut call = |path: &str| {
+        h2.request("POST", "api.test", path, &grpc, &message)
+            .unwrap()
+    };
+    let status_of = |r: &common::tls::Reply| {
+        let trailer = |n: &str| {
+            r.trailers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.to_string())
+        };
+        (
+            r.status,
+            trailer("grpc-status"),
+            r.header("content-type").map(str::to_string),
+            trailer("grpc-message"),
+        )
+    };
+    let r = call("/locked.Greeter/SayHello");
+    let (status, code, content_type, message) = status_of(&r);
+    assert_eq!(
+        (status, code.as_deref(), content_type.as_deref()),
+        (200, Some("16"), Some("application/grpc")),
+        "UNAUTHENTICATED: {r:?}"
+    );
+    assert!(message.is_some_and(|m| !m.is_empty()));
+    assert_eq!(call("/limited.Greeter/SayHello").status, 200);
+    let r = call("/limited.Greeter/SayHello");
+    assert_eq!(
+        status_of(&r).1.as_deref(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED: {r:?}"
+    );
+    let r = call("/down.Greeter/SayHello");
+    assert_eq!(status_of(&r).1.as_deref(), Some("14"), "UNAVAILABLE: {r:?}");
+}
