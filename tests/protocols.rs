@@ -437,3 +437,53 @@ routes:
     let r = call("/down.Greeter/SayHello");
     assert_eq!(status_of(&r).1.as_deref(), Some("14"), "UNAVAILABLE: {r:?}");
 }
+
+#[test]
+fn client_reset_streams_do_not_flood_the_error_log() {
+    let up = Upstream::start("up");
+    up.set_delay(Duration::from_secs(5));
+    let gw = Gateway::start_with(
+        "  h2c: true\n",
+        &format!(
+            "upstreams:\n  - {{name: up, targets: [{{address: \"{}\"}}]}}\nroutes:\n  - {{name: all, upstream: up}}\n",
+            up.addr
+        ),
+    );
+    // As many as the gateway takes at once on one connection (its h2 default is 100).
+    const STREAMS: usize = 100;
+    let addr = gw.addr;
+    let streams = rt().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut streams = Vec::new();
+        for i in 0..STREAMS {
+            let mut send = send.clone().ready().await.unwrap();
+            let req = http::Request::get(format!("http://a.test/r/{i}"))
+                .body(())
+                .unwrap();
+            streams.push(send.send_request(req, true).unwrap());
+        }
+        (send, streams)
+    });
+    // The requests reached the service; then the client walks away from every one.
+    assert!(
+        eventually(Duration::from_secs(20), || up.count() >= STREAMS),
+        "{} of {STREAMS} reached the service",
+        up.count()
+    );
+    let start = std::time::Instant::now();
+    for (_response, mut stream) in streams.1 {
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    drop(streams.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = gw.log_text();
+    let lines = log.lines().filter(|l| l.contains("ERROR")).count();
+    // Ten a second at most: the time measured here can only exceed the gateway's.
+    let bound = 10 * (start.elapsed().as_secs() as usize + 2);
+    eprintln!("{lines} ERROR lines for {STREAMS} reset streams (bound {bound})");
+    assert!(lines <= bound, "{lines} error lines:\n{log}");
+}

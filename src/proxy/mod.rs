@@ -18,6 +18,7 @@ use crate::error_response;
 use crate::forwarding::{self, ClientInfo};
 use crate::lifecycle;
 use crate::observe::access_log::LazyAccessLog;
+use crate::observe::log_budget::LogBudget;
 use crate::observe::request_id::RequestId;
 use crate::observe::trace::TraceContext;
 use crate::policy::auth::build::CONSUMER_HEADER;
@@ -1269,7 +1270,13 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
         // During an outage these come by the thousand; the metrics count them.
-        fast_fail(e)
+        if fast_fail(e) {
+            return true;
+        }
+        // A client can cause these as fast as it likes (reset streams, dropped
+        // connections): a few a second are logged, the access log has every one.
+        static CLIENT_FAILURES: LogBudget = LogBudget::new(10);
+        e.esource() == &ErrorSource::Downstream && !CLIENT_FAILURES.allow("client-side failures")
     }
 }
 
