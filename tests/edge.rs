@@ -668,3 +668,37 @@ routes:
     );
     assert_eq!(purge.status, 200, "{}", purge.body);
 }
+
+#[test]
+fn http2_requests_are_made_canonical_too() {
+    let up = Upstream::start("up");
+    let gw = gateway(&up, "  h2c: true\n");
+    let mut h2 = common::tls::H2::cleartext(gw.addr).unwrap();
+    for path in [
+        "//admin/secret",
+        "/public/%2e%2e/admin/secret",
+        "/%61dmin/secret",
+    ] {
+        let r = h2.request("GET", "a.test", path, &[], b"").unwrap();
+        assert_eq!(r.status, 401, "{path}");
+    }
+    let r = h2
+        .request("GET", "a.test", "/public/%2F..", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(up.count(), 0);
+    let r = h2
+        .request(
+            "GET",
+            "a.test",
+            "/x/../admin/./secret",
+            &[("x-api-key", KEY)],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.requests()[0].target, "/admin/secret");
+    // An :authority that is not a host is refused like a Host would be.
+    let r = h2.request("GET", "a,for=6.6.6.6", "/x", &[], b"");
+    assert!(r.is_err() || r.unwrap().status == 400);
+}

@@ -94,16 +94,20 @@ fn check_name(name: &[u8]) -> Result<(), &'static str> {
         return Err("the Host is too long");
     }
     let body = name.strip_suffix(b".").unwrap_or(name);
-    for label in body.split(|&b| b == b'.') {
-        if label.is_empty() {
-            return Err("the Host has an empty label");
-        }
-        if !label
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+    // One pass: allowed bytes, and no empty label (a leading dot or two in a row).
+    let mut previous = b'.';
+    for &b in body {
+        if b == b'.' {
+            if previous == b'.' {
+                return Err("the Host has an empty label");
+            }
+        } else if !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err("the Host holds a character a host name cannot have");
         }
+        previous = b;
+    }
+    if previous == b'.' {
+        return Err("the Host has an empty label");
     }
     Ok(())
 }

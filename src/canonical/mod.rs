@@ -59,18 +59,25 @@ fn bad(message: &'static str) -> Refusal {
     }
 }
 
-/// Header fields a request may carry once only: a second one would be read by one party
-/// and not the other (RFC 9110 §5.3).
-const SINGLETONS: [(http::HeaderName, &str); 2] = [
-    (AUTHORIZATION, "more than one Authorization header"),
-    (CONTENT_TYPE, "more than one Content-Type header"),
-];
-
 /// Validate `req` and rewrite it into its canonical form in place.
 pub fn canonicalise(req: &mut RequestHeader, rules: &EdgeRules) -> Result<(), Refusal> {
+    // One pass over the fields (no lookups by name): the size, and how often the fields
+    // that may come once only came. A second Authorization or Content-Type would be read
+    // by one party and not the other (RFC 9110 §5.3).
     let mut size = req.raw_path().len() + req.method.as_str().len();
+    let (mut authorizations, mut content_types) = (0u32, 0u32);
+    let mut lengths_to_merge = false;
+    let mut content_lengths = 0u32;
     for (name, value) in &req.headers {
         size = size.saturating_add(name.as_str().len() + value.len() + 4);
+        if name == AUTHORIZATION {
+            authorizations += 1;
+        } else if name == CONTENT_TYPE {
+            content_types += 1;
+        } else if name == CONTENT_LENGTH {
+            content_lengths += 1;
+            lengths_to_merge |= content_lengths > 1 || value.as_bytes().contains(&b',');
+        }
     }
     if size > rules.max_header_bytes {
         return Err(Refusal {
@@ -78,12 +85,15 @@ pub fn canonicalise(req: &mut RequestHeader, rules: &EdgeRules) -> Result<(), Re
             message: "request header fields too large",
         });
     }
-    for (name, message) in &SINGLETONS {
-        if req.headers.get_all(name).iter().nth(1).is_some() {
-            return Err(bad(message));
-        }
+    if authorizations > 1 {
+        return Err(bad("more than one Authorization header"));
     }
-    single_content_length(req)?;
+    if content_types > 1 {
+        return Err(bad("more than one Content-Type header"));
+    }
+    if lengths_to_merge {
+        single_content_length(req)?;
+    }
     let authority = target_authority(req)?;
     canonical_host(req, authority.as_deref())?;
     canonical_target(req, rules)
@@ -92,13 +102,6 @@ pub fn canonicalise(req: &mut RequestHeader, rules: &EdgeRules) -> Result<(), Re
 /// Identical `Content-Length` values (a list or repeated fields) become one; differing or
 /// malformed ones are refused (RFC 9110 §8.6).
 fn single_content_length(req: &mut RequestHeader) -> Result<(), Refusal> {
-    let mut values = req.headers.get_all(CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else {
-        return Ok(());
-    };
-    if values.next().is_none() && !first.as_bytes().contains(&b',') {
-        return Ok(());
-    }
     let mut length: Option<u64> = None;
     for v in req.headers.get_all(CONTENT_LENGTH) {
         let text = v.to_str().map_err(|_| bad("malformed Content-Length"))?;

@@ -60,11 +60,13 @@ impl PathError {
     }
 }
 
+#[inline]
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// Characters a path segment may hold raw (RFC 3986 `pchar` less escapes).
+#[inline]
 fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
