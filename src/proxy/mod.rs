@@ -125,6 +125,9 @@ pub struct Ctx {
     active: Option<TargetInFlight>,
     /// The request has no canonical form: answered with this before anything else.
     refusal: Option<Refusal>,
+    /// The client's address as policies see it (behind trusted proxies, the one they
+    /// report), worked out once when the route is known.
+    effective_ip: Option<IpAddr>,
 }
 
 /// When the phases of a request happened, for the access log.
@@ -289,6 +292,7 @@ impl ProxyHttp for Gateway {
             hsts: None,
             active: None,
             refusal: None,
+            effective_ip: None,
         }
     }
 
@@ -370,10 +374,11 @@ impl ProxyHttp for Gateway {
                     session.set_read_timeout(Some(route.upgrade_idle));
                 }
                 let req = session.req_header();
+                ctx.effective_ip =
+                    forwarding::effective_client_ip(req, ctx.client_ip, |ip| rt.is_trusted(ip));
 
                 if let Some(f) = &route.ip_filter {
-                    let ip =
-                        forwarding::effective_client_ip(req, ctx.client_ip, |ip| rt.is_trusted(ip));
+                    let ip = ctx.effective_ip;
                     if !f.admits(ip) {
                         log::info!(
                             "request {} on route {}: 403 client address {ip:?} not admitted",
@@ -439,9 +444,7 @@ impl ProxyHttp for Gateway {
                 let header = session.req_header();
                 let request = ratelimit::Request {
                     header,
-                    client_ip: forwarding::effective_client_ip(header, ctx.client_ip, |ip| {
-                        rt.is_trusted(ip)
-                    }),
+                    client_ip: ctx.effective_ip,
                     consumer: ctx.identity.as_ref().and_then(|id| id.consumer.as_deref()),
                 };
                 let outcome =
@@ -972,9 +975,7 @@ impl ProxyHttp for Gateway {
             trusted: ctx.client_ip.is_some_and(|ip| rt.is_trusted(ip)),
             proto,
             host: client_host.as_deref(),
-            real_ip: forwarding::effective_client_ip(client_req, ctx.client_ip, |ip| {
-                rt.is_trusted(ip)
-            }),
+            real_ip: ctx.effective_ip,
         };
         forwarding::set_forwarded_headers(upstream, &client);
         upstream.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
