@@ -31,12 +31,19 @@ fn route_to(up: &Upstream) -> String {
 }
 
 /// Every request across the hand-over gets a 200 and no connection is dropped: a
-/// connection the old process accepted in its last instant gets a short linger to send its
-/// request before Pingora aborts sessions still waiting for one (`HttpProxy::http_cleanup`).
+/// connection the old process accepted in its last instant is waited for until it has sent
+/// its first request, before Pingora aborts sessions still waiting for one
+/// (`HttpProxy::http_cleanup`).
 #[test]
 fn upgrade_hands_over_listeners_without_an_error_response() {
     let up = Upstream::start("up");
-    let mut old = Gateway::start(&route_to(&up));
+    // In-flight requests of the old process get a grace period (the default is 5 s; the
+    // test helper's 0 s would end them at once).
+    let mut old = Gateway::start_with(
+        "  grace_period: 3s
+",
+        &route_to(&up),
+    );
     let new_log = old.dir.path().join("new.log");
     // Killed on drop, so a failing assertion leaves no process behind.
     let mut new = KillOnDrop(
@@ -83,7 +90,7 @@ fn upgrade_hands_over_listeners_without_an_error_response() {
         if let Ok(Some(_)) = old.child.try_wait() {
             break true;
         }
-        if t.elapsed() > Duration::from_secs(10) {
+        if t.elapsed() > Duration::from_secs(20) {
             break false;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -14,6 +14,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -32,6 +33,39 @@ pub fn header_read() {
 /// before Pingora closes every connection still waiting for one.
 const LINGER: Duration = Duration::from_millis(250);
 
+/// How long, after the linger, a stop or an upgrade waits for connections that have not sent
+/// their first request yet (a client that connected and is about to send it).
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(2);
+
+/// Counts connections that have not sent a whole first request header; each one counted
+/// once, until its header is in or the connection ends.
+struct Fresh<'a> {
+    waiting: &'a AtomicUsize,
+    counted: AtomicBool,
+}
+
+impl<'a> Fresh<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Fresh {
+            waiting,
+            counted: AtomicBool::new(true),
+        }
+    }
+
+    fn done(&self) {
+        if self.counted.swap(false, Ordering::SeqCst) {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Fresh<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 /// The proxy, under header deadlines, with a short pause between the end of accepting and
 /// Pingora's closing of connections that wait for a request header. Without the pause, a
 /// connection accepted a moment before a stop or an upgrade is closed before its request
@@ -41,6 +75,8 @@ pub struct ClientConnections {
     inner: Arc<HttpProxy<Gateway>>,
     runtime: Arc<ArcSwap<Runtime>>,
     h2c: bool,
+    /// HTTP/1 connections still to send their first request header.
+    waiting_first: AtomicUsize,
 }
 
 impl ClientConnections {
@@ -49,13 +85,18 @@ impl ClientConnections {
             inner: Arc::new(inner),
             runtime,
             h2c,
+            waiting_first: AtomicUsize::new(0),
         }
     }
 }
 
 /// Run one request's processing; `None` (and the connection dropped) when its header was
 /// not read within `limit`. Once the header is in, the request runs as long as it needs.
-async fn within<F: Future>(limit: Duration, request: F) -> Option<F::Output> {
+async fn within<F: Future>(
+    limit: Duration,
+    request: F,
+    fresh: Option<&Fresh<'_>>,
+) -> Option<F::Output> {
     HEADER_READ
         .scope(Cell::new(false), async move {
             let mut request = std::pin::pin!(request);
@@ -65,7 +106,11 @@ async fn within<F: Future>(limit: Duration, request: F) -> Option<F::Output> {
                     return Poll::Ready(Some(out));
                 }
                 let done = HEADER_READ.try_with(Cell::get).unwrap_or(true);
-                if !done && deadline.as_mut().poll(cx).is_ready() {
+                if done {
+                    if let Some(f) = fresh {
+                        f.done();
+                    }
+                } else if deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);
                 }
                 Poll::Pending
@@ -115,10 +160,13 @@ impl ServerApp for ClientConnections {
         // The first header is due `header_timeout` after the connection opened; a later one
         // may first wait up to `keepalive_timeout` for its first byte.
         let mut deadline = header;
+        let fresh = Fresh::new(&self.waiting_first);
+        let mut first = Some(&fresh);
         loop {
-            let reused = within(deadline, self.inner.process_new_http(session, shutdown))
-                .await
-                .flatten()?;
+            let request = self.inner.process_new_http(session, shutdown);
+            let reused = within(deadline, request, first.take()).await.flatten();
+            fresh.done();
+            let reused = reused?;
             let (stream, settings) = reused.consume();
             session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
@@ -130,6 +178,13 @@ impl ServerApp for ClientConnections {
 
     async fn cleanup(&self) {
         tokio::time::sleep(LINGER).await;
+        // A client that connected just before the listeners stopped and has not sent its
+        // request yet would otherwise lose it: Pingora closes every session still waiting
+        // for a request. Idle kept-alive connections are not waited for.
+        let until = tokio::time::Instant::now() + FIRST_REQUEST_WAIT;
+        while self.waiting_first.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.inner.cleanup().await;
     }
 }
