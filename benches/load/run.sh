@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: Portico configurations against nginx and HAProxy as plain
-# reverse proxies, in front of one nginx origin. Run by hand, never in CI.
+# reverse proxies and a bare Pingora proxy (the control: examples/bare_pingora.rs, one
+# upstream_peer, same profile and allocator), in front of one nginx origin. Run by hand,
+# never in CI.
 #
 #   benches/load/run.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-p PATH] [TARGET...]
 #   benches/load/run.sh -m IDLE [TARGET...]
 #
-# Targets (default: all but metrics and accesslog): nginx haproxy plain routes1000 hs256
+# Targets (default: all but metrics and accesslog): nginx haproxy control plain routes1000 hs256
 # rs256 ratelimit metrics accesslog observe (both) chain cachehit resilient (outlier
 # detection, breaker, retry policy, deadline, concurrency limits). Each round runs every target once, interleaved (A B C A B C ...), so slow
 # drifts of a shared machine hit all of them alike. The proxy under test is pinned to CPU
 # 0 with one worker thread; origin and wrk share CPU 1. For each target and round it
 # prints req/s, p50/p99 latency, CPU-µs per request of the proxy process
 # (utime+stime from /proc/PID/stat over the run / requests answered), its peak RSS, and
-# errors; then per target the median and min-max over rounds of the CPU ratio to nginx
-# in the same round.
+# errors; then per target the median and min-max over rounds of the CPU ratio to nginx,
+# to the bare-Pingora control and to plain Portico in the same round.
 #
 # PATH is /bench (a 100-byte body, the default) or /4k (a 4 KiB JSON body).
 #
@@ -54,22 +56,24 @@ while getopts "r:d:c:p:m:s:h" opt; do
     p) URL_PATH=$OPTARG ;;
     m) IDLE=$OPTARG ;;
     s) TLS=$OPTARG ;;
-    *) sed -n '2,31p' "$0"; exit 2 ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nginx haproxy plain routes1000 hs256 rs256 ratelimit observe chain cachehit)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nginx haproxy control plain routes1000 hs256 rs256 ratelimit observe chain cachehit)
 
 # Room for the idle connections of the memory mode (each also holds a client socket here).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$ROOT/target/release/portico
+CONTROL=$ROOT/target/release/examples/bare_pingora
 for tool in nginx haproxy wrk taskset; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install nginx-light haproxy wrk)"; exit 1; }
 done
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin portico)
+[ -x "$CONTROL" ] || (cd "$ROOT" && cargo build --release --example bare_pingora)
 
 WORK=$(mktemp -d /tmp/portico-load.XXXXXX)
 SCHEME=http
@@ -275,6 +279,10 @@ start_target() {
   case $t in
     nginx) start_nginx "$port" ;;
     haproxy) start_haproxy "$port" ;;
+    control)
+      [ -z "$TLS" ] || { echo "the control is plain HTTP only" >&2; exit 2; }
+      taskset -c 0 "$CONTROL" "127.0.0.1:$port" "127.0.0.1:$ORIGIN" >/dev/null 2>"$WORK/control.log" &
+      echo $! ;;
     *)
       # NAME@LABEL: configuration NAME run by the binary in $PORTICO_BIN_LABEL, to compare
       # two builds in one interleaved run.
@@ -399,7 +407,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "CPU-us/request relative to nginx in the same round: median [min-max]; req/s median"
+echo "CPU-us/request relative to nginx, the bare-Pingora control and plain Portico in the same round: median [min-max]; req/s median"
 python3 - "$RESULTS" <<'EOF'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
@@ -415,6 +423,10 @@ for t in targets:
         ratios = [float(by[k][t]["cpu_us_per_req"]) / float(by[k]["nginx"]["cpu_us_per_req"])
                   for k in by if t in by[k] and "nginx" in by[k]]
         line += f"  x nginx {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+    if "control" in targets and t != "control":
+        ratios = [float(by[k][t]["cpu_us_per_req"]) / float(by[k]["control"]["cpu_us_per_req"])
+                  for k in by if t in by[k] and "control" in by[k]]
+        line += f"  x control {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
     if "plain" in targets and t != "plain":
         ratios = [float(by[k][t]["cpu_us_per_req"]) / float(by[k]["plain"]["cpu_us_per_req"])
                   for k in by if t in by[k] and "plain" in by[k]]
