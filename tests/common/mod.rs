@@ -441,12 +441,23 @@ impl Upstream {
     ) -> Upstream {
         let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let listener = rt().block_on(async {
-            let socket = TcpSocket::new_v4().expect("socket");
-            socket.set_reuseaddr(true).expect("reuseaddr");
-            socket
-                .bind(SocketAddr::from(([127, 0, 0, 1], port)))
-                .expect("bind upstream");
-            socket.listen(1024).expect("listen")
+            // A port just given up by a stopped upstream (restart) is free once the runtime
+            // has dropped its aborted listener, which a busy machine may take a while to do.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let socket = TcpSocket::new_v4().expect("socket");
+                socket.set_reuseaddr(true).expect("reuseaddr");
+                match socket.bind(SocketAddr::from(([127, 0, 0, 1], port))) {
+                    Ok(()) => break socket.listen(1024).expect("listen"),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AddrInUse
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("bind upstream: {e}"),
+                }
+            }
         });
         let addr = listener.local_addr().expect("local addr");
         let (n, s, t) = (name.to_string(), state.clone(), tasks.clone());
