@@ -99,7 +99,7 @@ fn grpc_message(message: &str) -> String {
         if (0x20..0x7f).contains(&b) && b != b'%' {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            crate::canonical::path::push_escaped(&mut out, b);
         }
     }
     out

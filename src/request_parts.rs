@@ -35,6 +35,28 @@ pub fn without_query_param(query: &str, name: &str) -> Option<String> {
     Some(kept.join("&"))
 }
 
+/// Remove query parameter `name` from `req`'s target; `false` when it had none.
+pub fn remove_query_param(req: &mut RequestHeader, name: &str) -> bool {
+    let Some(kept) = req.uri.query().and_then(|q| without_query_param(q, name)) else {
+        return false;
+    };
+    let path = req.uri.path();
+    let mut target = String::with_capacity(path.len() + kept.len() + 1);
+    target.push_str(path);
+    if !kept.is_empty() {
+        target.push('?');
+        target.push_str(&kept);
+    }
+    // A path and what was left of a valid query form a valid target.
+    match http::Uri::try_from(target) {
+        Ok(uri) => {
+            req.set_uri(uri);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// The media type of a Content-Type value, lower-case, without parameters.
 pub fn media_type(content_type: Option<&http::HeaderValue>) -> Option<String> {
     let ct = content_type?.to_str().ok()?;

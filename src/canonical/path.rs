@@ -97,7 +97,8 @@ fn hex_value(b: u8) -> Option<u8> {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-fn push_escaped(out: &mut String, b: u8) {
+/// `b` as `%XX` (upper-case hex, RFC 3986 §2.1).
+pub fn push_escaped(out: &mut String, b: u8) {
     out.push('%');
     out.push(HEX[usize::from(b >> 4)] as char);
     out.push(HEX[usize::from(b & 15)] as char);

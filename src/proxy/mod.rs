@@ -999,7 +999,7 @@ impl ProxyHttp for Gateway {
                 upstream.remove_header(h);
             }
             if let Some(name) = &id.hide_query {
-                strip_query_param(upstream, name)?;
+                crate::request_parts::remove_query_param(upstream, name);
             }
         }
         if let Some(t) = transforms {
@@ -1418,25 +1418,6 @@ fn compress(session: &mut Session, level: u32) -> Result<()> {
             m.request_filter(&probe);
         }
     }
-    Ok(())
-}
-
-/// Remove query parameter `name` (a credential) from the request going upstream.
-fn strip_query_param(upstream: &mut RequestHeader, name: &str) -> Result<()> {
-    let Some(query) = upstream.uri.query() else {
-        return Ok(());
-    };
-    let Some(kept) = crate::request_parts::without_query_param(query, name) else {
-        return Ok(());
-    };
-    let mut target = String::with_capacity(upstream.uri.path().len() + kept.len() + 1);
-    target.push_str(upstream.uri.path());
-    if !kept.is_empty() {
-        target.push('?');
-        target.push_str(&kept);
-    }
-    let uri = Uri::try_from(target).or_err(ErrorType::HTTPStatus(400), "invalid target")?;
-    upstream.set_uri(uri);
     Ok(())
 }
 

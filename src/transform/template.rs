@@ -211,14 +211,11 @@ fn push_component(out: &mut String, value: &[u8], in_query: bool) -> Result<(), 
             String::from_utf8_lossy(value)
         ));
     }
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b as char);
         } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
+            crate::canonical::path::push_escaped(out, b);
         }
     }
     Ok(())

@@ -44,17 +44,8 @@ impl Mirror {
         {
             copy.remove_header(name);
         }
-        if let (Some(name), Some(query)) = (credential_query, upstream.uri.query()) {
-            if let Some(kept) = crate::request_parts::without_query_param(query, name) {
-                let target = if kept.is_empty() {
-                    upstream.uri.path().to_string()
-                } else {
-                    format!("{}?{kept}", upstream.uri.path())
-                };
-                if let Ok(uri) = http::Uri::try_from(target) {
-                    copy.set_uri(uri);
-                }
-            }
+        if let Some(name) = credential_query {
+            crate::request_parts::remove_query_param(&mut copy, name);
         }
         copy
     }
