@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
 use portico::policy::auth::jwks::KeySet;
 use portico::policy::auth::jwt::{JwtProvider, ProviderSpec, Source};
-use portico::policy::auth::Outcome;
+use portico::policy::auth::Verification;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,7 +79,7 @@ fn verify(c: &mut Criterion) {
             .unwrap();
         assert!(matches!(
             block_on(p.authenticate(&req)),
-            Outcome::Accepted(_)
+            Verification::Accepted(_)
         ));
         group.bench_function(format!("{alg:?}/cached"), |b| {
             b.iter(|| black_box(block_on(p.authenticate(&req))))

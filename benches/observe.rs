@@ -5,13 +5,13 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::Method;
 use portico::observe::access_log::Rfc3339;
-use portico::observe::metrics::{Outcome, RouteMetrics};
+use portico::observe::metrics::{Finished, RouteMetrics};
 use std::time::{Duration, SystemTime};
 
 fn observe(c: &mut Criterion) {
     let mut group = c.benchmark_group("observe");
-    let route = RouteMetrics::new("bench");
-    let outcome = Outcome {
+    let route = RouteMetrics::new("bench", true);
+    let outcome = Finished {
         method: &Method::GET,
         status: Some(200),
         duration: Duration::from_micros(850),

@@ -3,11 +3,12 @@
 //! the circuit breaker, and the retry budget's request count.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use portico::clock;
 use portico::config::Algorithm;
 use portico::upstream::breaker::BreakerPolicy;
 use portico::upstream::failure::FailureSet;
 use portico::upstream::outlier::OutlierPolicy;
-use portico::upstream::{clock, Pool, PoolOptions, TargetSpec};
+use portico::upstream::{Pool, PoolOptions, TargetSpec};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ fn pool(resilient: bool) -> Arc<Pool> {
         keepalive: true,
         retries: 2,
         max_concurrent: None,
+        metrics: true,
         outlier: resilient.then_some(OutlierPolicy {
             consecutive: 5,
             on: all,

@@ -5,12 +5,12 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora_http::RequestHeader;
 use portico::config::{JsonOps as JsonSpec, NameOps};
 use portico::policy::auth::Identity;
+use portico::policy::split::{Split, Sticky};
 use portico::transform::headers::HeaderOps;
 use portico::transform::json::JsonOps;
 use portico::transform::query::QueryOps;
 use portico::transform::template::Vars;
 use portico::upstream::hash_key::HashKey;
-use portico::upstream::split::{Split, Sticky};
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("transform");

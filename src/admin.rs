@@ -3,12 +3,16 @@
 //! without a token they are refused.
 
 use crate::cache::purge;
+use crate::clock;
+use crate::error_response;
 use crate::http_reply::{self, json};
 use crate::lifecycle;
+use crate::observe::request_id::RequestId;
 use crate::observe::{access_log, metrics};
 use crate::reload::Reloader;
+use crate::request_parts::request_host;
 use crate::runtime::Runtime;
-use crate::upstream::clock;
+use crate::upstream::breaker;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -17,6 +21,7 @@ use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -87,6 +92,26 @@ struct PurgeRequest {
     prefix: Option<String>,
     #[serde(default)]
     all: bool,
+}
+
+/// `PURGE /path` on a proxy listener, with the admin token: drop that URL's stored
+/// responses.
+pub async fn purge_request(
+    session: &mut pingora_proxy::Session,
+    rt: &Runtime,
+    request_id: &RequestId,
+) -> pingora_error::Result<()> {
+    let req = session.req_header();
+    let expected = rt.admin.as_ref().and_then(|a| a.token_sha256.as_ref());
+    if let Err((status, message)) =
+        token_matches(expected, req.headers.get(http::header::AUTHORIZATION))
+    {
+        return error_response::send(session, status.as_u16(), message, request_id, &[]).await;
+    }
+    let host = request_host(req).unwrap_or_default();
+    let n = purge::url(rt, host, req.uri.path(), req.uri.query(), &req.headers);
+    let body = json!({"purged": n, "request_id": request_id.as_str()}).to_string();
+    error_response::reply(session, 200, body.into(), request_id, &[]).await
 }
 
 fn purge(rt: &Runtime, body: &[u8]) -> Response<Vec<u8>> {
@@ -236,7 +261,10 @@ impl ServeHttp for AdminApi {
             ("GET", "/metrics") => http_reply::bytes(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&rt).into_bytes(),
+                {
+                    refresh_gauges(&rt);
+                    metrics::render().into_bytes()
+                },
             ),
             // The process answers, so it is alive.
             ("GET", "/healthz") => json(StatusCode::OK, json!({"status": "alive"})),
@@ -307,4 +335,66 @@ impl ServeHttp for AdminApi {
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
+}
+
+/// Metrics that are states rather than events are read when scraped.
+fn refresh_gauges(rt: &Runtime) {
+    let f = metrics::state_gauges();
+    f.generation.set(rt.info.generation as i64);
+    if let Ok(t) = rt.info.loaded_at.duration_since(SystemTime::UNIX_EPOCH) {
+        f.loaded_at.set(t.as_secs_f64());
+    }
+    // Targets of a previous config must not linger after a reload.
+    f.target_healthy.reset();
+    f.target_ejected.reset();
+    f.breaker_state.reset();
+    f.budget_used.reset();
+    f.cert_expiry.reset();
+    for l in &rt.listener_specs {
+        if let Some(t) = &l.tls {
+            let listener = l.addr.to_string();
+            for c in &t.resolver.current().certs {
+                f.cert_expiry
+                    .with_label_values(&[listener.as_str(), c.file.as_str()])
+                    .set(c.not_after);
+            }
+        }
+    }
+    let now = clock::now_ms();
+    for pool in &rt.upstreams {
+        let name = pool.name.as_str();
+        for t in pool.targets() {
+            let labels = [name, &t.addr.to_string()];
+            f.target_healthy
+                .with_label_values(&labels)
+                .set(i64::from(t.healthy));
+            if pool.outlier.is_some() {
+                f.target_ejected
+                    .with_label_values(&labels)
+                    .set(i64::from(t.ejected_ms > 0));
+            }
+        }
+        if let Some(b) = &pool.breaker {
+            let state = match b.state() {
+                breaker::State::Closed => 0,
+                breaker::State::HalfOpen => 1,
+                breaker::State::Open => 2,
+            };
+            f.breaker_state.with_label_values(&[name]).set(state);
+        }
+        let budget = pool.budget.usage(now);
+        f.budget_used
+            .with_label_values(&[name])
+            .set(budget.retries as f64 / budget.allowed.max(1) as f64);
+    }
+    let s = rt.cache.store.stats();
+    f.cache_entries.set(s.entries as i64);
+    f.cache_bytes.set(s.bytes as i64);
+    f.cache_budget.set(s.budget as i64);
+    let evicted = s.evicted_entries as u64;
+    f.cache_evictions
+        .inc_by(evicted.saturating_sub(f.cache_evictions.get()));
+    let evicted_bytes = s.evicted_bytes as u64;
+    f.cache_evicted_bytes
+        .inc_by(evicted_bytes.saturating_sub(f.cache_evicted_bytes.get()));
 }

@@ -2,13 +2,16 @@
 //! to upstream pools, made concurrently, each with its own timeout. The calls pick their
 //! targets through the pools' balancers and health checks and reuse pooled connections.
 
+use crate::error_response;
 use crate::observe::request_id::RequestId;
-use crate::runtime::Runtime;
+use crate::policy::pipeline::{Build, Exchange};
+use crate::request_parts::request_host;
 use crate::transform::template::{Template, Vars};
+use crate::upstream::Pool;
 use pingora_core::connectors::http::Connector;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::{Map, Value};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A call's response body may be at most this large.
@@ -16,7 +19,7 @@ const MAX_CALL_BODY: usize = 4 << 20;
 
 pub struct Call {
     pub key: String,
-    pub pool: usize,
+    pub pool: Arc<Pool>,
     pub path: Template,
     pub timeout: Duration,
     pub required: bool,
@@ -27,7 +30,7 @@ pub struct Compose {
 }
 
 /// The combined answer, or the required call that failed and why.
-pub type Outcome = Result<Value, (String, String)>;
+pub type Composed = Result<Value, (String, String)>;
 
 fn connector() -> &'static Connector {
     static C: OnceLock<Connector> = OnceLock::new();
@@ -41,8 +44,8 @@ pub struct Forward<'a> {
     pub consumer: Option<&'a str>,
 }
 
-async fn fetch(rt: &Runtime, call: &Call, path: &str, fwd: &Forward<'_>) -> Result<Value, String> {
-    let pool = rt.upstreams.get(call.pool).ok_or("no such upstream")?;
+async fn fetch(call: &Call, path: &str, fwd: &Forward<'_>) -> Result<Value, String> {
+    let pool = &call.pool;
     let addr = pool
         .select(b"", &[])
         .ok_or_else(|| format!("no healthy target in upstream {:?}", pool.name))?;
@@ -89,6 +92,35 @@ async fn fetch(rt: &Runtime, call: &Call, path: &str, fwd: &Forward<'_>) -> Resu
 }
 
 impl Compose {
+    /// `compose` of a route.
+    pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
+        let c = b.route.compose.as_ref()?;
+        let mut calls = Vec::new();
+        for (k, call) in c.calls.iter().enumerate() {
+            let field = format!("compose.calls[{k}]");
+            let pool = b.upstream(format_args!("{field}.upstream"), &call.upstream);
+            let template = Template::parse(&call.path)
+                .map_err(|e| b.fault(format_args!("{field}.path"), e))
+                .ok();
+            if c.calls[..k].iter().any(|o| o.key == call.key) {
+                b.fault(format_args!("{field}.key"), "keys must differ");
+            }
+            if let (Some(pool), Some(path)) = (pool, template) {
+                calls.push(Call {
+                    key: call.key.clone(),
+                    pool: b.pools.get(pool)?.clone(),
+                    path,
+                    timeout: call.timeout.0,
+                    required: call.required,
+                });
+            }
+        }
+        if c.calls.is_empty() {
+            b.fault("compose.calls", "list at least one call");
+        }
+        Some(Compose { calls })
+    }
+
     /// Each call's request target, built from the client's request; an error names the
     /// call whose target a client value cannot be part of.
     pub fn targets(&self, vars: &Vars<'_>) -> Result<Vec<String>, String> {
@@ -103,10 +135,10 @@ impl Compose {
     }
 
     /// Make the calls (to `paths`, from [`Compose::targets`]) and combine their answers.
-    pub async fn run(&self, rt: &Runtime, paths: &[String], fwd: &Forward<'_>) -> Outcome {
+    pub async fn run(&self, paths: &[String], fwd: &Forward<'_>) -> Composed {
         let results = futures::future::join_all(self.calls.iter().zip(paths).map(
             |(call, path)| async move {
-                match tokio::time::timeout(call.timeout, fetch(rt, call, path, fwd)).await {
+                match tokio::time::timeout(call.timeout, fetch(call, path, fwd)).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("timed out after {:?}", call.timeout)),
                 }
@@ -131,5 +163,73 @@ impl Compose {
             out.insert("errors".into(), Value::Object(errors));
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// The route's policies' say on a response the gateway makes itself.
+pub trait LocalResponse {
+    fn local_response(
+        &self,
+        x: &mut Exchange<'_>,
+        resp: &mut ResponseHeader,
+    ) -> pingora_error::Result<()>;
+}
+
+impl Compose {
+    /// Answer the request: the calls made concurrently, combined into one JSON object.
+    pub async fn answer(
+        &self,
+        x: &mut Exchange<'_>,
+        traceparent: Option<&str>,
+        local: &(impl LocalResponse + Sync),
+    ) -> pingora_error::Result<()> {
+        let req = x.session.req_header();
+        let vars = Vars {
+            request_id: x.request_id,
+            client_ip: x.state.client_ip,
+            identity: x.state.identity.as_deref(),
+            route: x.route,
+            host: request_host(req).unwrap_or(""),
+            req,
+        };
+        let paths = match self.targets(&vars) {
+            Ok(p) => p,
+            Err(why) => return error_response::send(x.session, 400, &why, x.request_id, &[]).await,
+        };
+        let fwd = Forward {
+            traceparent,
+            request_id: x.request_id,
+            consumer: x.state.consumer(),
+        };
+        match self.run(&paths, &fwd).await {
+            Ok(body) => {
+                let body = serde_json::to_vec(&body).unwrap_or_default();
+                let mut resp = ResponseHeader::build(200, Some(6))?;
+                resp.insert_header("content-type", "application/json")?;
+                resp.insert_header("content-length", body.len())?;
+                resp.insert_header(x.request_id.header.clone(), x.request_id.as_str())?;
+                // The route's response policies apply to a composed answer as to a proxied one.
+                local.local_response(x, &mut resp)?;
+                let head_only = x.session.req_header().method == http::Method::HEAD;
+                x.session
+                    .write_response_header(Box::new(resp), head_only)
+                    .await?;
+                if !head_only {
+                    x.session
+                        .write_response_body(Some(body.into()), true)
+                        .await?;
+                }
+                Ok(())
+            }
+            Err((key, why)) => {
+                log::warn!(
+                    "request {} on route {}: required call {key} failed: {why}",
+                    x.request_id,
+                    x.route
+                );
+                let message = format!("required call {key:?} failed: {why}");
+                error_response::send(x.session, 502, &message, x.request_id, &[]).await
+            }
+        }
     }
 }

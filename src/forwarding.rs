@@ -1,7 +1,9 @@
 //! What a proxy must change in the headers it forwards: X-Forwarded-*, Forwarded (RFC 7239)
 //! and hop-by-hop headers (RFC 9110 §7.6.1).
 
+use crate::config::Fault;
 use http::header::{HeaderMap, HeaderName, CONNECTION, TE, UPGRADE};
+use ipnet::IpNet;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -12,6 +14,34 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const FORWARDED: &str = "forwarded";
 const X_REAL_IP: &str = "x-real-ip";
 const TRUE_CLIENT_IP: &str = "true-client-ip";
+
+/// The peers that may tell us who the client is (X-Forwarded-For, Forwarded).
+#[derive(Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// `trusted_proxies`: addresses and CIDR blocks.
+    pub fn from_config(list: &[String], faults: &mut Vec<Fault>) -> TrustedProxies {
+        let mut nets = Vec::new();
+        for (i, t) in list.iter().enumerate() {
+            let net = t
+                .parse::<IpNet>()
+                .or_else(|_| t.parse::<IpAddr>().map(IpNet::from));
+            match net {
+                Ok(n) => nets.push(n),
+                Err(_) => faults.push(Fault::new(
+                    format!("trusted_proxies[{i}]"),
+                    format!("{t:?} is not an IP address or CIDR block"),
+                )),
+            }
+        }
+        TrustedProxies(nets)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
 
 /// Hop-by-hop headers that never cross the proxy (Connection itself is handled apart).
 const HOP_BY_HOP: [&str; 6] = [

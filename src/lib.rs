@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cache;
 pub mod canonical;
+pub mod clock;
 pub mod compose;
 pub mod config;
 pub mod control;
@@ -21,6 +22,7 @@ pub mod proxy;
 pub mod random;
 pub mod reload;
 pub mod request_parts;
+pub mod route;
 pub mod router;
 pub mod runtime;
 pub mod server;

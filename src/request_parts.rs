@@ -4,6 +4,23 @@
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
+/// The request's host as the client gave it: the Host header, else the URI's authority
+/// (HTTP/2). Canonical by the time any policy sees it.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// The body length a request or response declares (`Content-Length`).
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The value of cookie `name`, from any `Cookie` header.
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers

@@ -43,7 +43,11 @@ fn origin_view(p: &str) -> String {
             s => segs.push(s),
         }
     }
-    format!("/{}", segs.join("/"))
+    // Merging slashes keeps a trailing one, and so does a final dot segment (RFC 3986
+    // §5.2.4): `/a/b/` and `/a/b/.` name a directory, not `/a/b`.
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    let trailing = matches!(last, "" | "." | "..") && !segs.is_empty();
+    format!("/{}{}", segs.join("/"), if trailing { "/" } else { "" })
 }
 
 fn router() -> Router {

@@ -2,6 +2,7 @@
 //! gateway's cache phases call.
 
 pub mod key;
+pub mod phases;
 pub mod purge;
 pub mod rules;
 pub mod status;

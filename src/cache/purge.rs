@@ -1,28 +1,33 @@
 //! Removing stored responses by URL: purges from the admin API or `PURGE`, and the
 //! invalidation RFC 9111 §4.4 asks for after an unsafe request succeeds.
 
-use crate::router::{normalize_host, RouteLookup};
-use crate::runtime::Runtime;
-use http::{HeaderMap, Method, Uri};
+use super::store::MemoryStore;
+use super::RoutePolicy;
+use crate::router::normalize_host;
+use http::{HeaderMap, Uri};
+
+/// The routes of a config as purges see them.
+pub trait CachedRoutes {
+    /// The cache policy of the route that serves GET for `host` and `path`.
+    fn cache_policy(&self, host: &str, path: &str, headers: &HeaderMap) -> Option<&RoutePolicy>;
+    fn store(&self) -> &MemoryStore;
+}
 
 /// Drop every stored response (all variants) of one URL, keyed the way the route that serves
 /// GET for it keys; returns how many were dropped.
 pub fn url(
-    rt: &Runtime,
+    routes: &impl CachedRoutes,
     host: &str,
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> usize {
     let host = normalize_host(host);
-    let RouteLookup::Found(i) = rt.router.find(&host, &Method::GET, path, headers) else {
-        return 0;
-    };
-    let Some(policy) = &rt.routes[i].cache else {
+    let Some(policy) = routes.cache_policy(&host, path, headers) else {
         return 0;
     };
     let primary = super::key::primary_hash(policy.key.url(&host, path, query));
-    rt.cache.store.purge_family(&primary)
+    routes.store().purge_family(&primary)
 }
 
 /// Host (normalised), path and query of an absolute `http(s)://` URL.
@@ -42,7 +47,7 @@ pub fn split_absolute(raw: &str) -> Option<(String, String, Option<String>)> {
 /// After a successful unsafe request: drop the target URI and what `Location` and
 /// `Content-Location` name on the same host.
 pub fn invalidate(
-    rt: &Runtime,
+    rt: &impl CachedRoutes,
     host: &str,
     req: &pingora_http::RequestHeader,
     resp: &pingora_http::ResponseHeader,

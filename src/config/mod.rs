@@ -1,11 +1,13 @@
 //! The one YAML config file: schema, loading, and faults that name their YAML path and line.
 
+mod checks;
 pub mod duration;
 mod load;
 mod positions;
 pub mod schema;
 pub mod size;
 
+pub use checks::AdminSettings;
 pub use duration::{parse_duration, Dur};
 pub use load::{parse, ConfigError, Fault, Parsed, Unparsed};
 pub use positions::Positions;
@@ -22,4 +24,11 @@ pub fn read_secret(path: &str) -> Result<String, String> {
         return Err(format!("{path:?} is empty"));
     }
     Ok(secret.to_string())
+}
+
+/// A duration that must not be zero.
+pub fn positive(d: Dur, path: String, faults: &mut Vec<Fault>) {
+    if d.0.is_zero() {
+        faults.push(Fault::new(path, "must be longer than 0s"));
+    }
 }

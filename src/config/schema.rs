@@ -52,7 +52,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Worker threads of the proxy service.
@@ -150,7 +150,7 @@ impl Default for ServerSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// `IP:PORT` to listen on.
@@ -164,7 +164,7 @@ pub struct Listener {
     pub redirect_https: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// Certificate chains with their keys; each serves the names in its certificate, the
@@ -187,7 +187,7 @@ pub struct CertificateFiles {
     pub key: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub name: String,
@@ -236,7 +236,7 @@ fn default_h2_streams() -> usize {
     100
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Server name sent and verified; the target's host as written by default.
@@ -265,7 +265,7 @@ pub enum FailureName {
     Name(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierDetection {
     /// Failures in a row that take a target out.
@@ -298,7 +298,7 @@ fn default_failures() -> Vec<FailureName> {
         .collect()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreaker {
     /// Percentage of failed attempts within `window` that opens the breaker.
@@ -327,7 +327,7 @@ impl Default for CircuitBreaker {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudget {
     /// Retries allowed as a percentage of the requests of the last 10 seconds.
@@ -352,7 +352,7 @@ fn default_retries() -> usize {
     2
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// `IP:PORT` or `HOST:PORT` (names are resolved when the config is loaded).
@@ -383,7 +383,7 @@ pub enum CheckKind {
     Tcp,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(rename = "type")]
@@ -416,7 +416,7 @@ fn default_check_timeout() -> Dur {
     Dur::secs(1)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     pub connect: Dur,
@@ -438,7 +438,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub name: String,
@@ -516,6 +516,7 @@ pub struct Route {
     /// Redirect requests that came over plain HTTP to HTTPS.
     #[serde(default)]
     pub redirect_https: bool,
+
     /// A WebSocket (or other upgraded connection) is closed after this long without a
     /// byte either way; the route's timeouts and `server.body_timeout` do not apply to it.
     #[serde(default = "default_upgrade_idle")]
@@ -526,7 +527,7 @@ fn default_upgrade_idle() -> Dur {
     Dur::secs(3600)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     /// Tries in all, the first included.
@@ -561,7 +562,7 @@ fn default_max_backoff() -> Dur {
     Dur::millis(250)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Fallback {
     #[serde(default = "default_fallback_status")]
@@ -574,13 +575,13 @@ fn default_fallback_status() -> u16 {
     200
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeSpec {
     pub calls: Vec<ComposeCall>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeCall {
     /// The key of this call's body in the combined object.
@@ -600,7 +601,7 @@ fn default_call_timeout() -> Dur {
     Dur::secs(2)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionSpec {
     /// 1 (fast) to 9 (small); brotli and zstd use the same number.
@@ -629,7 +630,7 @@ impl Default for CompressionSpec {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
     /// Other upstreams and the percentage each gets; the route's `upstream` gets the rest.
@@ -643,7 +644,7 @@ pub struct SplitSpec {
     pub pins: Vec<SplitPin>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSide {
     pub upstream: String,
@@ -651,7 +652,7 @@ pub struct SplitSide {
     pub weight: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SplitPin {
     #[serde(default)]
@@ -662,7 +663,7 @@ pub struct SplitPin {
     pub upstream: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorSpec {
     pub upstream: String,
@@ -692,7 +693,7 @@ fn default_mirror_timeout() -> Dur {
     Dur::secs(5)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Cors {
     /// Origins such as `https://app.example.com`, or `"*"`.
@@ -720,7 +721,7 @@ fn default_cors_max_age() -> Dur {
 }
 
 /// Operations on named things (headers, query parameters). Values may hold variables.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NameOps {
     /// Replace (or create) with this value.
@@ -733,7 +734,7 @@ pub struct NameOps {
 }
 
 /// Rewrite the path with a regex; `replace` may use `$1` / `$name` captures.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PathRewrite {
     pub regex: String,
@@ -741,7 +742,7 @@ pub struct PathRewrite {
 }
 
 /// Edits of a JSON body, by JSON pointer (`/user/name`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JsonOps {
     /// Replace (or create) the value at the pointer.
@@ -753,7 +754,7 @@ pub struct JsonOps {
     pub rename: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestTransform {
     pub headers: NameOps,
@@ -762,14 +763,14 @@ pub struct RequestTransform {
     pub json: JsonOps,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResponseTransform {
     pub headers: NameOps,
     pub json: JsonOps,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransformSpec {
     pub request: RequestTransform,
@@ -790,7 +791,7 @@ impl Default for TransformSpec {
 }
 
 /// The process-wide response cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSection {
     /// Bytes all cached responses may take (headers, bodies and bookkeeping); the least
@@ -822,7 +823,7 @@ impl Default for CacheSection {
 }
 
 /// A route's cache policy; `cache: {}` caches with the defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCache {
     #[serde(default = "yes")]
@@ -861,7 +862,7 @@ fn default_cache_methods() -> Vec<String> {
 }
 
 /// What makes two requests share a cached response. Method, host and path always do.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheKeySpec {
     pub query: QueryKey,
@@ -887,7 +888,7 @@ pub enum QueryKey {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     /// `127.0.0.1:9901`; keep it on loopback or a private network.
@@ -900,7 +901,7 @@ pub struct AdminSection {
 }
 
 /// `requests` per `per`, admitting at most `burst` at once (GCRA).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Names the limit in headers and logs.
@@ -934,7 +935,7 @@ fn default_ipv6_prefix() -> u8 {
 }
 
 /// The Redis server that keeps cluster-wide rate limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
     /// `redis://[:password@]host:port[/db]`.
@@ -977,7 +978,7 @@ fn default_limit_key() -> String {
 /// A route's access rule. Credentials are checked against `providers` (JWT provider names
 /// or `api_key`); the identity must then hold every scope, be in one of `groups` and be one
 /// of `consumers` where those are given.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Access {
     #[serde(default)]
@@ -997,7 +998,7 @@ pub struct Access {
 }
 
 /// A named caller: an app, a partner.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Consumer {
     pub name: String,
@@ -1019,7 +1020,7 @@ pub struct AuthSection {
 }
 
 /// Where API keys are read from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySource {
     #[serde(default = "default_api_key_header")]
@@ -1042,7 +1043,7 @@ impl Default for ApiKeySource {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwtProvider {
     pub name: String,
@@ -1083,7 +1084,7 @@ fn default_consumer_claim() -> String {
 }
 
 /// Written `bearer`, `{header: NAME}`, `{query: NAME}` or `{cookie: NAME}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(try_from = "RawTokenSource")]
 pub enum TokenSource {
     /// `Authorization: Bearer <token>`.
@@ -1093,7 +1094,7 @@ pub enum TokenSource {
     Cookie(String),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, PartialEq)]
 #[serde(untagged)]
 enum RawTokenSource {
     Word(String),
@@ -1121,7 +1122,7 @@ impl TryFrom<RawTokenSource> for TokenSource {
 }
 
 /// Verification keys of a provider; at least one source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwtKeys {
     /// HMAC secret, inline.
@@ -1157,7 +1158,7 @@ fn default_jwks_min_refetch() -> Dur {
     Dur::secs(10)
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// Exact names or `*.example.com` wildcards; empty matches any host.
@@ -1178,7 +1179,7 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,

@@ -2,7 +2,7 @@
 //! connection): a few per second are written, the rest are counted and reported in one
 //! line, so an attacker cannot fill the disk through the error log.
 
-use crate::upstream::clock;
+use crate::clock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct LogBudget {

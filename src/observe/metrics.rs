@@ -4,16 +4,13 @@
 //! the request itself. The request path records through handles resolved once per label
 //! combination and kept with the route or upstream, so recording is a few atomic adds.
 
-use crate::runtime::Runtime;
-use crate::upstream::breaker::State;
-use crate::upstream::clock;
 use http::Method;
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Seconds; from a cache hit (~0.1 ms) to a slow upstream.
 const DURATION_BUCKETS: &[f64] = &[
@@ -48,6 +45,7 @@ pub struct Families {
     auth: IntCounterVec,
     rate_limit: IntCounterVec,
     rate_limit_store_errors: IntCounterVec,
+    refusals: IntCounterVec,
     cache: IntCounterVec,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
@@ -289,6 +287,12 @@ impl Families {
                 "Cluster-wide limits Redis could not decide",
                 &["route"],
             ),
+            refusals: counter(
+                reg,
+                "portico_policy_refusals_total",
+                "Requests a route policy answered itself, by policy and reason",
+                &["route", "policy", "reason"],
+            ),
             cache: counter(
                 reg,
                 "portico_cache_requests_total",
@@ -390,6 +394,8 @@ fn slots<T, const N: usize>() -> [OnceLock<T>; N] {
 /// A route's handles, resolved on first use of each label combination so that a config
 /// with thousands of routes exports only the series that saw traffic.
 pub struct RouteMetrics {
+    /// Off when no admin listener serves the metrics: every method is then a no-op.
+    enabled: bool,
     route: Box<str>,
     requests: [OnceLock<(IntCounter, Histogram)>; METHOD_SLOTS * STATUS_LABELS.len()],
     bytes: OnceLock<(IntCounter, IntCounter)>,
@@ -399,7 +405,7 @@ pub struct RouteMetrics {
 }
 
 /// How a request went, as the metrics need it.
-pub struct Outcome<'a> {
+pub struct Finished<'a> {
     pub method: &'a Method,
     pub status: Option<u16>,
     pub duration: Duration,
@@ -408,8 +414,9 @@ pub struct Outcome<'a> {
 }
 
 impl RouteMetrics {
-    pub fn new(route: &str) -> RouteMetrics {
+    pub fn new(route: &str, enabled: bool) -> RouteMetrics {
         RouteMetrics {
+            enabled,
             route: route.into(),
             requests: slots(),
             bytes: OnceLock::new(),
@@ -420,12 +427,14 @@ impl RouteMetrics {
     }
 
     /// Requests no route took (404, 405, preflights, purges): `route=""`.
-    pub fn unrouted() -> &'static RouteMetrics {
-        static NONE: OnceLock<RouteMetrics> = OnceLock::new();
-        NONE.get_or_init(|| RouteMetrics::new(""))
+    pub fn unrouted(enabled: bool) -> RouteMetrics {
+        RouteMetrics::new("", enabled)
     }
 
-    pub fn request(&self, o: &Outcome) {
+    pub fn request(&self, o: &Finished) {
+        if !self.enabled {
+            return;
+        }
         let (m, s) = (method_slot(o.method), status_slot(o.status));
         let (count, duration) = self.requests[m * STATUS_LABELS.len() + s].get_or_init(|| {
             let f = families();
@@ -449,13 +458,36 @@ impl RouteMetrics {
     }
 
     pub fn auth_ok(&self) {
+        if !self.enabled {
+            return;
+        }
         self.auth_ok
             .get_or_init(|| families().auth.with_label_values(&[&*self.route, "ok"]))
             .inc();
     }
 
+    /// A route policy answered the request itself; `reason` is one of the policy's fixed
+    /// set. Refusals are the rare path: resolved per call.
+    pub fn refused(&self, policy: &str, reason: &str) {
+        if !self.enabled {
+            return;
+        }
+        families()
+            .refusals
+            .with_label_values(&[&*self.route, policy, reason])
+            .inc();
+        match (policy, reason) {
+            ("access", _) => self.auth_refused(reason),
+            ("rate_limit", "limited") => self.rate_limit("limited"),
+            _ => {}
+        }
+    }
+
     /// A refusal; reasons are a fixed set of static names, and refusals are the rare path.
-    pub fn auth_refused(&self, reason: &str) {
+    fn auth_refused(&self, reason: &str) {
+        if !self.enabled {
+            return;
+        }
         families()
             .auth
             .with_label_values(&[&*self.route, reason])
@@ -464,6 +496,9 @@ impl RouteMetrics {
 
     /// `result` is one of `allowed`, `limited`, `dry_run_limited`.
     pub fn rate_limit(&self, result: &str) {
+        if !self.enabled {
+            return;
+        }
         let Some(i) = RATE_RESULTS.iter().position(|r| *r == result) else {
             return;
         };
@@ -478,6 +513,9 @@ impl RouteMetrics {
 
     /// A request refused by the route's `max_concurrent`.
     pub fn overloaded(&self) {
+        if !self.enabled {
+            return;
+        }
         families()
             .route_overloaded
             .with_label_values(&[&*self.route])
@@ -485,6 +523,9 @@ impl RouteMetrics {
     }
 
     pub fn mirror_dropped(&self) {
+        if !self.enabled {
+            return;
+        }
         families()
             .mirror_dropped
             .with_label_values(&[&*self.route])
@@ -492,6 +533,9 @@ impl RouteMetrics {
     }
 
     pub fn rate_limit_store_error(&self) {
+        if !self.enabled {
+            return;
+        }
         families()
             .rate_limit_store_errors
             .with_label_values(&[&*self.route])
@@ -500,6 +544,9 @@ impl RouteMetrics {
 
     /// `phase` is Pingora's cache phase name.
     pub fn cache(&self, phase: &str) {
+        if !self.enabled {
+            return;
+        }
         let i = CACHE_RESULTS
             .iter()
             .position(|r| *r == phase)
@@ -514,40 +561,61 @@ impl RouteMetrics {
     }
 }
 
+/// A counter that counts nothing when metrics are off.
+pub struct Counter(Option<IntCounter>);
+
+impl Counter {
+    pub fn inc(&self) {
+        if let Some(c) = &self.0 {
+            c.inc();
+        }
+    }
+}
+
+/// A histogram that records nothing when metrics are off.
+pub struct Timer(Option<Histogram>);
+
+impl Timer {
+    pub fn observe(&self, seconds: f64) {
+        if let Some(h) = &self.0 {
+            h.observe(seconds);
+        }
+    }
+}
+
 /// An upstream's handles; few per config, so resolved at load.
 pub struct UpstreamMetrics {
-    pub response: Histogram,
-    pub connect_failures: IntCounter,
-    pub retries: IntCounter,
-    pub timeouts: IntCounter,
-    pub new_connections: IntCounter,
-    pub reused_connections: IntCounter,
-    pub overloaded: IntCounter,
-    pub ejections: IntCounter,
-    pub breaker_opened: IntCounter,
-    pub breaker_rejections: IntCounter,
-    pub budget_exhausted: IntCounter,
+    pub response: Timer,
+    pub connect_failures: Counter,
+    pub retries: Counter,
+    pub timeouts: Counter,
+    pub new_connections: Counter,
+    pub reused_connections: Counter,
+    pub overloaded: Counter,
+    pub ejections: Counter,
+    pub breaker_opened: Counter,
+    pub breaker_rejections: Counter,
+    pub budget_exhausted: Counter,
 }
 
 impl UpstreamMetrics {
-    pub fn new(upstream: &str) -> UpstreamMetrics {
+    pub fn new(upstream: &str, enabled: bool) -> UpstreamMetrics {
         let f = families();
+        let on = |v: &IntCounterVec, labels: &[&str]| {
+            Counter(enabled.then(|| v.with_label_values(labels)))
+        };
         UpstreamMetrics {
-            response: f.upstream_duration.with_label_values(&[upstream]),
-            connect_failures: f.upstream_connect_failures.with_label_values(&[upstream]),
-            retries: f.upstream_retries.with_label_values(&[upstream]),
-            timeouts: f.upstream_timeouts.with_label_values(&[upstream]),
-            new_connections: f
-                .upstream_connections
-                .with_label_values(&[upstream, "false"]),
-            reused_connections: f
-                .upstream_connections
-                .with_label_values(&[upstream, "true"]),
-            overloaded: f.upstream_overloaded.with_label_values(&[upstream]),
-            ejections: f.upstream_ejections.with_label_values(&[upstream]),
-            breaker_opened: f.upstream_breaker_opened.with_label_values(&[upstream]),
-            breaker_rejections: f.upstream_breaker_rejections.with_label_values(&[upstream]),
-            budget_exhausted: f.upstream_budget_exhausted.with_label_values(&[upstream]),
+            response: Timer(enabled.then(|| f.upstream_duration.with_label_values(&[upstream]))),
+            connect_failures: on(&f.upstream_connect_failures, &[upstream]),
+            retries: on(&f.upstream_retries, &[upstream]),
+            timeouts: on(&f.upstream_timeouts, &[upstream]),
+            new_connections: on(&f.upstream_connections, &[upstream, "false"]),
+            reused_connections: on(&f.upstream_connections, &[upstream, "true"]),
+            overloaded: on(&f.upstream_overloaded, &[upstream]),
+            ejections: on(&f.upstream_ejections, &[upstream]),
+            breaker_opened: on(&f.upstream_breaker_opened, &[upstream]),
+            breaker_rejections: on(&f.upstream_breaker_rejections, &[upstream]),
+            budget_exhausted: on(&f.upstream_budget_exhausted, &[upstream]),
         }
     }
 }
@@ -562,71 +630,43 @@ pub fn access_log_dropped(n: u64) {
     families().access_log_dropped.inc_by(n);
 }
 
-/// Metrics that are states rather than events are read when scraped.
-fn refresh(rt: &Runtime) {
+/// The families that hold states rather than events, set from the running config when
+/// scraped (by the admin listener, which knows the config).
+pub struct StateGauges<'a> {
+    pub generation: &'a IntGauge,
+    pub loaded_at: &'a Gauge,
+    pub target_healthy: &'a IntGaugeVec,
+    pub target_ejected: &'a IntGaugeVec,
+    pub breaker_state: &'a IntGaugeVec,
+    pub budget_used: &'a GaugeVec,
+    pub cert_expiry: &'a IntGaugeVec,
+    pub cache_entries: &'a IntGauge,
+    pub cache_bytes: &'a IntGauge,
+    pub cache_budget: &'a IntGauge,
+    pub cache_evictions: &'a IntCounter,
+    pub cache_evicted_bytes: &'a IntCounter,
+}
+
+pub fn state_gauges() -> StateGauges<'static> {
     let f = families();
-    f.generation.set(rt.info.generation as i64);
-    if let Ok(t) = rt.info.loaded_at.duration_since(SystemTime::UNIX_EPOCH) {
-        f.loaded_at.set(t.as_secs_f64());
+    StateGauges {
+        generation: &f.generation,
+        loaded_at: &f.loaded_at,
+        target_healthy: &f.target_healthy,
+        target_ejected: &f.target_ejected,
+        breaker_state: &f.breaker_state,
+        budget_used: &f.budget_used,
+        cert_expiry: &f.cert_expiry,
+        cache_entries: &f.cache_entries,
+        cache_bytes: &f.cache_bytes,
+        cache_budget: &f.cache_budget,
+        cache_evictions: &f.cache_evictions,
+        cache_evicted_bytes: &f.cache_evicted_bytes,
     }
-    // Targets of a previous config must not linger after a reload.
-    f.target_healthy.reset();
-    f.target_ejected.reset();
-    f.breaker_state.reset();
-    f.budget_used.reset();
-    f.cert_expiry.reset();
-    for l in &rt.listener_specs {
-        if let Some(t) = &l.tls {
-            let listener = l.addr.to_string();
-            for c in &t.resolver.current().certs {
-                f.cert_expiry
-                    .with_label_values(&[listener.as_str(), c.file.as_str()])
-                    .set(c.not_after);
-            }
-        }
-    }
-    let now = clock::now_ms();
-    for pool in &rt.upstreams {
-        let name = pool.name.as_str();
-        for t in pool.targets() {
-            let labels = [name, &t.addr.to_string()];
-            f.target_healthy
-                .with_label_values(&labels)
-                .set(i64::from(t.healthy));
-            if pool.outlier.is_some() {
-                f.target_ejected
-                    .with_label_values(&labels)
-                    .set(i64::from(t.ejected_ms > 0));
-            }
-        }
-        if let Some(b) = &pool.breaker {
-            let state = match b.state() {
-                State::Closed => 0,
-                State::HalfOpen => 1,
-                State::Open => 2,
-            };
-            f.breaker_state.with_label_values(&[name]).set(state);
-        }
-        let budget = pool.budget.usage(now);
-        f.budget_used
-            .with_label_values(&[name])
-            .set(budget.retries as f64 / budget.allowed.max(1) as f64);
-    }
-    let s = rt.cache.store.stats();
-    f.cache_entries.set(s.entries as i64);
-    f.cache_bytes.set(s.bytes as i64);
-    f.cache_budget.set(s.budget as i64);
-    let evicted = s.evicted_entries as u64;
-    f.cache_evictions
-        .inc_by(evicted.saturating_sub(f.cache_evictions.get()));
-    let evicted_bytes = s.evicted_bytes as u64;
-    f.cache_evicted_bytes
-        .inc_by(evicted_bytes.saturating_sub(f.cache_evicted_bytes.get()));
 }
 
 /// The text exposition of every registered metric, process metrics included.
-pub fn render(rt: &Runtime) -> String {
-    refresh(rt);
+pub fn render() -> String {
     let mut out = String::with_capacity(16 * 1024);
     if let Err(e) = TextEncoder::new().encode_utf8(&prometheus::gather(), &mut out) {
         log::error!("cannot encode metrics: {e}");
@@ -692,6 +732,7 @@ mod tests {
             &f.auth,
             &f.rate_limit,
             &f.rate_limit_store_errors,
+            &f.refusals,
             &f.cache,
             &f.reloads,
         ];
@@ -733,8 +774,8 @@ mod tests {
 
     #[test]
     fn a_route_counts_into_its_own_series() {
-        let m = RouteMetrics::new("metrics-unit-test");
-        let o = Outcome {
+        let m = RouteMetrics::new("metrics-unit-test", true);
+        let o = Finished {
             method: &Method::POST,
             status: Some(201),
             duration: Duration::from_millis(3),

@@ -1,8 +1,12 @@
 //! A route's access rule: which credentials it accepts and what the caller must hold.
 
 use super::auth::api_key::ApiKeys;
+use super::auth::build::{self as auth_build, CONSUMER_HEADER};
 use super::auth::jwt::JwtProvider;
-use super::auth::{Identity, Outcome, Reject};
+use super::auth::{Identity, Reject, Verification};
+use super::pipeline::{Build, Decision, Exchange, Respond, RoutePolicy};
+use http::HeaderValue;
+use pingora_error::Result;
 use pingora_http::RequestHeader;
 use std::sync::Arc;
 
@@ -12,7 +16,7 @@ pub enum Provider {
 }
 
 impl Provider {
-    async fn authenticate(&self, req: &RequestHeader) -> Outcome {
+    async fn authenticate(&self, req: &RequestHeader) -> Verification {
         match self {
             Provider::Jwt(p) => p.authenticate(req).await,
             Provider::ApiKey(k) => k.authenticate(req),
@@ -48,6 +52,12 @@ pub struct Denial {
 }
 
 impl AccessRule {
+    pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
+        let a = b.route.access.as_ref()?;
+        let path = format!("{}.access", b.path);
+        auth_build::access_rule(&path, a, b.auth, &b.unparsed.jwt_providers, b.faults)
+    }
+
     /// Authenticate the request with the first provider whose credential it carries and
     /// that accepts it, then authorize. `Ok(None)` is an anonymous request the rule allows.
     pub async fn check(&self, req: &RequestHeader) -> Result<Option<Arc<Identity>>, Denial> {
@@ -55,12 +65,12 @@ impl AccessRule {
         let mut identity = None;
         for provider in &self.providers {
             match provider.authenticate(req).await {
-                Outcome::Absent => {}
-                Outcome::Accepted(id) => {
+                Verification::Absent => {}
+                Verification::Accepted(id) => {
                     identity = Some(id);
                     break;
                 }
-                Outcome::Rejected(r) => {
+                Verification::Rejected(r) => {
                     first_reject.get_or_insert((r, provider.name()));
                 }
             }
@@ -128,6 +138,47 @@ impl AccessRule {
                 "this consumer may not use this route".into(),
                 String::new(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl RoutePolicy for AccessRule {
+    const NAME: &'static str = "access";
+
+    async fn request(&self, x: &mut Exchange<'_>) -> Decision {
+        match self.check(x.session.req_header()).await {
+            Ok(identity) => {
+                x.metrics.auth_ok();
+                x.state.identity = identity;
+                Decision::Continue
+            }
+            Err(denial) => {
+                let r = Respond::new(denial.status, denial.reason, denial.message);
+                Decision::Respond(r.header("www-authenticate", denial.www_authenticate))
+            }
+        }
+    }
+
+    /// Who the gateway says is calling (a client's own copies of these headers were
+    /// removed before), and the credential hidden when its provider says so.
+    fn upstream_request(&self, x: &mut Exchange<'_>, upstream: &mut RequestHeader) -> Result<()> {
+        let Some(id) = &x.state.identity else {
+            return Ok(());
+        };
+        if let Some(consumer) = &id.consumer {
+            if let Ok(v) = HeaderValue::from_str(consumer) {
+                upstream.insert_header(CONSUMER_HEADER, v)?;
+            }
+        }
+        for (name, value) in &id.headers {
+            upstream.insert_header(name.clone(), value.clone())?;
+        }
+        if let Some(h) = &id.hide_header {
+            upstream.remove_header(h);
+        }
+        if let Some(name) = &id.hide_query {
+            crate::request_parts::remove_query_param(upstream, name);
         }
         Ok(())
     }

@@ -1,8 +1,13 @@
 //! CORS: preflights answered at the gateway, and the response headers of actual requests.
 
+use super::pipeline::{Build, Exchange, RoutePolicy};
 use crate::config::Cors as CorsSpec;
+use crate::error_response;
+use crate::observe::request_id::RequestId;
 use http::{HeaderValue, Method};
+use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
 
 pub struct Cors {
     any_origin: bool,
@@ -29,6 +34,11 @@ fn value(s: &str) -> Result<HeaderValue, String> {
 }
 
 impl Cors {
+    pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
+        let spec = b.route.cors.as_ref()?;
+        Cors::compile(spec).map_err(|e| b.fault_in("cors", e)).ok()
+    }
+
     pub fn compile(c: &CorsSpec) -> Result<Self, (String, String)> {
         let any_origin = c.allow_origins.iter().any(|o| o == "*");
         if any_origin && c.allow_credentials {
@@ -189,5 +199,41 @@ impl Cors {
             resp.insert_header("access-control-expose-headers", e.clone())?;
         }
         Ok(())
+    }
+}
+
+impl RoutePolicy for Cors {
+    const NAME: &'static str = "cors";
+
+    fn response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
+        self.respond(x.session.req_header(), resp)
+    }
+
+    fn local_response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
+        self.respond(x.session.req_header(), resp)
+    }
+}
+
+/// Answer a preflight for the route that `method` would take, with its CORS policy.
+pub async fn answer_preflight(
+    session: &mut Session,
+    cors: &Cors,
+    method: &Method,
+    request_id: &RequestId,
+) -> Result<()> {
+    match cors.preflight(session.req_header(), method) {
+        Preflight::Allowed(headers) => {
+            let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
+            for (name, value) in headers {
+                resp.append_header(name, value)?;
+            }
+            resp.insert_header("content-length", "0")?;
+            resp.insert_header(request_id.header.clone(), request_id.as_str())?;
+            session.write_response_header(Box::new(resp), true).await
+        }
+        Preflight::Refused(why) => {
+            let message = format!("CORS preflight refused: {why}");
+            error_response::send(session, 403, &message, request_id, &[]).await
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Allow and deny lists of client addresses (CIDRs), checked on the client address as
 //! trusted proxies report it.
 
+use super::pipeline::{Build, Decision, Exchange, Respond, RoutePolicy};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -26,6 +27,18 @@ fn parse(list: &[String], field: &str) -> Result<Vec<IpNet>, (String, String)> {
 }
 
 impl IpFilter {
+    /// `ip_allow` / `ip_deny` of a route; `None` when it has neither.
+    pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
+        let r = b.route;
+        match IpFilter::compile(&r.ip_allow, &r.ip_deny) {
+            Ok(f) => f,
+            Err((field, message)) => {
+                b.fault(field, message);
+                None
+            }
+        }
+    }
+
     pub fn compile(allow: &[String], deny: &[String]) -> Result<Option<Self>, (String, String)> {
         let f = IpFilter {
             allow: parse(allow, "ip_allow")?,
@@ -42,5 +55,17 @@ impl IpFilter {
             return false;
         }
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+impl RoutePolicy for IpFilter {
+    const NAME: &'static str = "ip_filter";
+
+    async fn request(&self, x: &mut Exchange<'_>) -> Decision {
+        if self.admits(x.state.effective_ip) {
+            return Decision::Continue;
+        }
+        let r = Respond::new(403, "address", "your address may not call this route");
+        Decision::Respond(r)
     }
 }

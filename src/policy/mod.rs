@@ -2,7 +2,11 @@
 
 pub mod access;
 pub mod auth;
+pub mod body_limit;
 pub mod compression;
 pub mod cors;
 pub mod ip_filter;
+pub mod mirror;
+pub mod pipeline;
 pub mod ratelimit;
+pub mod split;

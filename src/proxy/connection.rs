@@ -3,6 +3,8 @@
 //! trickles one byte at a time holds its connection for ever; here every HTTP/1 request runs
 //! under a watch that closes the connection when its header is not complete in time.
 
+use crate::config::ServerSection;
+use crate::lifecycle;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
@@ -11,7 +13,7 @@ use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
-use pingora_proxy::HttpProxy;
+use pingora_proxy::{HttpProxy, Session};
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,6 +29,25 @@ tokio::task_local! {
 /// Called by the first proxy phase: the header is in, the watch is over.
 pub fn header_read() {
     let _ = HEADER_READ.try_with(|done| done.set(true));
+}
+
+/// The server's connection settings for this request: keep-alive (none while draining),
+/// the wait between body reads, pipelining.
+pub fn apply_server_settings(session: &mut Session, server: &ServerSection) {
+    if lifecycle::state() == lifecycle::State::Draining {
+        // Answer with `Connection: close` while draining, so that keep-alive clients move
+        // to the new process (or away) before idle connections are closed under them,
+        // which would fail a request sent at that moment.
+        session.set_keepalive(None);
+    } else if session.get_keepalive().is_some() {
+        // Pingora waits forever for the next request on a kept-alive connection.
+        session.set_keepalive(Some(server.keepalive_timeout.ceil_secs()));
+    }
+    // Bounds each wait for more of the request body.
+    session.set_read_timeout(Some(server.body_timeout.0));
+    if server.pipelining {
+        session.set_pipelining_enabled(true);
+    }
 }
 
 /// How connections accepted just before the listeners stopped get to send their request

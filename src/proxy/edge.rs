@@ -1,8 +1,11 @@
-//! What the listener a request came in on asks of it: plain HTTP redirected to HTTPS.
+//! What the listener a request came in on, and its route, ask of it: plain HTTP
+//! redirected to HTTPS, HSTS on HTTPS, the idle limit of an upgraded connection.
 
-use super::{request_host, Ctx};
+use super::Ctx;
 use crate::error_response;
+use crate::request_parts::request_host;
 use crate::router::normalize_host;
+use crate::tls;
 use pingora_error::Result;
 use pingora_proxy::Session;
 
@@ -13,16 +16,52 @@ pub fn is_tls(session: &Session) -> bool {
         .is_some()
 }
 
+/// The listener's rules: `true` when the request was answered (redirected).
+pub async fn listener_answers(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let rt = ctx.config.rt();
+    if !rt.edge {
+        return Ok(false);
+    }
+    let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+    let Some(l) = local.and_then(|a| tls::listeners::find(&rt.listener_specs, a)) else {
+        return Ok(false);
+    };
+    if is_tls(session) {
+        ctx.hsts = l.hsts.clone();
+        return Ok(false);
+    }
+    if l.redirect_https {
+        return redirect_https(session, ctx).await;
+    }
+    Ok(false)
+}
+
+/// The route's rules: `true` when the request was answered (redirected).
+pub async fn route_answers(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let Some(route) = ctx.route() else {
+        return Ok(false);
+    };
+    if session.is_upgrade_req() {
+        // The client's side of an upgraded connection: idle per the route, not per the
+        // body timeout (Pingora's default would cut it after 60 s).
+        session.set_read_timeout(Some(route.upgrade_idle));
+    }
+    if route.redirect_https && !is_tls(session) {
+        return redirect_https(session, ctx).await;
+    }
+    Ok(false)
+}
+
 /// Send a plain-HTTP request to the same URL over HTTPS: 301 for GET and HEAD, 308 (the
 /// method and body are kept) for the rest. ACME HTTP-01 challenges are left alone, and a
 /// request without a usable Host cannot be redirected (false: handled as usual).
-pub async fn redirect_https(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+async fn redirect_https(session: &mut Session, ctx: &Ctx) -> Result<bool> {
     let req = session.req_header();
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     if path.starts_with("/.well-known/acme-challenge/") {
         return Ok(false);
     }
-    let Some(port) = ctx.rt.https_port else {
+    let Some(port) = ctx.rt().https_port else {
         return Ok(false);
     };
     let Some(host) = request_host(req)

@@ -1,18 +1,18 @@
 //! The end of every request: its metrics and its access-log line.
 
-use super::{edge::is_tls, request_host, Ctx};
+use super::{edge::is_tls, Ctx};
 use crate::observe::access_log::{self, AccessLog};
-use crate::observe::metrics::{Outcome, RouteMetrics};
+use crate::observe::metrics::Finished;
 use crate::observe::trace::TraceContext;
+use crate::request_parts::request_host;
 use pingora_proxy::Session;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
 /// Count a finished request in the route's and upstream's metrics.
 pub fn record_metrics(session: &Session, ctx: &Ctx) {
-    let route = ctx.route.map(|i| &ctx.rt.routes[i]);
-    let metrics = route.map_or(RouteMetrics::unrouted(), |r| &r.metrics);
-    metrics.request(&Outcome {
+    let metrics = ctx.route().map_or(&ctx.rt().unrouted, |r| &r.metrics);
+    metrics.request(&Finished {
         method: &session.req_header().method,
         status: session.response_written().map(|r| r.status.as_u16()),
         duration: ctx.times.start.elapsed(),
@@ -77,22 +77,22 @@ pub fn write_access_line(log: &AccessLog, session: &Session, ctx: &Ctx) {
         time: access_log::Rfc3339::new(SystemTime::now()),
         request_id: &ctx.request_id,
         trace_id: ctx.trace.as_ref().map(TraceContext::trace_id_hex),
-        client_ip: ctx.client_ip,
+        client_ip: ctx.policy.client_ip,
         method: req.method.as_str(),
         host: request_host(req),
         path: req.uri.path(),
         status: session.response_written().map(|r| r.status.as_u16()),
-        route: ctx.route.map(|i| ctx.rt.routes[i].name.as_str()),
+        route: ctx.route().map(|r| r.name.as_str()),
         upstream: ctx.pool().map(|p| p.name.as_str()),
-        target: ctx.target,
-        consumer: ctx.identity.as_ref().and_then(|i| i.consumer.as_deref()),
+        target: ctx.attempt.target,
+        consumer: ctx.policy.consumer(),
         bytes_in: session.body_bytes_read(),
         bytes_out: session.body_bytes_sent(),
         duration_ms: t.start.elapsed().as_secs_f64() * 1000.0,
         upstream_connect_ms: millis(t.connect_start, t.connected),
         upstream_response_ms: millis(t.connect_start, t.response),
         cache: ctx.cache.active.then(|| session.cache.phase().as_str()),
-        rate_limit: ctx.rate_limit,
+        rate_limit: ctx.policy.rate_limit,
         protocol: match req.version {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
@@ -101,7 +101,7 @@ pub fn write_access_line(log: &AccessLog, session: &Session, ctx: &Ctx) {
             _ => "HTTP/1.1",
         },
         tls: is_tls(session),
-        attempts: ctx.attempts,
+        attempts: ctx.attempt.count,
     };
     log.write_with(|buf| {
         // Serializing plain fields into memory cannot fail.

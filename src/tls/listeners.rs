@@ -92,6 +92,58 @@ pub fn build(
 }
 
 /// The port plain requests are redirected to: the first TLS listener's.
+/// The listeners' addresses in config order (`None` where one is not valid).
+pub fn addresses(cfg: &config::Config, faults: &mut Vec<Fault>) -> Vec<Option<SocketAddr>> {
+    if cfg.listeners.is_empty() {
+        faults.push(Fault::new("listeners", "at least one listener is needed"));
+    }
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let path = format!("{}.address", cfg.item_path("listeners", i));
+        let addr = match l.address.parse::<SocketAddr>() {
+            Ok(a) if seen.contains(&a) => {
+                faults.push(Fault::new(path, format!("{a} is listed twice")));
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                faults.push(Fault::new(
+                    path,
+                    format!("{:?} is not an IP:PORT address", l.address),
+                ));
+                None
+            }
+        };
+        seen.extend(addr);
+        out.push(addr);
+    }
+    out
+}
+
+/// Listeners and routes that redirect to HTTPS need a TLS listener to redirect to.
+pub fn check_redirects(cfg: &config::Config, https_port: Option<u16>, faults: &mut Vec<Fault>) {
+    if https_port.is_some() {
+        return;
+    }
+    let listeners = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (cfg.item_path("listeners", i), l.redirect_https));
+    let routes = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (cfg.item_path("routes", i), r.redirect_https));
+    for (path, _) in listeners.chain(routes).filter(|(_, on)| *on) {
+        faults.push(Fault::new(
+            format!("{path}.redirect_https"),
+            "there is no TLS listener to redirect to",
+        ));
+    }
+}
+
 pub fn https_port(specs: &[ListenerSpec]) -> Option<u16> {
     specs
         .iter()

@@ -7,10 +7,18 @@ pub mod query;
 pub mod template;
 
 use crate::config::TransformSpec;
+use crate::policy::pipeline::{Build, Exchange, RoutePolicy};
+use crate::request_parts::{declared_length, request_host};
+use bytes::Bytes;
 use headers::HeaderOps;
+use http::Uri;
 use json::JsonOps;
+use pingora_error::{Error, ErrorType, OrErr, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
 use query::QueryOps;
 use regex::Regex;
+use std::borrow::Cow;
+use template::Vars;
 
 pub struct RouteTransforms {
     pub request_headers: HeaderOps,
@@ -24,6 +32,13 @@ pub struct RouteTransforms {
 }
 
 impl RouteTransforms {
+    pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
+        let spec = b.route.transform.as_ref()?;
+        RouteTransforms::compile(spec)
+            .map_err(|e| b.fault_in("transform", e))
+            .ok()
+    }
+
     /// Faults come back as (path below `transform`, message).
     pub fn compile(spec: &TransformSpec) -> Result<Self, (String, String)> {
         let under =
@@ -52,5 +67,160 @@ impl RouteTransforms {
     /// Whether the URI sent upstream changes.
     pub fn rewrites_uri(&self) -> bool {
         self.path.is_some() || !self.query.is_empty()
+    }
+}
+
+/// The template variables of a request.
+fn vars<'a>(x: &'a Exchange<'_>) -> Vars<'a> {
+    let req = x.session.req_header();
+    Vars {
+        request_id: x.request_id,
+        client_ip: x.state.client_ip,
+        identity: x.state.identity.as_deref(),
+        route: x.route,
+        host: request_host(req).unwrap_or(""),
+        req,
+    }
+}
+
+/// A JSON request body is on its way (not compressed, not empty).
+fn json_body_follows(req: &RequestHeader) -> bool {
+    let encoded = req.headers.contains_key(http::header::CONTENT_ENCODING);
+    let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || declared_length(&req.headers).is_some_and(|l| l > 0);
+    !encoded && has_body && json::is_json(req.headers.get(http::header::CONTENT_TYPE))
+}
+
+impl RouteTransforms {
+    /// The path (after the route's rewrite) and query as the transform makes them.
+    fn rewrite_uri(&self, upstream: &mut RequestHeader, vars: &Vars) -> Result<()> {
+        let mut path = Cow::Borrowed(upstream.uri.path());
+        let mut query = upstream.uri.query().map(Cow::Borrowed);
+        if let Some((re, replace)) = &self.path {
+            if let Cow::Owned(p) = re.replace(&path, replace.as_str()) {
+                path = Cow::Owned(p);
+            }
+        }
+        if !self.query.is_empty() {
+            query = self.query.apply(query.as_deref(), vars).map(Cow::Owned);
+        }
+        let target = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        };
+        let uri = Uri::try_from(target).or_err(
+            ErrorType::HTTPStatus(400),
+            "rewritten path is not a valid URI",
+        )?;
+        upstream.set_uri(uri);
+        Ok(())
+    }
+}
+
+impl RoutePolicy for RouteTransforms {
+    const NAME: &'static str = "transform";
+
+    fn upstream_request(&self, x: &mut Exchange<'_>, upstream: &mut RequestHeader) -> Result<()> {
+        let vars = vars(x);
+        if self.rewrites_uri() {
+            self.rewrite_uri(upstream, &vars)?;
+        }
+        self.request_headers.apply(upstream, &vars)?;
+        if self.response_json.is_some() {
+            // Bodies to edit must come uncompressed; one that still does is passed on.
+            upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
+        let client = x.session.req_header();
+        if self.request_json.is_some() && json_body_follows(client) && !x.session.is_upgrade_req() {
+            if declared_length(&client.headers).is_some_and(|l| l > self.max_body as u64) {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    format!("JSON body over {} bytes", self.max_body),
+                );
+            }
+            // The edited body has a new length, known only once it is all read.
+            upstream.remove_header(&http::header::CONTENT_LENGTH);
+            upstream.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            x.state.request_json = Some(Vec::new());
+        }
+        Ok(())
+    }
+
+    /// Gather the request body; at its end, send the edited one (or the original when it
+    /// is not JSON).
+    fn request_body(
+        &self,
+        x: &mut Exchange<'_>,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<()> {
+        let Some(buf) = &mut x.state.request_json else {
+            return Ok(());
+        };
+        if !json::gather(buf, body, end, self.max_body, self.request_json.as_ref()) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                format!("JSON body over {} bytes", self.max_body),
+            );
+        }
+        if end {
+            x.state.request_json = None;
+        }
+        Ok(())
+    }
+
+    fn response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
+        if !self.response_headers.is_empty() {
+            self.response_headers.apply(resp, &vars(x))?;
+        }
+        if self.response_json.is_none() {
+            return Ok(());
+        }
+        let req = x.session.req_header();
+        let has_body = req.method != http::Method::HEAD
+            && !matches!(resp.status.as_u16(), 204 | 304)
+            && !resp.status.is_informational();
+        let encoded = resp
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes() != b"identity");
+        if has_body && !encoded && json::is_json(resp.headers.get(http::header::CONTENT_TYPE)) {
+            if declared_length(&resp.headers).is_some_and(|l| l > self.max_body as u64) {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    format!("upstream JSON body over {} bytes", self.max_body),
+                );
+            }
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            x.state.response_json = Some(Vec::new());
+        }
+        Ok(())
+    }
+
+    fn local_response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
+        self.response_headers.apply(resp, &vars(x))
+    }
+
+    fn response_body(
+        &self,
+        x: &mut Exchange<'_>,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<()> {
+        let Some(buf) = &mut x.state.response_json else {
+            return Ok(());
+        };
+        if !json::gather(buf, body, end, self.max_body, self.response_json.as_ref()) {
+            // The header is out already: all that is left is to end the response.
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                format!("upstream JSON body over {} bytes", self.max_body),
+            );
+        }
+        if end {
+            x.state.response_json = None;
+        }
+        Ok(())
     }
 }

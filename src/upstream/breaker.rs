@@ -4,6 +4,7 @@
 
 use super::failure::{Failure, FailureSet};
 use super::window::RollingCounts;
+use crate::config::{self, Fault};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
 pub struct BreakerPolicy {
@@ -181,6 +182,35 @@ impl Breaker {
         self.window.clear();
         self.opened.fetch_add(1, Relaxed);
         true
+    }
+}
+
+impl BreakerPolicy {
+    /// `circuit_breaker` of an upstream.
+    pub fn from_config(
+        path: &str,
+        b: &config::CircuitBreaker,
+        faults: &mut Vec<Fault>,
+    ) -> BreakerPolicy {
+        if b.error_rate == 0 || b.error_rate > 100 {
+            faults.push(Fault::new(
+                format!("{path}.error_rate"),
+                "must be between 1 and 100 (percent)",
+            ));
+        }
+        if b.probes == 0 {
+            faults.push(Fault::new(format!("{path}.probes"), "must be at least 1"));
+        }
+        config::positive(b.window, format!("{path}.window"), faults);
+        config::positive(b.open_for, format!("{path}.open_for"), faults);
+        BreakerPolicy {
+            error_rate: b.error_rate,
+            min_requests: b.min_requests.max(1),
+            window_ms: b.window.0.as_millis() as u64,
+            open_ms: b.open_for.0.as_millis() as u64,
+            probes: b.probes,
+            on: FailureSet::from_config(format!("{path}.on"), &b.on, faults),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! What went wrong with one attempt at an upstream, and the configured sets of failures
 //! that count for outlier detection, the circuit breaker and retries.
 
-use crate::config::FailureName;
+use crate::config::{self, FailureName, Fault};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -79,6 +79,20 @@ impl FailureSet {
     /// Whether some 5xx status is in the set (responses need looking at).
     pub fn any_status(&self) -> bool {
         self.statuses != 0
+    }
+}
+
+impl FailureSet {
+    /// An `on:` list; a bad name is reported at `path`.
+    pub fn from_config(
+        path: String,
+        names: &[config::FailureName],
+        faults: &mut Vec<Fault>,
+    ) -> FailureSet {
+        Self::compile(names).unwrap_or_else(|e| {
+            faults.push(Fault::new(path, e));
+            FailureSet::default()
+        })
     }
 }
 

@@ -1,8 +1,9 @@
 //! Active health checks: built from config with the pool, run as one task per pool.
 
 use super::Pool;
-use crate::config::{CheckKind, HealthCheck as CheckConfig};
+use crate::config::{self, CheckKind, Fault, HealthCheck as CheckConfig};
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::health_check::{
@@ -107,4 +108,61 @@ pub fn spawn(pool: &Arc<Pool>) {
         pool.run_health_check().await;
         interval
     });
+}
+
+/// Check a `health_check` section.
+pub fn check_config(path: &str, hc: &CheckConfig, faults: &mut Vec<Fault>) {
+    config::positive(hc.interval, format!("{path}.interval"), faults);
+    config::positive(hc.timeout, format!("{path}.timeout"), faults);
+    if !hc.interval.0.is_zero() && hc.timeout > hc.interval {
+        faults.push(Fault::new(
+            format!("{path}.timeout"),
+            format!(
+                "timeout {} is longer than the interval {}",
+                hc.timeout, hc.interval
+            ),
+        ));
+    }
+    for (field, n) in [
+        ("healthy_threshold", hc.healthy_threshold),
+        ("unhealthy_threshold", hc.unhealthy_threshold),
+    ] {
+        if n == 0 || n > 100 {
+            faults.push(Fault::new(
+                format!("{path}.{field}"),
+                format!("{n} is not between 1 and 100"),
+            ));
+        }
+    }
+    match hc.kind {
+        config::CheckKind::Http => {
+            if let Some(p) = &hc.path {
+                if !p.starts_with('/') || http::uri::PathAndQuery::try_from(p.as_str()).is_err() {
+                    faults.push(Fault::new(
+                        format!("{path}.path"),
+                        format!("{p:?} is not a path starting with /"),
+                    ));
+                }
+            }
+            if let Some(h) = &hc.host {
+                if HeaderValue::from_str(h).is_err() || h.is_empty() {
+                    faults.push(Fault::new(format!("{path}.host"), "not a valid Host value"));
+                }
+            }
+        }
+        config::CheckKind::Tcp => {
+            for (field, set) in [
+                ("path", hc.path.is_some()),
+                ("host", hc.host.is_some()),
+                ("expected_status", hc.expected_status.is_some()),
+            ] {
+                if set {
+                    faults.push(Fault::new(
+                        format!("{path}.{field}"),
+                        "only HTTP health checks have this; a TCP check only connects",
+                    ));
+                }
+            }
+        }
+    }
 }

@@ -1,25 +1,25 @@
 //! Upstream pools: a pingora `LoadBalancer` per upstream, with its peers prepared at load.
 
 pub mod breaker;
-pub mod clock;
+mod build;
 pub mod failure;
 pub mod hash_key;
 pub mod health;
 pub mod limit;
-pub mod mirror;
 pub mod outlier;
 pub mod retry;
-pub mod split;
 pub mod window;
 
+use crate::clock;
 use crate::observe::metrics::UpstreamMetrics;
 use breaker::{Admission, Breaker, BreakerPolicy};
+pub use build::Source;
 use failure::Failure;
 use futures::FutureExt;
 use hash_key::HashKey;
 use http::HeaderValue;
 use limit::{ConcurrencyLimit, Slot};
-use outlier::{InFlight, Outlier, OutlierPolicy, TargetRecord, Verdict};
+use outlier::{Ejection, InFlight, Outlier, OutlierPolicy, TargetRecord};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::HealthCheck;
@@ -79,6 +79,8 @@ pub struct PoolOptions {
     /// HTTP/2 to the targets (ALPN over TLS, prior knowledge without).
     pub http2: bool,
     pub max_h2_streams: usize,
+    /// Metrics are recorded (an admin listener serves them).
+    pub metrics: bool,
 }
 
 /// TLS to an upstream's targets.
@@ -190,9 +192,9 @@ pub struct Pool {
     /// Retries of routes that set none: failed connects, up to the upstream's `retries`.
     pub default_retry: RetryPolicy,
     pub metrics: UpstreamMetrics,
-    /// The upstream's section as configured: a reload that leaves it unchanged keeps this
-    /// pool, with its targets' health and its check task.
-    pub source: String,
+    /// What the pool was built from: a reload that leaves it unchanged keeps this pool,
+    /// with its targets' health and its check task.
+    pub source: Option<Source>,
 }
 
 /// Every `max_concurrent` slot of a pool is taken.
@@ -319,8 +321,8 @@ impl Pool {
             breaker: opts.breaker.take().map(|p| Breaker::new(p, name)),
             budget: RetryBudget::new(opts.budget.0, opts.budget.1),
             default_retry: RetryPolicy::upstream_default(opts.retries),
-            metrics: UpstreamMetrics::new(name),
-            source: String::new(),
+            metrics: UpstreamMetrics::new(name, opts.metrics),
+            source: None,
         }
     }
 
@@ -411,7 +413,7 @@ impl Pool {
         if let (Some(o), Some(addr)) = (&self.outlier, target) {
             if let Some(t) = self.peers.get(&addr) {
                 match o.record(&t.record, outcome, now) {
-                    Verdict::Ejected(ms) => {
+                    Ejection::Ejected(ms) => {
                         self.metrics.ejections.inc();
                         log::warn!(
                             "upstream {:?}: target {addr} ejected for {ms} ms after {} failures in a row",
@@ -419,11 +421,11 @@ impl Pool {
                             o.policy.consecutive
                         );
                     }
-                    Verdict::Spared => log::warn!(
+                    Ejection::Spared => log::warn!(
                         "upstream {:?}: target {addr} keeps failing, but the pool already has its maximum share of targets ejected",
                         self.name
                     ),
-                    Verdict::Kept => {}
+                    Ejection::Kept => {}
                 }
             }
         }

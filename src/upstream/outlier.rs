@@ -2,6 +2,7 @@
 //! a back-off period that doubles with each ejection in a row.
 
 use super::failure::{Failure, FailureSet};
+use crate::config::{self, Fault};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -57,7 +58,7 @@ impl TargetRecord {
 
 /// What an attempt's outcome did to its target.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Ejection {
     Kept,
     /// Taken out for this many milliseconds.
     Ejected(u64),
@@ -88,26 +89,26 @@ impl Outlier {
         target: &TargetRecord,
         outcome: Result<(), Failure>,
         now_ms: u64,
-    ) -> Verdict {
+    ) -> Ejection {
         let failed = outcome.is_err_and(|f| self.policy.on.contains(f));
         if !failed {
             if target.failures.load(Relaxed) != 0 {
                 target.failures.store(0, Relaxed);
             }
-            return Verdict::Kept;
+            return Ejection::Kept;
         }
         let n = target.failures.fetch_add(1, Relaxed) + 1;
         if n < self.policy.consecutive || target.ejected(now_ms) {
-            return Verdict::Kept;
+            return Ejection::Kept;
         }
         let _guard = self.ejecting.lock();
         if target.ejected(now_ms) {
-            return Verdict::Kept;
+            return Ejection::Kept;
         }
         let out = self.records.iter().filter(|r| r.ejected(now_ms)).count();
         let allowed = self.records.len() * self.policy.max_ejected_percent as usize / 100;
         if out >= allowed {
-            return Verdict::Spared;
+            return Ejection::Spared;
         }
         // A target that stayed in for a whole max_ejection since its last return starts over.
         let last_end = target.ejected_until.load(Relaxed);
@@ -120,7 +121,46 @@ impl Outlier {
         target.level.store(level + 1, Relaxed);
         target.failures.store(0, Relaxed);
         target.ejections.fetch_add(1, Relaxed);
-        Verdict::Ejected(length)
+        Ejection::Ejected(length)
+    }
+}
+
+impl OutlierPolicy {
+    /// `outlier_detection` of an upstream.
+    pub fn from_config(
+        path: &str,
+        o: &config::OutlierDetection,
+        faults: &mut Vec<Fault>,
+    ) -> OutlierPolicy {
+        if o.consecutive_failures == 0 {
+            faults.push(Fault::new(
+                format!("{path}.consecutive_failures"),
+                "must be at least 1",
+            ));
+        }
+        config::positive(o.base_ejection, format!("{path}.base_ejection"), faults);
+        if o.max_ejection < o.base_ejection {
+            faults.push(Fault::new(
+                format!("{path}.max_ejection"),
+                format!(
+                    "{} is shorter than base_ejection {}",
+                    o.max_ejection, o.base_ejection
+                ),
+            ));
+        }
+        if o.max_ejected_percent > 100 {
+            faults.push(Fault::new(
+                format!("{path}.max_ejected_percent"),
+                "must be between 0 and 100",
+            ));
+        }
+        OutlierPolicy {
+            consecutive: o.consecutive_failures,
+            on: FailureSet::from_config(format!("{path}.on"), &o.on, faults),
+            base_ms: o.base_ejection.0.as_millis() as u64,
+            max_ms: o.max_ejection.0.as_millis() as u64,
+            max_ejected_percent: o.max_ejected_percent,
+        }
     }
 }
 
@@ -146,21 +186,21 @@ mod tests {
     fn consecutive_failures_eject_with_growing_back_off() {
         let (o, r) = outlier(4);
         let fail = Err(Failure::Connect);
-        assert_eq!(o.record(&r[0], fail, 10), Verdict::Kept);
-        assert_eq!(o.record(&r[0], Ok(()), 11), Verdict::Kept);
+        assert_eq!(o.record(&r[0], fail, 10), Ejection::Kept);
+        assert_eq!(o.record(&r[0], Ok(()), 11), Ejection::Kept);
         for t in 12..14 {
-            assert_eq!(o.record(&r[0], fail, t), Verdict::Kept);
+            assert_eq!(o.record(&r[0], fail, t), Ejection::Kept);
         }
-        assert_eq!(o.record(&r[0], fail, 14), Verdict::Ejected(1000));
+        assert_eq!(o.record(&r[0], fail, 14), Ejection::Ejected(1000));
         assert!(r[0].ejected(500) && !r[0].ejected(1014));
         // Failures that do not count (a 500 here) reset the run like a success.
         for t in 1100..1102 {
             o.record(&r[0], fail, t);
         }
         o.record(&r[0], Err(Failure::Status(500)), 1102);
-        assert_eq!(o.record(&r[0], fail, 1103), Verdict::Kept);
+        assert_eq!(o.record(&r[0], fail, 1103), Ejection::Kept);
         o.record(&r[0], fail, 1104);
-        assert_eq!(o.record(&r[0], fail, 1105), Verdict::Ejected(2000));
+        assert_eq!(o.record(&r[0], fail, 1105), Ejection::Ejected(2000));
         for t in 3200..3203 {
             o.record(&r[0], fail, t);
         }
@@ -182,6 +222,6 @@ mod tests {
         }
         let out: Vec<bool> = r.iter().map(|t| t.ejected(10)).collect();
         assert_eq!(out, [true, true, false, false]);
-        assert_eq!(o.record(&r[2], Err(Failure::Connect), 11), Verdict::Spared);
+        assert_eq!(o.record(&r[2], Err(Failure::Connect), 11), Ejection::Spared);
     }
 }

@@ -3,6 +3,7 @@
 
 use super::failure::{Failure, FailureSet};
 use super::window::RollingCounts;
+use crate::config::{self, Fault};
 use std::time::Duration;
 
 pub struct RetryPolicy {
@@ -97,6 +98,34 @@ impl RetryBudget {
             requests,
             retries,
             allowed: self.floor + requests * self.percent / 100,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// `retry` of a route.
+    pub fn from_config(path: &str, r: &config::RetrySpec, faults: &mut Vec<Fault>) -> RetryPolicy {
+        if r.attempts == 0 || r.attempts > 10 {
+            faults.push(Fault::new(
+                format!("{path}.attempts"),
+                format!("{} is not between 1 and 10", r.attempts),
+            ));
+        }
+        if let Some(t) = r.try_timeout {
+            config::positive(t, format!("{path}.try_timeout"), faults);
+        }
+        if r.max_backoff < r.backoff {
+            faults.push(Fault::new(
+                format!("{path}.max_backoff"),
+                format!("{} is shorter than backoff {}", r.max_backoff, r.backoff),
+            ));
+        }
+        RetryPolicy {
+            attempts: r.attempts,
+            on: FailureSet::from_config(format!("{path}.on"), &r.on, faults),
+            try_timeout: r.try_timeout.map(|t| t.0),
+            backoff: r.backoff.0,
+            max_backoff: r.max_backoff.0,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! which an attacker cannot steer toward a stored one without a SHA-256 preimage, so timing
 //! reveals nothing about stored keys.
 
-use super::{Identity, Outcome, Reject};
+use super::{Identity, Reject, Verification};
 use pingora_http::RequestHeader;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -65,14 +65,14 @@ impl ApiKeys {
             .map(str::as_bytes)
     }
 
-    pub fn authenticate(&self, req: &RequestHeader) -> Outcome {
+    pub fn authenticate(&self, req: &RequestHeader) -> Verification {
         let Some(key) = self.presented(req) else {
-            return Outcome::Absent;
+            return Verification::Absent;
         };
         let digest: [u8; 32] = Sha256::digest(key).into();
         match self.by_digest.get(&digest) {
-            Some(identity) => Outcome::Accepted(identity.clone()),
-            None => Outcome::Rejected(Reject::UnknownApiKey),
+            Some(identity) => Verification::Accepted(identity.clone()),
+            None => Verification::Rejected(Reject::UnknownApiKey),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! everything that could not work.
 
 use super::api_key::{self, ApiKeys};
+use super::jwks::KeysSource;
 use super::jwks::{KeySet, RemoteKeys};
 use super::jwt::{JwtProvider, ProviderSpec, Source};
 use super::key_checks;
@@ -238,11 +239,7 @@ fn build_provider(
                 if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() =>
             {
                 // A rotated CA file counts as a change, like a changed section.
-                let ca_digest = k.jwks_ca_file.as_ref().map(|f| {
-                    use sha2::Digest;
-                    hex::encode(sha2::Sha256::digest(std::fs::read(f).unwrap_or_default()))
-                });
-                let source = format!("{k:?} {ca_digest:?}");
+                let source = KeysSource::of(k);
                 match previous.get(&p.name).filter(|r| r.source == source) {
                     Some(running) => Some(running.clone()),
                     None => Some(Arc::new(RemoteKeys::new(

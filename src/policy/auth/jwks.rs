@@ -119,13 +119,34 @@ impl KeySet {
     }
 }
 
+/// A provider's `keys` section and the digest of the CA file it names: a rotated CA file
+/// counts as a change, like a changed section.
+#[derive(PartialEq)]
+pub struct KeysSource {
+    section: crate::config::JwtKeys,
+    ca_digest: Option<[u8; 32]>,
+}
+
+impl KeysSource {
+    pub fn of(k: &crate::config::JwtKeys) -> KeysSource {
+        use sha2::Digest;
+        KeysSource {
+            section: k.clone(),
+            ca_digest: k
+                .jwks_ca_file
+                .as_ref()
+                .map(|f| sha2::Sha256::digest(std::fs::read(f).unwrap_or_default()).into()),
+        }
+    }
+}
+
 /// A key set served at an http or https URL. HTTPS certificates are verified, with the
 /// system's CAs or those of a configured CA file.
 pub struct RemoteKeys {
     pub provider: String,
-    /// The provider's `keys` section as configured: a reload that leaves it unchanged
-    /// keeps this key set (and its refresh task) instead of starting empty.
-    pub source: String,
+    /// What the key set was made from: a reload that leaves it unchanged keeps this key
+    /// set (and its refresh task) instead of starting empty.
+    pub source: KeysSource,
     url: http::Uri,
     current: ArcSwap<KeySet>,
     /// Bumped whenever a new set is installed, so cached verifications can be retired.
@@ -152,7 +173,7 @@ impl RemoteKeys {
         ca_file: Option<String>,
         refresh: Duration,
         min_refetch: Duration,
-        source: String,
+        source: KeysSource,
     ) -> Self {
         let mut options = ConnectorOptions::new(4);
         options.ca_file = ca_file;

@@ -5,7 +5,7 @@
 //! provider's configured keys verify.
 
 use super::jwks::{KeySet, RemoteKeys};
-use super::{Identity, Outcome, Reject};
+use super::{Identity, Reject, Verification};
 use crate::request_parts;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
@@ -199,9 +199,9 @@ impl JwtProvider {
         })
     }
 
-    pub async fn authenticate(&self, req: &RequestHeader) -> Outcome {
+    pub async fn authenticate(&self, req: &RequestHeader) -> Verification {
         let Some(token) = self.token(req).filter(|t| !t.is_empty()) else {
-            return Outcome::Absent;
+            return Verification::Absent;
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let generation = self.remote.as_ref().map_or(0, |r| r.generation());
@@ -211,7 +211,7 @@ impl JwtProvider {
                 && hit.generation == generation
                 && now() < hit.identity.expires_at
             {
-                return Outcome::Accepted(hit.identity);
+                return Verification::Accepted(hit.identity);
             }
         }
         match self.verify(token).await {
@@ -227,9 +227,9 @@ impl JwtProvider {
                     self.cache
                         .put(&digest, cached, Some(Duration::from_secs(ttl)));
                 }
-                Outcome::Accepted(identity)
+                Verification::Accepted(identity)
             }
-            Err(reason) => Outcome::Rejected(reason),
+            Err(reason) => Verification::Rejected(reason),
         }
     }
 

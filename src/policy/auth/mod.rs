@@ -86,7 +86,7 @@ impl fmt::Display for Reject {
 
 /// The outcome of asking one provider about a request.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Verification {
     /// The request carries no credential this provider reads.
     Absent,
     Accepted(std::sync::Arc<Identity>),

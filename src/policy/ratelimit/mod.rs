@@ -3,14 +3,18 @@
 pub mod local;
 pub mod redis;
 
+use super::pipeline::{Build, Decision, Exchange, Respond, RoutePolicy};
 use crate::config::{self, Fault};
 use crate::request_parts;
 use crate::router::PathMatch;
 use http::HeaderName;
 use local::{Gcra, GcraStore, Verdict};
-use pingora_http::RequestHeader;
+use pingora_error::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+use redis::RedisLimiter;
 use regex::Regex;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a limit counts separately.
@@ -51,7 +55,7 @@ pub struct Request<'a> {
 
 /// The decision for one request over all limits of its route.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct RateDecision {
     /// Set when a (non dry-run) limit refused the request.
     pub rejected_by: Option<String>,
     pub retry_after: Duration,
@@ -140,8 +144,8 @@ pub async fn decide(
     store: &GcraStore,
     redis: Option<&redis::RedisLimiter>,
     req: &Request<'_>,
-) -> Outcome {
-    let mut out = Outcome::default();
+) -> RateDecision {
+    let mut out = RateDecision::default();
     let mut verdicts: Vec<Option<Verdict>> = vec![None; limits.len()];
     // Local units counted for this request, to give back if it is refused after all.
     let mut counted: Vec<(u64, Gcra)> = Vec::new();
@@ -217,7 +221,7 @@ pub async fn decide(
     out
 }
 
-fn note_rejections(limits: &[Limit], verdicts: &[Option<Verdict>], out: &mut Outcome) {
+fn note_rejections(limits: &[Limit], verdicts: &[Option<Verdict>], out: &mut RateDecision) {
     for (limit, v) in limits.iter().zip(verdicts) {
         let Some(v) = v else { continue };
         if v.allowed || out.would_reject.contains(&limit.name) {
@@ -393,4 +397,98 @@ pub fn compile(
         });
     }
     out
+}
+
+/// A route's rate limits (its own, else `default_rate_limits`) with the stores they count in.
+pub struct RateLimits {
+    limits: Vec<Limit>,
+    store: Arc<GcraStore>,
+    redis: Option<Arc<RedisLimiter>>,
+}
+
+impl RateLimits {
+    pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
+        let (path, limits) = match &b.route.rate_limits {
+            Some(l) => (format!("{}.rate_limits", b.path), l.as_slice()),
+            None => (
+                "default_rate_limits".to_string(),
+                b.config.default_rate_limits.as_slice(),
+            ),
+        };
+        let route = (b.route.name.as_str(), b.path_match);
+        let have_redis = b.config.redis.is_some();
+        let limits = compile(&path, limits, route, have_redis, b.faults);
+        (!limits.is_empty()).then(|| RateLimits {
+            limits,
+            store: b.limiter.clone(),
+            redis: b.redis.cloned(),
+        })
+    }
+}
+
+impl RoutePolicy for RateLimits {
+    const NAME: &'static str = "rate_limit";
+
+    async fn request(&self, x: &mut Exchange<'_>) -> Decision {
+        let request = Request {
+            header: x.session.req_header(),
+            client_ip: x.state.effective_ip,
+            consumer: x.state.consumer(),
+        };
+        let decided = decide(&self.limits, &self.store, self.redis.as_deref(), &request).await;
+        if let Some((why, refuse)) = &decided.store_failed {
+            x.metrics.rate_limit_store_error();
+            log::warn!(
+                "request {} on route {}: Redis could not decide the cluster limits ({why}); {}",
+                x.request_id,
+                x.route,
+                if *refuse {
+                    "refusing (fail_closed)"
+                } else {
+                    "admitting (fail_open)"
+                }
+            );
+            if *refuse {
+                let r = Respond::new(503, "store_unavailable", "rate limit store unavailable");
+                return Decision::Respond(r.header("retry-after", "1"));
+            }
+        }
+        if !decided.would_reject.is_empty() {
+            x.metrics.rate_limit("dry_run_limited");
+        }
+        for name in &decided.would_reject {
+            log::info!(
+                "request {} on route {}: dry-run limit {name} would answer 429",
+                x.request_id,
+                x.route
+            );
+        }
+        let Some(limit) = decided.rejected_by else {
+            x.state.rate_headers = decided.headers;
+            x.state.rate_limit = Some("allowed");
+            x.metrics.rate_limit("allowed");
+            return Decision::Continue;
+        };
+        x.state.rate_limit = Some("limited");
+        let retry = secs_ceil(decided.retry_after).max(1);
+        let message = format!("rate limit {limit} exceeded");
+        let mut r = Respond::new(429, "limited", message).header("retry-after", retry.to_string());
+        if let Some((policy, state)) = decided.headers {
+            r.headers.push(("ratelimit-policy", policy));
+            r.headers.push(("ratelimit", state));
+        }
+        Decision::Respond(r)
+    }
+
+    fn response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
+        if let Some((policy, state)) = x.state.rate_headers.take() {
+            resp.insert_header("ratelimit-policy", policy)?;
+            resp.insert_header("ratelimit", state)?;
+        }
+        Ok(())
+    }
+
+    fn local_response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
+        self.response(x, resp)
+    }
 }

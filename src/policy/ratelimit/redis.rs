@@ -12,8 +12,10 @@
 //! is tried for a second, so an outage costs no more than a check per request.
 
 use super::local::Verdict;
+use crate::config::Fault;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -64,6 +66,16 @@ pub struct RedisLimiter {
     pub key_prefix: String,
     /// Decisions that Redis could not make (errors and timeouts).
     pub failures: AtomicU64,
+    /// What the connection was made from, to keep it over a reload that changes neither.
+    source: Option<RedisSource>,
+}
+
+/// The `redis` section and the digest of its password file: a changed password counts as a
+/// change of the section.
+#[derive(PartialEq)]
+pub struct RedisSource {
+    section: crate::config::RedisSection,
+    password_digest: Option<[u8; 32]>,
 }
 
 impl RedisLimiter {
@@ -91,7 +103,52 @@ impl RedisLimiter {
             fail_open,
             key_prefix,
             failures: AtomicU64::new(0),
+            source: None,
         })
+    }
+
+    /// The `redis` section, or the running limiter when it is unchanged.
+    pub fn from_config(
+        section: Option<&crate::config::RedisSection>,
+        running: Option<&Arc<RedisLimiter>>,
+        faults: &mut Vec<Fault>,
+    ) -> Option<Arc<RedisLimiter>> {
+        use sha2::Digest;
+        let r = section?;
+        let password = r.password_file.as_deref().and_then(|f| {
+            crate::config::read_secret(f)
+                .map_err(|e| faults.push(Fault::new("redis.password_file", e)))
+                .ok()
+        });
+        let source = RedisSource {
+            section: r.clone(),
+            password_digest: password
+                .as_ref()
+                .map(|p| sha2::Sha256::digest(p.as_bytes()).into()),
+        };
+        if let Some(running) = running.filter(|l| l.source.as_ref() == Some(&source)) {
+            return Some(running.clone());
+        }
+        if r.timeout.0.is_zero() {
+            faults.push(Fault::new("redis.timeout", "must be longer than 0s"));
+        }
+        let fail_open = r.on_failure == crate::config::FailurePolicy::FailOpen;
+        match RedisLimiter::new(
+            &r.url,
+            password,
+            r.timeout.0,
+            fail_open,
+            r.key_prefix.clone(),
+        ) {
+            Ok(mut l) => {
+                l.source = Some(source);
+                Some(Arc::new(l))
+            }
+            Err(e) => {
+                faults.push(Fault::new("redis.url", e));
+                None
+            }
+        }
     }
 
     /// A connection to Redis failed less than a second ago: answer at once instead of

@@ -1,8 +1,10 @@
 //! Weighted traffic splits of a route between upstreams (canary, A/B): sticky by a key so a
 //! caller stays on one side, with header/cookie overrides that pin a side.
 
-use super::hash_key::HashKey;
+use super::pipeline::{Build, Decision, Exchange, RoutePolicy};
 use crate::request_parts;
+use crate::upstream::hash_key::HashKey;
+use http::HeaderName;
 use pingora_http::RequestHeader;
 use sha2::Digest;
 use std::net::IpAddr;
@@ -29,6 +31,62 @@ pub struct Split {
 }
 
 impl Split {
+    /// `split` of a route whose own upstream is `route.upstream`.
+    pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
+        let sp = b.route.split.as_ref()?;
+        let main = b
+            .upstreams
+            .get(b.route.upstream.as_str())
+            .copied()
+            .flatten()?;
+        let before = b.faults.len();
+        let mut sides = Vec::new();
+        for (k, side) in sp.to.iter().enumerate() {
+            let field = format_args!("split.to[{k}].upstream");
+            if let Some(i) = b.upstream(field, &side.upstream) {
+                sides.push((i, side.weight));
+            }
+        }
+        let mut pins = Vec::new();
+        for (k, p) in sp.pins.iter().enumerate() {
+            let field = format!("split.pins[{k}]");
+            let pin = match (&p.header, &p.cookie) {
+                (Some(h), None) => match HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(h) => Pin::Header(h, p.value.clone()),
+                    Err(_) => {
+                        b.fault(field, format!("{h:?} is not a header name"));
+                        continue;
+                    }
+                },
+                (None, Some(c)) => Pin::Cookie(c.clone(), p.value.clone()),
+                _ => {
+                    b.fault(field, "give one of header or cookie");
+                    continue;
+                }
+            };
+            if let Some(i) = b.upstream(format_args!("{field}.upstream"), &p.upstream) {
+                pins.push((pin, i));
+            }
+        }
+        let sticky = match sp.sticky.as_deref() {
+            None => None,
+            Some("consumer") => Some(Sticky::Consumer),
+            Some(k) => match HashKey::parse(k) {
+                Ok(k) => Some(Sticky::Key(k)),
+                Err(e) => {
+                    b.fault("split.sticky", e);
+                    None
+                }
+            },
+        };
+        if b.faults.len() > before {
+            return None;
+        }
+        Split::new(main, &sides, sticky, pins)
+            .map_err(|e| b.fault("split.to", e))
+            .ok()
+    }
+
     /// `sides`: (upstream index, percent) of the other upstreams; `main` takes the rest.
     pub fn new(
         main: usize,
@@ -102,6 +160,17 @@ impl Split {
             .iter()
             .find(|(bound, _)| point < *bound)
             .map_or(self.sides[self.sides.len() - 1].1, |(_, u)| *u)
+    }
+}
+
+impl RoutePolicy for Split {
+    const NAME: &'static str = "split";
+
+    async fn request(&self, x: &mut Exchange<'_>) -> Decision {
+        let consumer = x.state.consumer();
+        let upstream = self.choose(x.session.req_header(), x.state.client_ip, consumer);
+        x.state.upstream = Some(upstream);
+        Decision::Continue
     }
 }
 

@@ -1,0 +1,221 @@
+//! A route's policies as a pipeline. Each policy is a compiled struct in its own file that
+//! implements [`RoutePolicy`] for the phases it takes part in; a route runs its list in
+//! order in every phase (the list and its order: `route/policies.rs`). A request-phase
+//! policy returns [`Decision::Continue`] or [`Decision::Respond`], and [`answer`] is the one
+//! place a `Respond` becomes the JSON answer, the log line and the metric.
+
+use crate::config::{self, Config, Fault};
+use crate::error_response;
+use crate::observe::metrics::RouteMetrics;
+use crate::observe::request_id::RequestId;
+use crate::policy::auth::build::Auth;
+use crate::policy::auth::Identity;
+use crate::policy::ratelimit::local::GcraStore;
+use crate::policy::ratelimit::redis::RedisLimiter;
+use crate::router::PathMatch;
+use crate::upstream::Pool;
+use bytes::Bytes;
+use pingora_error::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What a request-phase policy decided.
+pub enum Decision {
+    Continue,
+    /// Answer the client now; nothing goes upstream. Boxed: the rare path.
+    Respond(Box<Respond>),
+}
+
+/// A local answer: a JSON error body `{"error", "status", "request_id"}` with `headers`.
+pub struct Respond {
+    pub status: u16,
+    pub message: Cow<'static, str>,
+    pub headers: Vec<(&'static str, String)>,
+    /// Close the client connection after the answer (its body was not read).
+    pub close: bool,
+    /// Why, in a word from a fixed set: the log line and the metric label.
+    pub reason: &'static str,
+}
+
+impl Respond {
+    pub fn new(
+        status: u16,
+        reason: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Box<Self> {
+        Box::new(Respond {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+            close: false,
+            reason,
+        })
+    }
+
+    pub fn header(mut self: Box<Self>, name: &'static str, value: impl Into<String>) -> Box<Self> {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The client connection ends with this answer.
+    pub fn closing(mut self: Box<Self>) -> Box<Self> {
+        self.close = true;
+        self
+    }
+}
+
+/// What the policies of one request know and leave for each other and for the log.
+#[derive(Default)]
+pub struct PolicyState {
+    /// The peer's address.
+    pub client_ip: Option<IpAddr>,
+    /// The client's address as policies see it: behind trusted proxies, the one they report.
+    pub effective_ip: Option<IpAddr>,
+    /// Who is calling, when the route's access rule established it.
+    pub identity: Option<Arc<Identity>>,
+    /// RateLimit-Policy and RateLimit values for the response.
+    pub rate_headers: Option<(String, String)>,
+    /// `allowed` or `limited` when the route has rate limits (for the access log).
+    pub rate_limit: Option<&'static str>,
+    /// The upstream a traffic split chose (else the route's), an index into the runtime's.
+    pub upstream: Option<usize>,
+    /// Request body bytes seen.
+    pub body_bytes: u64,
+    /// Request and response bodies gathered for a JSON transform.
+    pub request_json: Option<Vec<u8>>,
+    pub response_json: Option<Vec<u8>>,
+    /// The mirror's draw has been made (it is made once per request).
+    pub mirror_drawn: bool,
+    /// A mirror copy's header and the body gathered for it, sent when the body is complete.
+    pub mirror: Option<Box<(RequestHeader, Vec<u8>)>>,
+}
+
+impl PolicyState {
+    pub fn consumer(&self) -> Option<&str> {
+        self.identity.as_ref().and_then(|id| id.consumer.as_deref())
+    }
+}
+
+/// One request as a policy sees it in any phase.
+pub struct Exchange<'a> {
+    pub session: &'a mut Session,
+    pub route: &'a str,
+    pub metrics: &'a RouteMetrics,
+    pub request_id: &'a RequestId,
+    pub state: &'a mut PolicyState,
+}
+
+/// A route policy. Every phase has a default that does nothing, so a policy implements
+/// only the phases it takes part in.
+pub trait RoutePolicy {
+    /// The policy's name in logs and metrics.
+    const NAME: &'static str;
+
+    /// Before anything goes upstream (Pingora's `request_filter`).
+    fn request(&self, _x: &mut Exchange<'_>) -> impl Future<Output = Decision> + Send {
+        std::future::ready(Decision::Continue)
+    }
+
+    /// Each chunk of the request body on its way upstream.
+    fn request_body(
+        &self,
+        _x: &mut Exchange<'_>,
+        _body: &mut Option<Bytes>,
+        _end: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The request header as it goes upstream (each attempt).
+    fn upstream_request(&self, _x: &mut Exchange<'_>, _upstream: &mut RequestHeader) -> Result<()> {
+        Ok(())
+    }
+
+    /// The response header on its way to the client.
+    fn response(&self, _x: &mut Exchange<'_>, _resp: &mut ResponseHeader) -> Result<()> {
+        Ok(())
+    }
+
+    /// A response the gateway makes itself from upstream answers (composition).
+    fn local_response(&self, _x: &mut Exchange<'_>, _resp: &mut ResponseHeader) -> Result<()> {
+        Ok(())
+    }
+
+    /// Each chunk of the response body on its way to the client.
+    fn response_body(
+        &self,
+        _x: &mut Exchange<'_>,
+        _body: &mut Option<Bytes>,
+        _end: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The upstreams of a config by name; `None` for one that is declared but failed to build
+/// (routes naming it are not reported a second time).
+pub type UpstreamIndex<'a> = HashMap<&'a str, Option<usize>>;
+
+/// What a route's policies are compiled from, and where their faults go.
+pub struct Build<'a> {
+    /// `routes[N]`, the YAML path of the route.
+    pub path: &'a str,
+    pub route: &'a config::Route,
+    pub config: &'a Config,
+    pub path_match: &'a PathMatch,
+    pub upstreams: &'a UpstreamIndex<'a>,
+    pub pools: &'a [Arc<Pool>],
+    pub unparsed: &'a config::Unparsed,
+    pub auth: &'a Auth,
+    pub limiter: &'a Arc<GcraStore>,
+    pub redis: Option<&'a Arc<RedisLimiter>>,
+    pub faults: &'a mut Vec<Fault>,
+}
+
+impl Build<'_> {
+    pub fn fault(&mut self, field: impl std::fmt::Display, message: impl Into<String>) {
+        self.faults
+            .push(Fault::new(format!("{}.{field}", self.path), message));
+    }
+
+    /// A (field, message) fault of a section compiler, under `section`.
+    pub fn fault_in(&mut self, section: &str, (field, message): (String, String)) {
+        self.fault(format_args!("{section}.{field}"), message);
+    }
+
+    /// The index of the upstream `name`, reporting at `field` when there is none.
+    pub fn upstream(&mut self, field: impl std::fmt::Display, name: &str) -> Option<usize> {
+        match self.upstreams.get(name) {
+            Some(i) => *i,
+            None => {
+                if !self.unparsed.upstreams.iter().any(|u| u == name) {
+                    self.fault(field, format!("no upstream named {name:?}"));
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Turn a policy's `Respond` into the answer, its log line and its metric.
+pub async fn answer(x: &mut Exchange<'_>, policy: &'static str, r: Box<Respond>) -> Result<()> {
+    x.metrics.refused(policy, r.reason);
+    log::info!(
+        "request {} on route {}: {} {policy} {} ({})",
+        x.request_id,
+        x.route,
+        r.status,
+        r.reason,
+        r.message
+    );
+    if r.close {
+        x.session.set_keepalive(None);
+    }
+    let headers: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    error_response::send(x.session, r.status, &r.message, x.request_id, &headers).await
+}
