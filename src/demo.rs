@@ -298,6 +298,7 @@ Try these in another terminal:
   curl -s -o /dev/null -D - {g}/api/catalog | grep -i -e cache-status -e age   # cached 30 s: run twice, miss then hit
   for i in 1 2 3 4 5 6; do curl -s {g}/api/inventory; echo; done   # inventory-2 fails: retried on inventory-1, then ejected
   for i in 1 2 3 4 5 6 7; do curl -s {g}/api/recommendations; echo; done   # down: five 503s, the breaker opens, fallback answers
+  curl -s -i {g}/api/reports                               # 503 with Retry-After: the route is under maintenance
 "
     );
     if let Some(address) = https {

@@ -18,7 +18,11 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
             }
             let rel = path.strip_prefix(&src).expect("under src");
             let first = rel.components().next().expect("a component");
-            let module = first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+            let module = first
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
             // The binary and the crate root stand above every module.
             if module == "main" || module == "lib" || path.extension().is_none_or(|e| e != "rs") {
                 continue;

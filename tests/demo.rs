@@ -103,6 +103,13 @@ fn demo_starts_and_answers() {
         405
     );
     assert_eq!(get(&format!("{url}/nowhere")).status, 404);
+    let reports = get(&format!("{url}/api/reports"));
+    assert_eq!(reports.status, 503, "{reports:?}");
+    assert_eq!(reports.header("retry-after"), Some("3600"));
+    assert!(
+        printed.iter().any(|l| l.contains("/api/reports")),
+        "{printed:?}"
+    );
     // The printed --path-as-is examples: decided on the canonical path.
     let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let dotted = raw(

@@ -516,6 +516,9 @@ pub struct Route {
     /// Redirect requests that came over plain HTTP to HTTPS.
     #[serde(default)]
     pub redirect_https: bool,
+    /// Take the route down: 503 with this message for everyone but `ip_allow`.
+    #[serde(default)]
+    pub maintenance: Option<MaintenanceSpec>,
 
     /// A WebSocket (or other upgraded connection) is closed after this long without a
     /// byte either way; the route's timeouts and `server.body_timeout` do not apply to it.
@@ -560,6 +563,24 @@ fn default_backoff() -> Dur {
 }
 fn default_max_backoff() -> Dur {
     Dur::millis(250)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSpec {
+    #[serde(default = "default_maintenance_message")]
+    pub message: String,
+    /// Sent as `Retry-After` (whole seconds).
+    #[serde(default)]
+    pub retry_after: Option<Dur>,
+    /// Clients (addresses/CIDRs, behind trusted proxies the client's) that still get
+    /// through.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+}
+
+fn default_maintenance_message() -> String {
+    "this route is down for maintenance".into()
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

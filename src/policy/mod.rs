@@ -6,6 +6,7 @@ pub mod body_limit;
 pub mod compression;
 pub mod cors;
 pub mod ip_filter;
+pub mod maintenance;
 pub mod mirror;
 pub mod pipeline;
 pub mod ratelimit;

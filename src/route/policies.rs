@@ -7,6 +7,7 @@ use crate::policy::body_limit::BodyLimit;
 use crate::policy::compression::Compression;
 use crate::policy::cors::Cors;
 use crate::policy::ip_filter::IpFilter;
+use crate::policy::maintenance::Maintenance;
 use crate::policy::mirror::Mirror;
 use crate::policy::pipeline::{answer, Build, Decision, Exchange, RoutePolicy};
 use crate::policy::ratelimit::RateLimits;
@@ -115,6 +116,7 @@ macro_rules! route_policies {
 }
 
 route_policies![
+    Maintenance,
     IpFilter,
     BodyLimit,
     AccessRule,
