@@ -5,7 +5,6 @@
 use crate::error_response;
 use crate::observe::request_id::RequestId;
 use crate::policy::pipeline::{Build, Exchange};
-use crate::request_parts::request_host;
 use crate::transform::template::{Template, Vars};
 use crate::upstream::Pool;
 use pingora_core::connectors::http::Connector;
@@ -108,7 +107,7 @@ impl Compose {
             if let (Some(pool), Some(path)) = (pool, template) {
                 calls.push(Call {
                     key: call.key.clone(),
-                    pool: b.pools.get(pool)?.clone(),
+                    pool: b.src.pools.get(pool)?.clone(),
                     path,
                     timeout: call.timeout.0,
                     required: call.required,
@@ -183,15 +182,7 @@ impl Compose {
         traceparent: Option<&str>,
         local: &(impl LocalResponse + Sync),
     ) -> pingora_error::Result<()> {
-        let req = x.session.req_header();
-        let vars = Vars {
-            request_id: x.request_id,
-            client_ip: x.state.client_ip,
-            identity: x.state.identity.as_deref(),
-            route: x.route,
-            host: request_host(req).unwrap_or(""),
-            req,
-        };
+        let vars = Vars::of(x);
         let paths = match self.targets(&vars) {
             Ok(p) => p,
             Err(why) => return error_response::send(x.session, 400, &why, x.request_id, &[]).await,

@@ -13,6 +13,19 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// The request target made of `path` and `query`; 400 when they make no valid one.
+pub fn target_uri(path: &str, query: Option<&str>) -> pingora_error::Result<http::Uri> {
+    use pingora_error::{ErrorType, OrErr};
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    http::Uri::try_from(target).or_err(
+        ErrorType::HTTPStatus(400),
+        "rewritten path is not a valid URI",
+    )
+}
+
 /// The body length a request or response declares (`Content-Length`).
 pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers

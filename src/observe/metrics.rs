@@ -431,6 +431,11 @@ impl RouteMetrics {
         RouteMetrics::new("", enabled)
     }
 
+    /// Whether anything is recorded (an admin listener serves the metrics).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     pub fn request(&self, o: &Finished) {
         if !self.enabled {
             return;

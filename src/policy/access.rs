@@ -55,7 +55,13 @@ impl AccessRule {
     pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
         let a = b.route.access.as_ref()?;
         let path = format!("{}.access", b.path);
-        auth_build::access_rule(&path, a, b.auth, &b.unparsed.jwt_providers, b.faults)
+        auth_build::access_rule(
+            &path,
+            a,
+            b.src.auth,
+            &b.src.unparsed.jwt_providers,
+            b.faults,
+        )
     }
 
     /// Authenticate the request with the first provider whose credential it carries and

@@ -41,9 +41,9 @@ impl Mirror {
         if m.max_in_flight == 0 {
             b.fault("mirror.max_in_flight", "must be at least 1");
         }
-        let keys = &b.auth.api_keys;
+        let keys = &b.src.auth.api_keys;
         Some(Mirror {
-            pool: b.pools.get(pool)?.clone(),
+            pool: b.src.pools.get(pool)?.clone(),
             share: (m.percent * 100.0).round() as u32,
             timeout: m.timeout.0,
             forward_credentials: m.forward_credentials,

@@ -13,6 +13,7 @@ use crate::policy::auth::Identity;
 use crate::policy::ratelimit::local::GcraStore;
 use crate::policy::ratelimit::redis::RedisLimiter;
 use crate::router::PathMatch;
+use crate::upstream::limit::ConcurrencyLimit;
 use crate::upstream::Pool;
 use bytes::Bytes;
 use pingora_error::Result;
@@ -161,19 +162,29 @@ pub trait RoutePolicy {
 /// (routes naming it are not reported a second time).
 pub type UpstreamIndex<'a> = HashMap<&'a str, Option<usize>>;
 
-/// What a route's policies are compiled from, and where their faults go.
-pub struct Build<'a> {
-    /// `routes[N]`, the YAML path of the route.
-    pub path: &'a str,
-    pub route: &'a config::Route,
+/// What routes are compiled against: the rest of the config, already built.
+pub struct Sources<'a> {
     pub config: &'a Config,
-    pub path_match: &'a PathMatch,
     pub upstreams: &'a UpstreamIndex<'a>,
     pub pools: &'a [Arc<Pool>],
     pub unparsed: &'a config::Unparsed,
     pub auth: &'a Auth,
     pub limiter: &'a Arc<GcraStore>,
     pub redis: Option<&'a Arc<RedisLimiter>>,
+    /// Route concurrency limits of the running config, by route name and size: requests
+    /// still in flight on it hold their slots.
+    pub route_limits: &'a HashMap<(String, usize), Arc<ConcurrencyLimit>>,
+    /// Metrics are recorded (an admin listener serves them).
+    pub metrics: bool,
+}
+
+/// What a route's policies are compiled from, and where their faults go.
+pub struct Build<'a> {
+    /// `routes[N]`, the YAML path of the route.
+    pub path: &'a str,
+    pub route: &'a config::Route,
+    pub path_match: &'a PathMatch,
+    pub src: &'a Sources<'a>,
     pub faults: &'a mut Vec<Fault>,
 }
 
@@ -190,10 +201,10 @@ impl Build<'_> {
 
     /// The index of the upstream `name`, reporting at `field` when there is none.
     pub fn upstream(&mut self, field: impl std::fmt::Display, name: &str) -> Option<usize> {
-        match self.upstreams.get(name) {
+        match self.src.upstreams.get(name) {
             Some(i) => *i,
             None => {
-                if !self.unparsed.upstreams.iter().any(|u| u == name) {
+                if !self.src.unparsed.upstreams.iter().any(|u| u == name) {
                     self.fault(field, format!("no upstream named {name:?}"));
                 }
                 None

@@ -35,6 +35,7 @@ impl Split {
     pub fn from_config(b: &mut Build<'_>) -> Option<Self> {
         let sp = b.route.split.as_ref()?;
         let main = b
+            .src
             .upstreams
             .get(b.route.upstream.as_str())
             .copied()

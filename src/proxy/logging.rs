@@ -12,6 +12,9 @@ use std::time::{Instant, SystemTime};
 /// Count a finished request in the route's and upstream's metrics.
 pub fn record_metrics(session: &Session, ctx: &Ctx) {
     let metrics = ctx.route().map_or(&ctx.rt().unrouted, |r| &r.metrics);
+    if !metrics.enabled() {
+        return;
+    }
     metrics.request(&Finished {
         method: &session.req_header().method,
         status: session.response_written().map(|r| r.status.as_u16()),

@@ -159,13 +159,18 @@ impl ProxyHttp for Gateway {
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let traceparent = ctx.trace.as_ref().map(TraceContext::header_value);
-        if let Some((route, mut x)) = ctx.exchange(session) {
-            if let RouteTarget::Compose(c) = &route.target {
-                c.answer(&mut x, traceparent.as_deref(), &route.policies)
-                    .await?;
-                return Ok(false);
+        if ctx
+            .route()
+            .is_some_and(|r| matches!(r.target, RouteTarget::Compose(_)))
+        {
+            let traceparent = ctx.trace.as_ref().map(TraceContext::header_value);
+            if let Some((route, mut x)) = ctx.exchange(session) {
+                if let RouteTarget::Compose(c) = &route.target {
+                    c.answer(&mut x, traceparent.as_deref(), &route.policies)
+                        .await?;
+                }
             }
+            return Ok(false);
         }
         if !cache_phases::only_if_cached(&ctx.cache, session) {
             return Ok(true);

@@ -5,10 +5,9 @@
 use super::ctx::Ctx;
 use super::edge::is_tls;
 use crate::forwarding::{self, ClientInfo};
-use crate::request_parts::request_host;
+use crate::request_parts::{request_host, target_uri};
 use crate::route::HostPolicy;
-use http::Uri;
-use pingora_error::{ErrorType, OrErr, Result};
+use pingora_error::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
@@ -18,15 +17,7 @@ pub fn build(session: &Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> 
     };
     let client_req = session.req_header();
     if let Some(path) = route.rewrite.apply(client_req.uri.path()) {
-        let target = match client_req.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.into_owned(),
-        };
-        let uri = Uri::try_from(target).or_err(
-            ErrorType::HTTPStatus(400),
-            "rewritten path is not a valid URI",
-        )?;
-        upstream.set_uri(uri);
+        upstream.set_uri(target_uri(&path, client_req.uri.query())?);
     }
     let client_host = request_host(client_req);
     match &route.host {

@@ -6,37 +6,16 @@ use super::rewrite::Rewrite;
 use super::{HostPolicy, RouteAction, RouteTarget};
 use crate::cache::RoutePolicy as CachePolicy;
 use crate::compose::Compose;
-use crate::config::{self, Config, Fault, Route};
+use crate::config::{self, Fault, Route};
 use crate::observe::metrics::RouteMetrics;
-use crate::policy::auth::build::Auth;
-use crate::policy::pipeline::{Build, UpstreamIndex};
-use crate::policy::ratelimit::local::GcraStore;
-use crate::policy::ratelimit::redis::RedisLimiter;
+use crate::policy::pipeline::{Build, Sources};
 use crate::router::{normalize_host, PathMatch, RouteMatcher};
 use crate::upstream::limit::ConcurrencyLimit;
 use crate::upstream::retry::RetryPolicy;
-use crate::upstream::Pool;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What routes are compiled against: the rest of the config, already built.
-pub struct Sources<'a> {
-    pub config: &'a Config,
-    pub upstreams: &'a UpstreamIndex<'a>,
-    pub pools: &'a [Arc<Pool>],
-    pub unparsed: &'a config::Unparsed,
-    pub auth: &'a Auth,
-    pub limiter: &'a Arc<GcraStore>,
-    pub redis: Option<&'a Arc<RedisLimiter>>,
-    /// Route concurrency limits of the running config, by route name and size: requests
-    /// still in flight on it hold their slots.
-    pub route_limits: &'a HashMap<(String, usize), Arc<ConcurrencyLimit>>,
-    /// Metrics are recorded (an admin listener serves them).
-    pub metrics: bool,
-}
 
 fn check_name(path: &str, r: &Route, faults: &mut Vec<Fault>) {
     if r.name.is_empty() {
@@ -345,14 +324,8 @@ impl RouteAction {
         let mut b = Build {
             path,
             route: r,
-            config: src.config,
             path_match: &path_match,
-            upstreams: src.upstreams,
-            pools: src.pools,
-            unparsed: src.unparsed,
-            auth: src.auth,
-            limiter: src.limiter,
-            redis: src.redis,
+            src,
             faults,
         };
         let policies = Pipeline::from_config(&mut b);

@@ -5,8 +5,6 @@ mod build;
 pub mod policies;
 pub mod rewrite;
 
-pub use build::Sources;
-
 use crate::cache::RoutePolicy as CachePolicy;
 use crate::compose::Compose;
 use crate::observe::metrics::RouteMetrics;

@@ -8,12 +8,11 @@ pub mod template;
 
 use crate::config::TransformSpec;
 use crate::policy::pipeline::{Build, Exchange, RoutePolicy};
-use crate::request_parts::{declared_length, request_host};
+use crate::request_parts::{declared_length, target_uri};
 use bytes::Bytes;
 use headers::HeaderOps;
-use http::Uri;
 use json::JsonOps;
-use pingora_error::{Error, ErrorType, OrErr, Result};
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use query::QueryOps;
 use regex::Regex;
@@ -70,19 +69,6 @@ impl RouteTransforms {
     }
 }
 
-/// The template variables of a request.
-fn vars<'a>(x: &'a Exchange<'_>) -> Vars<'a> {
-    let req = x.session.req_header();
-    Vars {
-        request_id: x.request_id,
-        client_ip: x.state.client_ip,
-        identity: x.state.identity.as_deref(),
-        route: x.route,
-        host: request_host(req).unwrap_or(""),
-        req,
-    }
-}
-
 /// A JSON request body is on its way (not compressed, not empty).
 fn json_body_follows(req: &RequestHeader) -> bool {
     let encoded = req.headers.contains_key(http::header::CONTENT_ENCODING);
@@ -104,14 +90,7 @@ impl RouteTransforms {
         if !self.query.is_empty() {
             query = self.query.apply(query.as_deref(), vars).map(Cow::Owned);
         }
-        let target = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.into_owned(),
-        };
-        let uri = Uri::try_from(target).or_err(
-            ErrorType::HTTPStatus(400),
-            "rewritten path is not a valid URI",
-        )?;
+        let uri = target_uri(&path, query.as_deref())?;
         upstream.set_uri(uri);
         Ok(())
     }
@@ -121,7 +100,7 @@ impl RoutePolicy for RouteTransforms {
     const NAME: &'static str = "transform";
 
     fn upstream_request(&self, x: &mut Exchange<'_>, upstream: &mut RequestHeader) -> Result<()> {
-        let vars = vars(x);
+        let vars = Vars::of(x);
         if self.rewrites_uri() {
             self.rewrite_uri(upstream, &vars)?;
         }
@@ -171,7 +150,7 @@ impl RoutePolicy for RouteTransforms {
 
     fn response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
         if !self.response_headers.is_empty() {
-            self.response_headers.apply(resp, &vars(x))?;
+            self.response_headers.apply(resp, &Vars::of(x))?;
         }
         if self.response_json.is_none() {
             return Ok(());
@@ -199,7 +178,7 @@ impl RoutePolicy for RouteTransforms {
     }
 
     fn local_response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
-        self.response_headers.apply(resp, &vars(x))
+        self.response_headers.apply(resp, &Vars::of(x))
     }
 
     fn response_body(

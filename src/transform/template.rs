@@ -2,6 +2,7 @@
 //! at load so an unknown variable is a config error and a request only fills in values.
 
 use crate::policy::auth::Identity;
+use crate::policy::pipeline::Exchange;
 use http::HeaderName;
 use pingora_http::RequestHeader;
 use std::fmt::Write;
@@ -243,6 +244,21 @@ pub struct Vars<'a> {
     pub route: &'a str,
     pub host: &'a str,
     pub req: &'a RequestHeader,
+}
+
+impl<'a> Vars<'a> {
+    /// The variables of the request a route policy is working on.
+    pub fn of(x: &'a Exchange<'_>) -> Vars<'a> {
+        let req = x.session.req_header();
+        Vars {
+            request_id: x.request_id,
+            client_ip: x.state.client_ip,
+            identity: x.state.identity.as_deref(),
+            route: x.route,
+            host: crate::request_parts::request_host(req).unwrap_or(""),
+            req,
+        }
+    }
 }
 
 #[cfg(test)]

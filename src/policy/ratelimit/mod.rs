@@ -412,16 +412,16 @@ impl RateLimits {
             Some(l) => (format!("{}.rate_limits", b.path), l.as_slice()),
             None => (
                 "default_rate_limits".to_string(),
-                b.config.default_rate_limits.as_slice(),
+                b.src.config.default_rate_limits.as_slice(),
             ),
         };
         let route = (b.route.name.as_str(), b.path_match);
-        let have_redis = b.config.redis.is_some();
+        let have_redis = b.src.config.redis.is_some();
         let limits = compile(&path, limits, route, have_redis, b.faults);
         (!limits.is_empty()).then(|| RateLimits {
             limits,
-            store: b.limiter.clone(),
-            redis: b.redis.cloned(),
+            store: b.src.limiter.clone(),
+            redis: b.src.redis.cloned(),
         })
     }
 }
