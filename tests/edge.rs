@@ -702,3 +702,52 @@ fn http2_requests_are_made_canonical_too() {
     let r = h2.request("GET", "a,for=6.6.6.6", "/x", &[], b"");
     assert!(r.is_err() || r.unwrap().status == 400);
 }
+
+#[test]
+fn a_slow_header_on_a_kept_alive_connection_is_cut_too() {
+    let up = Upstream::start("up");
+    let gw = gateway(&up, "  keepalive_timeout: 1s\n  header_timeout: 1s\n");
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // The second request's header, one byte every 300 ms: 60 bytes would take 18 s; it is
+    // due 2 s (keep-alive wait + header timeout) after the first request ended.
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let header = b"GET /second HTTP/1.1\r\nHost: a.test\r\nX-Slow: aaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut sent = 0;
+    let mut closed = false;
+    for b in header {
+        if s.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        sent += 1;
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("answered a header that never ended"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the connection outlived its header deadline");
+    assert!(
+        sent < header.len(),
+        "closed only after the whole header ({sent} bytes)"
+    );
+    assert_eq!(up.count_path("/second"), 0);
+    assert_eq!(up.count(), 1);
+}

@@ -8,7 +8,9 @@ path; use run.sh for what a request costs in time.
     ROUNDS=2 benches/load/icount.py old=/tmp/old/portico,new=target/release/portico plain,chain
 
 CONFIG is plain (one route) or chain (HS256 + a local rate limit + metrics + access log),
-as in run.sh. Needs valgrind (Debian: valgrind); each run takes about a minute.
+as in run.sh, or control: BINARY is then the bare-Pingora control (examples/bare_pingora.rs).
+With PROFILE=1, the functions whose own instructions per request differ most between the
+two request counts are printed too (where a request's instructions go). Needs valgrind (Debian: valgrind); each run takes about a minute.
 """
 import base64, tempfile, hashlib, hmac, http.client, http.server, json, os, re, signal, socket, subprocess, sys, threading, time
 
@@ -79,7 +81,11 @@ def run(binary, name, n):
     port = free_port()
     open(f'{d}/p.yaml', 'w').write(config(name, port, d))
     out = f'{d}/cg.out'
-    p = subprocess.Popen(['valgrind', '--tool=callgrind', f'--callgrind-out-file={out}', binary, 'run', '-c', f'{d}/p.yaml'],
+    args = [binary, 'run', '-c', f'{d}/p.yaml']
+    if name == 'control':
+        # The bare-Pingora control (examples/bare_pingora.rs): listen and upstream addresses.
+        args = [binary, f'127.0.0.1:{port}', f'127.0.0.1:{oport}']
+    p = subprocess.Popen(['valgrind', '--tool=callgrind', f'--callgrind-out-file={out}'] + args,
                          stdout=subprocess.DEVNULL, stderr=open(f'{d}/stderr', 'w'))
     deadline = time.time() + 120
     while True:
@@ -101,9 +107,11 @@ def run(binary, name, n):
     for line in open(out):
         if line.startswith('totals:') or line.startswith('summary:'):
             total = int(line.split()[1])
+    KEEP[(binary, name, n)] = out
     return total
 
 results = {}
+KEEP = {}
 for rnd in range(int(os.environ.get('ROUNDS', '1'))):
     for name in CONFIGS:
         for label, binary in BINS.items():
@@ -111,6 +119,30 @@ for rnd in range(int(os.environ.get('ROUNDS', '1'))):
             per = (b - a) / (N2 - N1)
             results.setdefault((name, label), []).append(per)
             print(f'round {rnd} {name:6} {label:4} {per:10.0f} instructions/request', flush=True)
+if os.environ.get('PROFILE'):
+    for (binary, name, n), out in KEEP.items():
+        if n != N2:
+            continue
+        def selfcost(path):
+            text = subprocess.run(['callgrind_annotate', '--threshold=100', '--inclusive=no',
+                                   '--auto=no', path], capture_output=True, text=True).stdout
+            costs = {}
+            table = False
+            for line in text.splitlines():
+                if 'file:function' in line:
+                    table = True
+                    continue
+                m = re.match(r'\s*([\d,]+) \([ \d.]+%\)\s+(.*)', line)
+                if table and m:
+                    # file:function [object]; inlined code is named by its source file.
+                    fn = m.group(2).split(' [')[0]
+                    costs[fn] = costs.get(fn, 0) + int(m.group(1).replace(',', ''))
+            return costs
+        hi, lo = selfcost(out), selfcost(KEEP[(binary, name, N1)])
+        per = sorted(((hi.get(f, 0) - lo.get(f, 0)) / (N2 - N1), f) for f in set(hi) | set(lo))
+        print(f'-- {name} ({binary}): own instructions per request, top 45')
+        for v, f in reversed(per[-45:]):
+            print(f'{v:9.0f}  {f[:150]}')
 print(f'instructions per request, every round (work files in {WORK})')
 for (name, label), v in sorted(results.items()):
     print(f'{name:6} {label:8}', ' '.join(f'{x:.0f}' for x in v))

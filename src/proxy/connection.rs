@@ -1,7 +1,9 @@
 //! Client connections: how long each may take to send a request header, and a short linger
 //! at shutdown. Pingora bounds each read of a header, not the whole header, so a client that
-//! trickles one byte at a time holds its connection for ever; here every HTTP/1 request runs
-//! under a watch that closes the connection when its header is not complete in time.
+//! trickles one byte at a time holds its connection for ever; here every HTTP/1 connection
+//! runs under a watch that closes it when a request header is not complete in time. The
+//! watch is per connection, around Pingora's own request loop: a wrapper per request would
+//! box (and copy) the whole request future once more for every request.
 
 use crate::config::ServerSection;
 use crate::lifecycle;
@@ -9,8 +11,7 @@ use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, ServerApp};
-use pingora_core::protocols::http::ServerSession;
+use pingora_core::apps::ServerApp;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, Session};
@@ -20,15 +21,36 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
+use tokio::time::Instant;
 
 tokio::task_local! {
-    /// Set once the current request's header has been read (by the first proxy phase).
-    static HEADER_READ: Cell<bool>;
+    /// The header deadline of the connection this task serves.
+    static HEADER_WATCH: HeaderWatch;
 }
 
-/// Called by the first proxy phase: the header is in, the watch is over.
+/// When the request header being waited for is due, shared between the connection's watch
+/// and the proxy phases of its requests.
+struct HeaderWatch {
+    /// `None` while a request is being handled (its header is in).
+    due: Cell<Option<Instant>>,
+    /// A later request's header is due this long after the one before it ended: the
+    /// keep-alive wait for its first byte plus the header timeout.
+    next: Duration,
+    /// A request header has come in on this connection.
+    seen: Cell<bool>,
+}
+
+/// Called by the first proxy phase: the header is in, the watch is off until it ends.
 pub fn header_read() {
-    let _ = HEADER_READ.try_with(|done| done.set(true));
+    let _ = HEADER_WATCH.try_with(|w| {
+        w.due.set(None);
+        w.seen.set(true);
+    });
+}
+
+/// Called when a request ends: the next header on this connection is due.
+pub fn request_done() {
+    let _ = HEADER_WATCH.try_with(|w| w.due.set(Some(Instant::now() + w.next)));
 }
 
 /// The server's connection settings for this request: keep-alive (none while draining),
@@ -111,34 +133,38 @@ impl ClientConnections {
     }
 }
 
-/// Run one request's processing; `None` (and the connection dropped) when its header was
-/// not read within `limit`. Once the header is in, the request runs as long as it needs.
-async fn within<F: Future>(
-    limit: Duration,
-    request: F,
-    fresh: Option<&Fresh<'_>>,
-) -> Option<F::Output> {
-    HEADER_READ
-        .scope(Cell::new(false), async move {
-            let mut request = std::pin::pin!(request);
-            let mut deadline = std::pin::pin!(tokio::time::sleep(limit));
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(out) = request.as_mut().poll(cx) {
-                    return Poll::Ready(Some(out));
-                }
-                let done = HEADER_READ.try_with(Cell::get).unwrap_or(true);
-                if done {
-                    if let Some(f) = fresh {
-                        f.done();
-                    }
-                } else if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                Poll::Pending
-            })
-            .await
-        })
-        .await
+/// Run a connection's requests; `None` (and the connection dropped) when a request header
+/// does not come in by the time it is due. Once a header is in, its request runs as long as
+/// it needs.
+async fn watched<F: Future<Output = Option<Stream>>>(
+    connection: F,
+    first_due: Instant,
+    fresh: &Fresh<'_>,
+) -> Option<Stream> {
+    let mut connection = std::pin::pin!(connection);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(first_due));
+    let mut armed = first_due;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = connection.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        let (due, seen) = HEADER_WATCH.with(|w| (w.due.get(), w.seen.get()));
+        if seen {
+            fresh.done();
+        }
+        let Some(due) = due else {
+            return Poll::Pending;
+        };
+        if due != armed {
+            timer.as_mut().reset(due);
+            armed = due;
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 #[async_trait]
@@ -167,34 +193,19 @@ impl ServerApp for ClientConnections {
                 _ => return None,
             }
         }
-        let mut session = ServerSession::new_http1(stream);
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(keepalive.as_secs().max(1)));
-        }
-        let limit = self
-            .inner
-            .server_options()
-            .and_then(|o| o.keepalive_request_limit);
-        session.set_keepalive_reuses_remaining(limit);
         // The first header is due `header_timeout` after the connection opened; a later one
         // may first wait up to `keepalive_timeout` for its first byte.
-        let mut deadline = header;
         let fresh = Fresh::new(&self.waiting_first);
-        let mut first = Some(&fresh);
-        loop {
-            let request = self.inner.process_new_http(session, shutdown);
-            let reused = within(deadline, request, first.take()).await.flatten();
-            fresh.done();
-            let reused = reused?;
-            let (stream, settings) = reused.consume();
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
-            deadline = keepalive + header;
-        }
+        let first_due = Instant::now() + header;
+        let watch = HeaderWatch {
+            due: Cell::new(Some(first_due)),
+            next: keepalive + header,
+            seen: Cell::new(false),
+        };
+        let requests = self.inner.process_new(stream, shutdown);
+        HEADER_WATCH
+            .scope(watch, watched(requests, first_due, &fresh))
+            .await
     }
 
     async fn cleanup(&self) {

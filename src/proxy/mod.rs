@@ -339,6 +339,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        connection::request_done();
         attempt::finished(ctx);
         logging::record_metrics(session, ctx);
         if let Some(log) = self.access_log.as_ref().and_then(|l| l.get()) {
