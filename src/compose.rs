@@ -57,7 +57,7 @@ async fn fetch(call: &Call, path: &str, fwd: &Forward<'_>) -> Result<Value, Stri
     req.insert_header(http::header::HOST, host.clone())
         .map_err(|e| e.to_string())?;
     set(&mut req, "accept", "application/json")?;
-    req.insert_header(fwd.request_id.header.clone(), fwd.request_id.as_str())
+    req.insert_header(fwd.request_id.header.clone(), fwd.request_id.header_value())
         .map_err(|e| e.to_string())?;
     if let Some(c) = fwd.consumer {
         set(&mut req, "x-consumer", c)?;
@@ -198,7 +198,7 @@ impl Compose {
                 let mut resp = ResponseHeader::build(200, Some(6))?;
                 resp.insert_header("content-type", "application/json")?;
                 resp.insert_header("content-length", body.len())?;
-                resp.insert_header(x.request_id.header.clone(), x.request_id.as_str())?;
+                resp.insert_header(x.request_id.header.clone(), x.request_id.header_value())?;
                 // The route's response policies apply to a composed answer as to a proxied one.
                 local.local_response(x, &mut resp)?;
                 let head_only = x.session.req_header().method == http::Method::HEAD;

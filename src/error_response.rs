@@ -49,7 +49,7 @@ pub async fn reply(
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len())?;
-    resp.insert_header(request_id.header.clone(), request_id.as_str())?;
+    resp.insert_header(request_id.header.clone(), request_id.header_value())?;
     resp.insert_header("cache-control", "no-store")?;
     for (name, value) in extra {
         resp.insert_header(*name, *value)?;
@@ -119,7 +119,7 @@ async fn send_grpc(
     let message = grpc_message(message);
     let mut resp = ResponseHeader::build(200, Some(5 + extra.len()))?;
     resp.insert_header("content-type", "application/grpc")?;
-    resp.insert_header(request_id.header.clone(), request_id.as_str())?;
+    resp.insert_header(request_id.header.clone(), request_id.header_value())?;
     for (name, value) in extra {
         resp.insert_header(*name, *value)?;
     }

@@ -2,7 +2,7 @@
 //! and hop-by-hop headers (RFC 9110 §7.6.1).
 
 use crate::config::Fault;
-use http::header::{HeaderMap, HeaderName, CONNECTION, TE, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, UPGRADE};
 use ipnet::IpNet;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::fmt::Write;
@@ -198,9 +198,19 @@ fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Set X-Forwarded-For/-Proto/-Host, Forwarded and X-Real-IP. A client's own values survive
 /// only when the direct peer is a trusted proxy; otherwise they are replaced, never trusted.
 pub fn set_forwarded_headers(req: &mut RequestHeader, client: &ClientInfo) {
-    match client.real_ip {
-        Some(ip) => {
-            let _ = req.insert_header(X_REAL_IP, ip.to_string());
+    // The client address is written once and shared by the headers that carry it.
+    let ip_text = client.ip.map(IpText::new);
+    let ip_value = ip_text
+        .as_ref()
+        .and_then(|t| HeaderValue::from_str(t.as_str()).ok());
+    let real_ip = match client.real_ip {
+        Some(ip) if Some(ip) == client.ip => ip_value.clone(),
+        Some(ip) => HeaderValue::from_str(IpText::new(ip).as_str()).ok(),
+        None => None,
+    };
+    match real_ip {
+        Some(v) => {
+            let _ = req.insert_header(X_REAL_IP, v);
         }
         None => {
             req.remove_header(X_REAL_IP);
@@ -209,22 +219,30 @@ pub fn set_forwarded_headers(req: &mut RequestHeader, client: &ClientInfo) {
     if !client.trusted {
         req.remove_header(TRUE_CLIENT_IP);
     }
-    let ip = client.ip.map(|ip| ip.to_string());
     let prior =
         |req: &RequestHeader, name| client.trusted.then(|| joined(&req.headers, name)).flatten();
 
-    if let Some(ip) = &ip {
-        let xff = match prior(req, X_FORWARDED_FOR) {
-            Some(p) => format!("{p}, {ip}"),
-            None => ip.clone(),
-        };
-        let _ = req.insert_header(X_FORWARDED_FOR, xff);
+    if let (Some(ip), Some(value)) = (&ip_text, ip_value) {
+        match prior(req, X_FORWARDED_FOR) {
+            Some(p) => {
+                let _ = req.insert_header(X_FORWARDED_FOR, format!("{p}, {}", ip.as_str()));
+            }
+            None => {
+                let _ = req.insert_header(X_FORWARDED_FOR, value);
+            }
+        }
     } else if !client.trusted {
         req.remove_header(X_FORWARDED_FOR);
     }
 
-    let proto = prior(req, X_FORWARDED_PROTO).unwrap_or_else(|| client.proto.to_string());
-    let _ = req.insert_header(X_FORWARDED_PROTO, proto);
+    match prior(req, X_FORWARDED_PROTO) {
+        Some(p) => {
+            let _ = req.insert_header(X_FORWARDED_PROTO, p);
+        }
+        None => {
+            let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+        }
+    }
 
     match prior(req, X_FORWARDED_HOST).or_else(|| client.host.map(str::to_string)) {
         Some(h) => {
@@ -235,22 +253,27 @@ pub fn set_forwarded_headers(req: &mut RequestHeader, client: &ClientInfo) {
         }
     }
 
-    let mut element = String::new();
-    match client.ip {
-        Some(IpAddr::V4(v4)) => {
-            let _ = write!(element, "for={v4}");
+    let host_len = client.host.map_or(0, str::len);
+    let mut element = String::with_capacity(64 + 2 * host_len);
+    match (&ip_text, client.ip) {
+        (Some(t), Some(IpAddr::V4(_))) => {
+            element.push_str("for=");
+            element.push_str(t.as_str());
         }
-        Some(IpAddr::V6(v6)) => {
-            let _ = write!(element, "for=\"[{v6}]\"");
+        (Some(t), _) => {
+            element.push_str("for=\"[");
+            element.push_str(t.as_str());
+            element.push_str("]\"");
         }
-        None => element.push_str("for=unknown"),
+        (None, _) => element.push_str("for=unknown"),
     }
     if let Some(h) = client.host {
         // Always quoted: the value came from the client, even though it was validated.
         element.push_str(";host=");
         push_quoted(&mut element, h);
     }
-    let _ = write!(element, ";proto={}", client.proto);
+    element.push_str(";proto=");
+    element.push_str(client.proto);
     let forwarded = match prior(req, FORWARDED) {
         Some(p) => format!("{p}, {element}"),
         None => element,
@@ -258,9 +281,84 @@ pub fn set_forwarded_headers(req: &mut RequestHeader, client: &ClientInfo) {
     let _ = req.insert_header(FORWARDED, forwarded);
 }
 
+/// An address as text, written without a heap allocation.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(t, "{v6}");
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for a in [0u8, 1, 9, 10, 42, 99, 100, 199, 200, 255] {
+            addrs.push(IpAddr::from([a, 255 - a, a / 3, 7]));
+        }
+        for v6 in [
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+            "fe80::1:2:3:4",
+        ] {
+            addrs.push(v6.parse().unwrap());
+        }
+        for ip in addrs {
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
+    }
 
     fn req_with(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();

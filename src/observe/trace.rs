@@ -2,7 +2,7 @@
 //! becomes the parent of the upstream call; otherwise a new trace starts here.
 //! `tracestate` is passed on untouched.
 
-use std::fmt::Write;
+use http::HeaderValue;
 
 /// The trace this request belongs to and the gateway's own span in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,20 +77,34 @@ impl TraceContext {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
+        String::from_utf8_lossy(&self.trace_id_digits()).into_owned()
+    }
+
+    /// The trace id as 32 lower-case hex digits, without allocating.
+    pub fn trace_id_digits(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex_into_slice(&self.trace_id, &mut out);
+        out
     }
 
     /// The `traceparent` sent upstream: same trace, the gateway's span as parent.
-    pub fn header_value(&self) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        s.push_str(&self.trace_id_hex());
-        s.push('-');
-        for b in self.span_id {
-            let _ = write!(s, "{b:02x}");
-        }
-        let _ = write!(s, "-{:02x}", self.flags);
-        s
+    pub fn header_value(&self) -> HeaderValue {
+        let mut v = [b'-'; 55];
+        v[..2].copy_from_slice(b"00");
+        hex_into_slice(&self.trace_id, &mut v[3..35]);
+        hex_into_slice(&self.span_id, &mut v[36..52]);
+        hex_into_slice(&[self.flags], &mut v[53..55]);
+        // Hex digits and dashes are always a valid header value.
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// `bytes` as lower-case hex into `out` (twice as long).
+fn hex_into_slice(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
@@ -104,6 +118,7 @@ mod tests {
         let t = TraceContext::from_header(Some(incoming));
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let out = t.header_value();
+        let out = out.to_str().unwrap();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-01"));
         assert_ne!(

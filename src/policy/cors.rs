@@ -228,7 +228,7 @@ pub async fn answer_preflight(
                 resp.append_header(name, value)?;
             }
             resp.insert_header("content-length", "0")?;
-            resp.insert_header(request_id.header.clone(), request_id.as_str())?;
+            resp.insert_header(request_id.header.clone(), request_id.header_value())?;
             session.write_response_header(Box::new(resp), true).await
         }
         Preflight::Refused(why) => {

@@ -47,7 +47,7 @@ fn millis(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
 struct AccessRecord<'a> {
     time: access_log::Rfc3339,
     request_id: &'a str,
-    trace_id: Option<String>,
+    trace_id: Option<&'a str>,
     client_ip: Option<IpAddr>,
     method: &'a str,
     host: Option<&'a str>,
@@ -76,10 +76,13 @@ struct AccessRecord<'a> {
 pub fn write_access_line(log: &AccessLog, session: &Session, ctx: &Ctx) {
     let req = session.req_header();
     let t = &ctx.times;
+    let trace_digits = ctx.trace.as_ref().map(TraceContext::trace_id_digits);
     let record = AccessRecord {
         time: access_log::Rfc3339::new(SystemTime::now()),
         request_id: &ctx.request_id,
-        trace_id: ctx.trace.as_ref().map(TraceContext::trace_id_hex),
+        trace_id: trace_digits
+            .as_ref()
+            .and_then(|d| std::str::from_utf8(d).ok()),
         client_ip: ctx.policy.client_ip,
         method: req.method.as_str(),
         host: request_host(req),

@@ -164,10 +164,10 @@ impl ProxyHttp for Gateway {
             .is_some_and(|r| matches!(r.target, RouteTarget::Compose(_)))
         {
             let traceparent = ctx.trace.as_ref().map(TraceContext::header_value);
+            let traceparent = traceparent.as_ref().and_then(|v| v.to_str().ok());
             if let Some((route, mut x)) = ctx.exchange(session) {
                 if let RouteTarget::Compose(c) = &route.target {
-                    c.answer(&mut x, traceparent.as_deref(), &route.policies)
-                        .await?;
+                    c.answer(&mut x, traceparent, &route.policies).await?;
                 }
             }
             return Ok(false);
@@ -296,7 +296,7 @@ impl ProxyHttp for Gateway {
                 );
             }
         }
-        resp.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
+        resp.insert_header(ctx.request_id.header.clone(), ctx.request_id.header_value())?;
         if let Some(v) = ctx.hsts.take() {
             resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v)?;
         }

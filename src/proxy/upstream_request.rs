@@ -41,7 +41,7 @@ pub fn build(session: &Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> 
         real_ip: ctx.policy.effective_ip,
     };
     forwarding::set_forwarded_headers(upstream, &client);
-    upstream.insert_header(ctx.request_id.header.clone(), ctx.request_id.as_str())?;
+    upstream.insert_header(ctx.request_id.header.clone(), ctx.request_id.header_value())?;
     if let Some(t) = &ctx.trace {
         upstream.insert_header("traceparent", t.header_value())?;
     }

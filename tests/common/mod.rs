@@ -631,6 +631,23 @@ fn wait_for_port(addr: SocketAddr, child: &mut Child, log: &PathBuf, what: &str)
     );
 }
 
+/// Loopback addresses of the listeners a test config lists after the generated first one:
+/// the entries before the config's first top-level key.
+fn more_listeners(body: &str) -> Vec<SocketAddr> {
+    body.lines()
+        .take_while(|l| l.is_empty() || l.starts_with(' ') || l.starts_with('-'))
+        .filter_map(|l| {
+            let at = l.find("address:")?;
+            let rest = l[at + "address:".len()..]
+                .trim_start()
+                .trim_start_matches('"');
+            let end = rest.find(|c: char| c == '"' || c == ',' || c == '}' || c.is_whitespace());
+            rest[..end.unwrap_or(rest.len())].parse().ok()
+        })
+        .filter(|a: &SocketAddr| a.ip().is_loopback())
+        .collect()
+}
+
 pub fn portico_bin() -> &'static str {
     env!("CARGO_BIN_EXE_portico")
 }
@@ -689,6 +706,11 @@ impl Gateway {
             .expect("spawn portico");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for_port(addr, &mut child, &log, "portico");
+        // Listeners start side by side: the others listed in `body` may open a moment
+        // after the first.
+        for other in more_listeners(body) {
+            wait_for_port(other, &mut child, &log, "portico");
+        }
         Gateway {
             child,
             addr,
