@@ -31,7 +31,7 @@ pub async fn listener_answers(session: &mut Session, ctx: &mut Ctx) -> Result<bo
         return Ok(false);
     }
     if l.redirect_https {
-        return redirect_https(session, ctx).await;
+        return Box::pin(redirect_https(session, ctx)).await;
     }
     Ok(false)
 }
@@ -47,7 +47,7 @@ pub async fn route_answers(session: &mut Session, ctx: &mut Ctx) -> Result<bool>
         session.set_read_timeout(Some(route.upgrade_idle));
     }
     if route.redirect_https && !is_tls(session) {
-        return redirect_https(session, ctx).await;
+        return Box::pin(redirect_https(session, ctx)).await;
     }
     Ok(false)
 }

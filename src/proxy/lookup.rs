@@ -38,7 +38,14 @@ pub async fn find_route(session: &mut Session, ctx: &Ctx) -> Result<Option<usize
         Some(a) => &[("allow", a.as_str())],
         None => &[],
     };
-    error_response::send(session, status, &message, &ctx.request_id, extra).await?;
+    Box::pin(error_response::send(
+        session,
+        status,
+        &message,
+        &ctx.request_id,
+        extra,
+    ))
+    .await?;
     Ok(None)
 }
 

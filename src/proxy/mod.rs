@@ -83,18 +83,19 @@ impl ProxyHttp for Gateway {
         if let Some(r) = ctx.refusal {
             log::debug!("request {}: {} {}", ctx.request_id, r.status, r.message);
             session.set_keepalive(None);
-            error_response::send(session, r.status, r.message, &ctx.request_id, &[]).await?;
+            let answer = error_response::send(session, r.status, r.message, &ctx.request_id, &[]);
+            Box::pin(answer).await?;
             return Ok(true);
         }
         if edge::listener_answers(session, ctx).await? {
             return Ok(true);
         }
         if ctx.rt().cache.purge_method && session.req_header().method.as_str() == "PURGE" {
-            admin::purge_request(session, ctx.rt(), &ctx.request_id).await?;
+            Box::pin(admin::purge_request(session, ctx.rt(), &ctx.request_id)).await?;
             return Ok(true);
         }
         if let Some(method) = Cors::is_preflight(session.req_header()) {
-            if lookup::preflight(session, ctx, &method).await? {
+            if Box::pin(lookup::preflight(session, ctx, &method)).await? {
                 return Ok(true);
             }
         }
@@ -167,7 +168,7 @@ impl ProxyHttp for Gateway {
             let traceparent = traceparent.as_ref().and_then(|v| v.to_str().ok());
             if let Some((route, mut x)) = ctx.exchange(session) {
                 if let RouteTarget::Compose(c) = &route.target {
-                    c.answer(&mut x, traceparent, &route.policies).await?;
+                    Box::pin(c.answer(&mut x, traceparent, &route.policies)).await?;
                 }
             }
             return Ok(false);
@@ -178,7 +179,14 @@ impl ProxyHttp for Gateway {
         let status = "portico; fwd=miss; detail=only-if-cached";
         let message = "only-if-cached: no stored response can be used";
         let extra = [("cache-status", status)];
-        error_response::send(session, 504, message, &ctx.request_id, &extra).await?;
+        Box::pin(error_response::send(
+            session,
+            504,
+            message,
+            &ctx.request_id,
+            &extra,
+        ))
+        .await?;
         Ok(false)
     }
 

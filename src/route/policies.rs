@@ -55,7 +55,7 @@ macro_rules! route_policies {
                         $(Policy::$kind(p) => p.request(x).await,)*
                     };
                     if let Decision::Respond(r) = decision {
-                        answer(x, p.name(), r).await?;
+                        Box::pin(answer(x, p.name(), r)).await?;
                         return Ok(true);
                     }
                 }

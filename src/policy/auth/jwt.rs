@@ -248,7 +248,7 @@ impl JwtProvider {
         let mut result = self.try_keys(token, kid, alg, validation);
         if result == Err(Reject::UnknownKid) && kid.is_some() {
             if let Some(remote) = &self.remote {
-                remote.refetch_for_unknown_kid().await;
+                Box::pin(remote.refetch_for_unknown_kid()).await;
                 result = self.try_keys(token, kid, alg, validation);
             }
         }

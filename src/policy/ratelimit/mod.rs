@@ -183,7 +183,7 @@ pub async fn decide(
                     }
                 })
                 .collect();
-            match redis.decide(&checks).await {
+            match Box::pin(redis.decide(&checks)).await {
                 Ok(vs) => {
                     for (&i, v) in cluster.iter().zip(vs) {
                         verdicts[i] = Some(v);
