@@ -4,7 +4,7 @@
 # upstream_peer, same profile and allocator), in front of one nginx origin. Run by hand,
 # never in CI.
 #
-#   benches/load/run.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS] [-p PATH] [TARGET...]
+#   benches/load/run.sh [-r ROUNDS] [-d SECONDS | -n REQUESTS] [-c CONNECTIONS] [-p PATH] [TARGET...]
 #   benches/load/run.sh -m IDLE [TARGET...]
 #
 # Targets (default: all but metrics and accesslog): nginx haproxy control plain routes1000 hs256
@@ -18,6 +18,10 @@
 # to the bare-Pingora control and to plain Portico in the same round.
 #
 # PATH is /bench (a 100-byte body, the default) or /4k (a 4 KiB JSON body).
+#
+# -n REQUESTS sends a fixed number of requests to each target per round (like h2load -n)
+# instead of loading it for a fixed time (wrk -d): every target then does the same work,
+# however fast it is. The two closed-loop modes can give different ratios; report both.
 #
 # -m IDLE measures memory instead: per target, the proxy's PSS with no client, with IDLE
 # idle keep-alive connections (each has made one request), and 2 s after they closed;
@@ -44,14 +48,16 @@ set -euo pipefail
 
 ROUNDS=5
 DURATION=5
+COUNT=0
 CONNS=32
 URL_PATH=/bench
 IDLE=0
 TLS=""
-while getopts "r:d:c:p:m:s:h" opt; do
+while getopts "r:d:n:c:p:m:s:h" opt; do
   case $opt in
     r) ROUNDS=$OPTARG ;;
     d) DURATION=$OPTARG ;;
+    n) COUNT=$OPTARG ;;
     c) CONNS=$OPTARG ;;
     p) URL_PATH=$OPTARG ;;
     m) IDLE=$OPTARG ;;
@@ -372,18 +378,37 @@ fi
 
 RESULTS=$WORK/results.tsv
 printf 'round\ttarget\treq_s\tp50\tp99\tcpu_us_per_req\tpeak_rss_kb\terrors\n' >"$RESULTS"
-# One load run against a target: prints "requests req/s p50 p99 errors".
+# wrk stops after a fixed number of answers (-n): each response counted, then the thread
+# stops; the few requests in flight at that moment are counted by wrk too.
+cat >"$WORK/count.lua" <<'LUA'
+local answered = 0
+local limit = tonumber(os.getenv("WRK_COUNT"))
+response = function(status, headers, body)
+  answered = answered + 1
+  if answered >= limit then
+    wrk.thread:stop()
+  end
+end
+LUA
+# One load run against a target, SECONDS long or (with "count") COUNT requests: prints
+# "requests req/s p50 p99 errors".
 load() {
-  local t=$1 secs=$2 url="$SCHEME://127.0.0.1:${PORT[$1]}$URL_PATH" out
+  local t=$1 secs=$2 mode=${3:-time} url="$SCHEME://127.0.0.1:${PORT[$1]}$URL_PATH" out
   if [ "$TLS" = h2 ]; then
-    out=$(taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D"$secs" -H "$(header_for "$t")" "$url" 2>&1)
+    local amount=(-D"$secs")
+    [ "$mode" = count ] && amount=(-n"$COUNT")
+    out=$(taskset -c 1 h2load -t1 -c"$CONNS" -m10 "${amount[@]}" -H "$(header_for "$t")" "$url" 2>&1)
     awk '/^finished in/ {rps=$4} /^requests:/ {done=$6; ok=$8; failed=$10 + $12}
          END {printf "%d %s - - %d\n", done, rps, failed + (done - ok)}' <<<"$out"
     return
   fi
   local extra=()
   [ "$TLS" = handshake ] && extra=(-H "Connection: close")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency -H "$(header_for "$t")" "${extra[@]}" "$url")
+  if [ "$mode" = count ]; then
+    extra+=(-s "$WORK/count.lua")
+    secs=600
+  fi
+  out=$(WRK_COUNT=$COUNT taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency -H "$(header_for "$t")" "${extra[@]}" "$url")
   awk '/requests in/ {n=$1} /Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
        /Non-2xx/ {e+=$NF} /Socket errors/ {gsub(/[^0-9 ]/," "); e+=$1+$2+$3+$4}
        END {printf "%d %s %s %s %d\n", n, rps, p50, p99, e}' <<<"$out"
@@ -396,7 +421,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     p=$(cpu_pid "$t")
     before=$(cpu_ticks "$p")
-    read -r reqs rps p50 p99 errs < <(load "$t" "$DURATION")
+    read -r reqs rps p50 p99 errs < <(load "$t" "$DURATION" "$([ "$COUNT" -gt 0 ] && echo count || echo time)")
     after=$(cpu_ticks "$p")
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$p/status")
     cpu=$(awk -v a="$before" -v b="$after" -v n="$reqs" -v tck="$TCK" 'BEGIN {printf "%.1f", (b-a)/tck*1e6/n}')
