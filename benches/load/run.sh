@@ -19,9 +19,10 @@
 #
 # PATH is /bench (a 100-byte body, the default) or /4k (a 4 KiB JSON body).
 #
-# -n REQUESTS sends a fixed number of requests to each target per round (like h2load -n)
-# instead of loading it for a fixed time (wrk -d): every target then does the same work,
-# however fast it is. The two closed-loop modes can give different ratios; report both.
+# -n REQUESTS sends a fixed number of requests to each target per round (h2load -n, over
+# HTTP/1.1 unless -s h2; needs nghttp2-client) instead of loading it for a fixed time
+# (wrk -d): every target then does the same work, however fast it is. The two closed-loop
+# modes can give different ratios; report both.
 #
 # -m IDLE measures memory instead: per target, the proxy's PSS with no client, with IDLE
 # idle keep-alive connections (each has made one request), and 2 s after they closed;
@@ -81,6 +82,7 @@ done
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --bin portico)
 [ -x "$CONTROL" ] || (cd "$ROOT" && cargo build --release --example bare_pingora)
 
+[ "$COUNT" -eq 0 ] || command -v h2load >/dev/null || { echo "missing h2load for -n (apt-get install nghttp2-client)"; exit 1; }
 WORK=$(mktemp -d /tmp/portico-load.XXXXXX)
 SCHEME=http
 if [ -n "$TLS" ]; then
@@ -378,18 +380,6 @@ fi
 
 RESULTS=$WORK/results.tsv
 printf 'round\ttarget\treq_s\tp50\tp99\tcpu_us_per_req\tpeak_rss_kb\terrors\n' >"$RESULTS"
-# wrk stops after a fixed number of answers (-n): each response counted, then the thread
-# stops; the few requests in flight at that moment are counted by wrk too.
-cat >"$WORK/count.lua" <<'LUA'
-local answered = 0
-local limit = tonumber(os.getenv("WRK_COUNT"))
-response = function(status, headers, body)
-  answered = answered + 1
-  if answered >= limit then
-    wrk.thread:stop()
-  end
-end
-LUA
 # One load run against a target, SECONDS long or (with "count") COUNT requests: prints
 # "requests req/s p50 p99 errors".
 load() {
@@ -405,10 +395,13 @@ load() {
   local extra=()
   [ "$TLS" = handshake ] && extra=(-H "Connection: close")
   if [ "$mode" = count ]; then
-    extra+=(-s "$WORK/count.lua")
-    secs=600
+    # A fixed count: h2load speaking HTTP/1.1, the same connections, one thread.
+    out=$(taskset -c 1 h2load --h1 -t1 -c"$CONNS" -n"$COUNT" -H "$(header_for "$t")" "${extra[@]}" "$url" 2>&1)
+    awk '/^finished in/ {rps=$4} /^requests:/ {done=$6; ok=$8; failed=$10 + $12}
+         END {printf "%d %s - - %d\n", done, rps, failed + (done - ok)}' <<<"$out"
+    return
   fi
-  out=$(WRK_COUNT=$COUNT taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency -H "$(header_for "$t")" "${extra[@]}" "$url")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency -H "$(header_for "$t")" "${extra[@]}" "$url")
   awk '/requests in/ {n=$1} /Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
        /Non-2xx/ {e+=$NF} /Socket errors/ {gsub(/[^0-9 ]/," "); e+=$1+$2+$3+$4}
        END {printf "%d %s %s %s %d\n", n, rps, p50, p99, e}' <<<"$out"
