@@ -16,7 +16,10 @@ fn request() -> RequestHeader {
     let mut r = RequestHeader::build("GET", b"/api/v1/orders/1234?page=2", Some(8)).unwrap();
     for (name, value) in [
         ("host", "api.example.com"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/133.0"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/133.0",
+        ),
         ("accept", "application/json"),
         ("accept-encoding", "gzip, deflate, br"),
         ("accept-language", "en-GB,en;q=0.5"),
@@ -41,28 +44,33 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    g.bench_function("hop headers, forwarding headers, request id, traceparent", |b| {
-        b.iter_batched_ref(
-            || fresh.clone(),
-            |r| {
-                let id = RequestId::take(&header, &r.headers);
-                let trace = TraceContext::from_header(None);
-                strip_request_hop_headers(r, false, true);
-                let info = ClientInfo {
-                    ip: Some(client),
-                    trusted: false,
-                    proto: "https",
-                    host: Some("api.example.com"),
-                    real_ip: Some(client),
-                };
-                set_forwarded_headers(r, &info);
-                r.insert_header(id.header.clone(), id.header_value()).unwrap();
-                r.insert_header("traceparent", trace.header_value()).unwrap();
-                black_box(r.headers.len())
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    g.bench_function(
+        "hop headers, forwarding headers, request id, traceparent",
+        |b| {
+            b.iter_batched_ref(
+                || fresh.clone(),
+                |r| {
+                    let id = RequestId::take(&header, &r.headers);
+                    let trace = TraceContext::from_header(None);
+                    strip_request_hop_headers(r, false, true);
+                    let info = ClientInfo {
+                        ip: Some(client),
+                        trusted: false,
+                        proto: "https",
+                        host: Some("api.example.com"),
+                        real_ip: Some(client),
+                    };
+                    set_forwarded_headers(r, &info);
+                    r.insert_header(id.header.clone(), id.header_value())
+                        .unwrap();
+                    r.insert_header("traceparent", trace.header_value())
+                        .unwrap();
+                    black_box(r.headers.len())
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
 }
 

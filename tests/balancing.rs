@@ -164,10 +164,20 @@ fn least_request_sends_less_to_a_slow_target() {
     // two at a time while the fast one answers hundreds.
     assert!(s * 10 < f, "slow {s} fast {f}");
     assert!(s >= 1, "the slow target still gets its share of draws");
-    let status = admin_get(admin, "/status").json();
-    let targets = status["upstreams"][0]["targets"]
-        .as_array()
-        .unwrap()
-        .clone();
-    assert!(targets.iter().all(|t| t["in_flight"] == 0), "{targets:?}");
+    // Every request has ended for its client; the gateway drops a request's state just
+    // after its last byte is written.
+    let idle = || {
+        let status = admin_get(admin, "/status").json();
+        let targets = status["upstreams"][0]["targets"]
+            .as_array()
+            .unwrap()
+            .clone();
+        targets
+            .iter()
+            .all(|t| t["in_flight"] == 0)
+            .then_some(())
+            .ok_or(targets)
+    };
+    let settled = eventually(Duration::from_secs(10), || idle().is_ok());
+    assert!(settled, "{:?}", idle());
 }
