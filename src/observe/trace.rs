@@ -76,10 +76,6 @@ impl TraceContext {
         }
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        String::from_utf8_lossy(&self.trace_id_digits()).into_owned()
-    }
-
     /// The trace id as 32 lower-case hex digits, without allocating.
     pub fn trace_id_digits(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
@@ -111,6 +107,12 @@ fn hex_into_slice(bytes: &[u8], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl TraceContext {
+        fn trace_id_hex(&self) -> String {
+            String::from_utf8_lossy(&self.trace_id_digits()).into_owned()
+        }
+    }
 
     #[test]
     fn continues_valid_traces_and_starts_new_ones() {

@@ -12,6 +12,8 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 pub fn build(session: &Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    // The current attempt's target, for a route that sends the target's own Host.
+    let target_host = ctx.attempt.upstream_host.take();
     let Some(route) = ctx.route() else {
         return Ok(());
     };
@@ -21,7 +23,11 @@ pub fn build(session: &Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> 
     }
     let client_host = request_host(client_req);
     match &route.host {
-        HostPolicy::Target => {}
+        HostPolicy::Target => {
+            if let Some(h) = target_host {
+                upstream.insert_header(http::header::HOST, h)?;
+            }
+        }
         HostPolicy::Client => {
             if let Some(h) = client_host {
                 upstream.insert_header(http::header::HOST, h)?;
@@ -48,11 +54,6 @@ pub fn build(session: &Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> 
     // Identity headers come from the gateway only, never from the client.
     for name in &rt.auth.identity_headers {
         upstream.remove_header(name);
-    }
-    if matches!(route.host, HostPolicy::Target) {
-        if let Some(h) = ctx.attempt.upstream_host.take() {
-            upstream.insert_header(http::header::HOST, h)?;
-        }
     }
     Ok(())
 }

@@ -135,14 +135,6 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn iter(&self) -> impl Iterator<Item = &Policy> {
-        self.list.iter()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
     /// The route's CORS policy, for preflights (answered before the pipeline runs).
     pub fn cors(&self) -> Option<&Cors> {
         self.list.iter().find_map(|p| match p {
