@@ -306,8 +306,11 @@ fn prometheus_scrapes_the_admin_listener() {
                 .replace('"', "%22")
                 .replace('=', "%3D")
         );
-        let r = try_send("GET", &url, &[], "").ok()?;
-        let v = r.json();
+        // Prometheus answers 503 (plain text) until its storage is ready: not yet, not a failure.
+        let r = try_send("GET", &url, &[], "")
+            .ok()
+            .filter(|r| r.status == 200)?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
