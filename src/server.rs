@@ -42,6 +42,7 @@ pub fn server_conf(rt: &Runtime, mode: StartMode) -> ServerConf {
     ServerConf {
         daemon: mode.daemon,
         threads: s.threads,
+        work_stealing: s.work_stealing,
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         error_log: s.error_log.clone(),

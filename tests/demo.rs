@@ -78,7 +78,12 @@ fn demo_starts_and_answers() {
     assert_eq!(get(&format!("{url}/api/orders")).status, 401);
     let users = format!("{url}/api/users/2");
     let r = send("GET", &users, &[("authorization", &reader)]);
-    assert_eq!(r.json()["item"]["name"], "Linus");
+    assert_eq!(
+        r.json()["item"]["name"],
+        "Linus",
+        "{r:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_eq!(get(&users).status, 401);
     assert_eq!(
         send("GET", &users, &[("authorization", &no_scope)]).status,

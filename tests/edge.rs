@@ -388,6 +388,58 @@ fn idle_keepalive_connections_are_closed() {
     assert_eq!(up.count(), 1);
 }
 
+/// Read one response with a `Content-Length` body off a kept-alive connection.
+fn read_response(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Between two requests a kept-alive connection waits for the next request's first byte
+/// outside the request machinery: that byte must reach the parser with the rest, however
+/// the request is split, and a stop must close the waiting connection.
+#[test]
+fn a_kept_alive_connection_waits_for_its_next_request_and_closes_at_stop() {
+    let up = Upstream::start("up");
+    let gw = gateway(&up, "");
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GET /x/1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    // Idle, then a request whose first byte comes alone.
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"G").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"ET /x/2 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    let targets: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, ["/x/1", "/x/2"]);
+    signal(gw.pid(), "TERM");
+    assert!(closed_by_server(&mut s, Duration::from_secs(30)));
+}
+
 #[test]
 fn slow_headers_are_cut_while_normal_clients_are_served() {
     let up = Upstream::start("up");

@@ -9,7 +9,7 @@ path; use run.sh for what a request costs in time.
 
 CONFIG is plain (one route) or chain (HS256 + a local rate limit + metrics + access log),
 as in run.sh, or control: BINARY is then the bare-Pingora control (examples/bare_pingora.rs).
-With PROFILE=1, the functions whose own instructions per request differ most between the
+SERVER_EXTRA (environment): lines added to the server section, as in run.sh. With PROFILE=1, the functions whose own instructions per request differ most between the
 two request counts are printed too (where a request's instructions go). Needs valgrind (Debian: valgrind); each run takes about a minute.
 """
 import base64, tempfile, hashlib, hmac, http.client, http.server, json, os, re, signal, socket, subprocess, sys, threading, time
@@ -51,6 +51,7 @@ def config(name, port, d):
   grace_period: 0s
   shutdown_timeout: 1s
   log_level: warn
+{os.environ.get('SERVER_EXTRA', '')}
 listeners:
   - address: 127.0.0.1:{port}
 upstreams:

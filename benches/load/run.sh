@@ -31,7 +31,9 @@
 # machines cap a process at 20,000 descriptors, so use -m 9000 when it is among the targets.
 #
 # A target NAME@LABEL runs configuration NAME with the binary in $PORTICO_BIN_LABEL
-# (e.g. plain@glibc with PORTICO_BIN_glibc=/tmp/portico-glibc), to compare builds.
+# (e.g. plain@glibc with PORTICO_BIN_glibc=/tmp/portico-glibc), to compare builds, and
+# with the server lines in $SERVER_EXTRA_LABEL added (e.g. plain@rb0 with
+# SERVER_EXTRA_rb0='  read_buffer: 0'), to compare settings; either may be left unset.
 #
 # SERVER_EXTRA (environment): lines added to Portico's server section, to try a setting,
 # e.g. SERVER_EXTRA='  read_buffer: 4KiB'.
@@ -203,6 +205,7 @@ server:
   shutdown_timeout: 1s
   log_level: warn
 ${SERVER_EXTRA:-}
+${4:-}
 listeners:
   - address: 127.0.0.1:$port
 $( [ -n "$TLS" ] && printf '    tls: {certificates: [{cert: %s, key: %s}]}\n' "$WORK/tls.pem" "$WORK/tls.key" )
@@ -294,13 +297,15 @@ start_target() {
     *)
       # NAME@LABEL: configuration NAME run by the binary in $PORTICO_BIN_LABEL, to compare
       # two builds in one interleaved run.
-      local dir=$WORK/$t bin=$BIN
+      local dir=$WORK/$t bin=$BIN extra=""
       if [[ $t == *@* ]]; then
-        local var="PORTICO_BIN_${t#*@}"
-        bin=${!var:?set $var to the binary for $t}
+        local var="PORTICO_BIN_${t#*@}" settings="SERVER_EXTRA_${t#*@}"
+        bin=${!var:-$BIN}
+        extra=${!settings:-}
+        [ -n "${!var:-}${extra}" ] || { echo "set $var or $settings for $t" >&2; exit 2; }
       fi
       mkdir -p "$dir"
-      portico_config "${t%@*}" "$port" "$dir" >"$dir/portico.yaml"
+      portico_config "${t%@*}" "$port" "$dir" "$extra" >"$dir/portico.yaml"
       taskset -c 0 "$bin" run -c "$dir/portico.yaml" >/dev/null 2>"$dir/error.log" &
       echo $! ;;
   esac

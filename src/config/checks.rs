@@ -31,10 +31,10 @@ impl ServerSection {
                 ),
             ));
         }
-        if !(1024..=16 << 20).contains(&s.read_buffer.0) {
+        if s.read_buffer.0 != 0 && !(1024..=16 << 20).contains(&s.read_buffer.0) {
             faults.push(Fault::new(
                 "server.read_buffer",
-                "must be between 1KiB and 16MiB",
+                "must be 0 (unbuffered) or between 1KiB and 16MiB",
             ));
         }
         // Pingora refuses headers over 1 MiB itself, before any of our code sees them.

@@ -2,8 +2,12 @@
 //! at shutdown. Pingora bounds each read of a header, not the whole header, so a client that
 //! trickles one byte at a time holds its connection for ever; here every HTTP/1 connection
 //! runs under a watch that closes it when a request header is not complete in time. The
-//! watch is per connection, around Pingora's own request loop: a wrapper per request would
-//! box (and copy) the whole request future once more for every request.
+//! watch is per connection, around the connection's request loop: a wrapper per request
+//! would box (and copy) the whole request future once more for every request.
+//!
+//! The loop is ours rather than Pingora's so that a kept-alive connection waiting for its
+//! next request holds only its socket: Pingora's loop waits inside the boxed request future,
+//! whose size is the largest state of every phase, for as long as the client stays idle.
 
 use crate::config::ServerSection;
 use crate::lifecycle;
@@ -11,16 +15,19 @@ use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, Session};
 use std::cell::Cell;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 tokio::task_local! {
@@ -120,6 +127,9 @@ pub struct ClientConnections {
     h2c: bool,
     /// HTTP/1 connections still to send their first request header.
     waiting_first: AtomicUsize,
+    /// Set when the service stops: idle kept-alive connections close instead of waiting.
+    closed: AtomicBool,
+    closing: Notify,
 }
 
 impl ClientConnections {
@@ -129,8 +139,103 @@ impl ClientConnections {
             runtime,
             h2c,
             waiting_first: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            closing: Notify::new(),
         }
     }
+
+    /// The HTTP/1 requests of one connection, one after another, as Pingora's own loop runs
+    /// them, except that between two requests nothing but the socket is held until the next
+    /// request's first byte arrives.
+    async fn requests(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+        keepalive: Duration,
+    ) -> Option<Stream> {
+        let mut session = ServerSession::new_http1(stream);
+        // What Pingora sets on a new connection; our phases then set the configured values.
+        session.set_keepalive((!*shutdown.borrow()).then_some(60));
+        session.set_keepalive_reuses_remaining(
+            self.inner
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+        );
+        let mut reused = self.inner.process_new_http(session, shutdown).await;
+        while let Some(next) = reused {
+            let (mut stream, settings) = next.consume();
+            // Bytes of a pipelined request that Pingora read ahead are not in the socket any
+            // more: the next session must start at once and parse them.
+            if !settings.as_ref().is_some_and(may_hold_pipelined_bytes)
+                && !self.next_request_arrives(&mut stream, keepalive).await
+            {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            reused = self.inner.process_new_http(session, shutdown).await;
+        }
+        None
+    }
+
+    /// Wait until the client sends the first byte of its next request: `false` when it
+    /// closes, stays silent past the keep-alive timeout, or the service stops.
+    async fn next_request_arrives(&self, stream: &mut Stream, keepalive: Duration) -> bool {
+        let closing = self.closing.notified();
+        let mut closing = std::pin::pin!(closing);
+        closing.as_mut().enable();
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut first = [0u8; 1];
+        tokio::select! {
+            biased;
+            // `try_peek` puts the byte back for the session's parser; a stream that cannot
+            // peek (TLS) answers `false` at once and the session waits as Pingora's does.
+            peeked = stream.try_peek(&mut first) => peeked.is_ok(),
+            () = tokio::time::sleep(keepalive) => false,
+            () = &mut closing => false,
+        }
+    }
+}
+
+/// Whether the previous request left bytes of the next one in Pingora's buffer. Pingora
+/// keeps them in a private field of the settings it hands over; its `Debug` output is the
+/// only view of it. Anything but a plain `pipelined_prefix: None` counts as "may hold", so a
+/// change in Pingora costs the idle saving, never a pipelined request.
+fn may_hold_pipelined_bytes(settings: &HttpPersistentSettings) -> bool {
+    /// Follows the field-by-field writes of a derived `Debug` and stops at the prefix's value.
+    #[derive(PartialEq)]
+    enum Seen {
+        Nothing,
+        Name,
+        Separator,
+        Empty,
+        Bytes,
+    }
+    struct Probe(Seen);
+    impl std::fmt::Write for Probe {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 = match (&self.0, s) {
+                (Seen::Nothing, "pipelined_prefix") => Seen::Name,
+                (Seen::Name, ": ") => Seen::Separator,
+                (Seen::Separator, "None") => Seen::Empty,
+                (Seen::Separator, _) => Seen::Bytes,
+                (Seen::Name, _) => Seen::Nothing,
+                _ => return Ok(()),
+            };
+            // Stop formatting once the answer is known.
+            match self.0 {
+                Seen::Empty | Seen::Bytes => Err(std::fmt::Error),
+                _ => Ok(()),
+            }
+        }
+    }
+    let mut probe = Probe(Seen::Nothing);
+    let _ = write!(probe, "{settings:?}");
+    probe.0 != Seen::Empty
 }
 
 /// Run a connection's requests; `None` (and the connection dropped) when a request header
@@ -202,7 +307,7 @@ impl ServerApp for ClientConnections {
             next: keepalive + header,
             seen: Cell::new(false),
         };
-        let requests = self.inner.process_new(stream, shutdown);
+        let requests = self.requests(stream, shutdown, keepalive);
         HEADER_WATCH
             .scope(watch, watched(requests, first_due, &fresh))
             .await
@@ -217,6 +322,37 @@ impl ServerApp for ClientConnections {
         while self.waiting_first.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        self.closed.store(true, Ordering::SeqCst);
+        self.closing.notify_waiters();
         self.inner.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    async fn settings() -> HttpPersistentSettings {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let stream: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(client));
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(Some(60));
+        HttpPersistentSettings::for_session(&session)
+    }
+
+    /// Read through Pingora's `Debug`: if a Pingora update changes it, this fails, and until
+    /// then the gateway only loses the idle saving (the "may hold" side is the default).
+    #[tokio::test]
+    async fn pipelined_bytes_are_seen_in_the_settings() {
+        let empty = settings().await;
+        assert!(!may_hold_pipelined_bytes(&empty));
+        let mut held = settings().await;
+        held.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+        assert!(may_hold_pipelined_bytes(&held));
     }
 }
