@@ -50,6 +50,9 @@ enum Command {
     /// Make a new API key (or take one) and print the SHA-256 digest that goes under
     /// `consumers[].api_keys`; the config never holds keys themselves.
     HashKey(HashKeyArgs),
+    /// Print the JSON Schema of the config file (the one shipped as
+    /// conf/portico.schema.json), for editors that complete and check YAML with it.
+    Schema,
 }
 
 #[derive(Args, Debug)]
@@ -253,6 +256,19 @@ fn hash_key(args: HashKeyArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn schema() -> ExitCode {
+    match serde_json::to_string_pretty(&portico::config::json_schema::document()) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write the schema: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -263,6 +279,7 @@ fn main() -> ExitCode {
         Some(Command::Reload(a)) => control(a, false),
         Some(Command::Upgrade(a)) => control(a, true),
         Some(Command::HashKey(a)) => hash_key(a),
+        Some(Command::Schema) => schema(),
     }
 }
 

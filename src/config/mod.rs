@@ -2,6 +2,7 @@
 
 mod checks;
 pub mod duration;
+pub mod json_schema;
 mod load;
 mod positions;
 pub mod schema;

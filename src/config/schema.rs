@@ -3,6 +3,7 @@
 //! runtime is built from these structs.
 
 use super::duration::Dur;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use std::ops::RangeInclusive;
 
@@ -52,7 +53,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Worker threads of the proxy service.
@@ -101,7 +102,7 @@ pub struct ServerSection {
 }
 
 /// `server.paths`: the canonical form of request paths.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PathsSection {
     /// Merge repeated `/` into one.
@@ -119,7 +120,7 @@ impl Default for PathsSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodedSlash {
     Reject,
@@ -155,7 +156,7 @@ impl Default for ServerSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// `IP:PORT` to listen on.
@@ -169,7 +170,7 @@ pub struct Listener {
     pub redirect_https: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// Certificate chains with their keys; each serves the names in its certificate, the
@@ -183,7 +184,7 @@ pub struct ListenerTls {
     pub hsts: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
     /// PEM: the certificate first, then its intermediates.
@@ -192,7 +193,7 @@ pub struct CertificateFiles {
     pub key: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub name: String,
@@ -241,7 +242,7 @@ fn default_h2_streams() -> usize {
     100
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Server name sent and verified; the target's host as written by default.
@@ -263,14 +264,14 @@ pub struct UpstreamTls {
 /// A failure of one attempt, as `on:` lists name them: `connect`, `timeout`, `reset`
 /// (the upstream closed or broke the connection mid-exchange), `5xx` (any 5xx status) or
 /// one status code such as `503`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(untagged)]
 pub enum FailureName {
     Status(u16),
     Name(String),
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierDetection {
     /// Failures in a row that take a target out.
@@ -303,7 +304,7 @@ fn default_failures() -> Vec<FailureName> {
         .collect()
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreaker {
     /// Percentage of failed attempts within `window` that opens the breaker.
@@ -332,7 +333,7 @@ impl Default for CircuitBreaker {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudget {
     /// Retries allowed as a percentage of the requests of the last 10 seconds.
@@ -357,7 +358,7 @@ fn default_retries() -> usize {
     2
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// `IP:PORT` or `HOST:PORT` (names are resolved when the config is loaded).
@@ -370,7 +371,7 @@ fn one() -> usize {
     1
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     #[default]
@@ -381,14 +382,14 @@ pub enum Algorithm {
     LeastRequest,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     Http,
     Tcp,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(rename = "type")]
@@ -421,7 +422,7 @@ fn default_check_timeout() -> Dur {
     Dur::secs(1)
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     pub connect: Dur,
@@ -443,7 +444,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub name: String,
@@ -535,7 +536,7 @@ fn default_upgrade_idle() -> Dur {
     Dur::secs(3600)
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     /// Tries in all, the first included.
@@ -570,7 +571,7 @@ fn default_max_backoff() -> Dur {
     Dur::millis(250)
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceSpec {
     #[serde(default = "default_maintenance_message")]
@@ -588,7 +589,7 @@ fn default_maintenance_message() -> String {
     "this route is down for maintenance".into()
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fallback {
     #[serde(default = "default_fallback_status")]
@@ -601,13 +602,13 @@ fn default_fallback_status() -> u16 {
     200
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeSpec {
     pub calls: Vec<ComposeCall>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeCall {
     /// The key of this call's body in the combined object.
@@ -627,7 +628,7 @@ fn default_call_timeout() -> Dur {
     Dur::secs(2)
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionSpec {
     /// 1 (fast) to 9 (small); brotli and zstd use the same number.
@@ -656,7 +657,7 @@ impl Default for CompressionSpec {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
     /// Other upstreams and the percentage each gets; the route's `upstream` gets the rest.
@@ -670,7 +671,7 @@ pub struct SplitSpec {
     pub pins: Vec<SplitPin>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSide {
     pub upstream: String,
@@ -678,7 +679,7 @@ pub struct SplitSide {
     pub weight: f64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitPin {
     #[serde(default)]
@@ -689,7 +690,7 @@ pub struct SplitPin {
     pub upstream: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorSpec {
     pub upstream: String,
@@ -719,7 +720,7 @@ fn default_mirror_timeout() -> Dur {
     Dur::secs(5)
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cors {
     /// Origins such as `https://app.example.com`, or `"*"`.
@@ -747,7 +748,7 @@ fn default_cors_max_age() -> Dur {
 }
 
 /// Operations on named things (headers, query parameters). Values may hold variables.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NameOps {
     /// Replace (or create) with this value.
@@ -760,7 +761,7 @@ pub struct NameOps {
 }
 
 /// Rewrite the path with a regex; `replace` may use `$1` / `$name` captures.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathRewrite {
     pub regex: String,
@@ -768,19 +769,21 @@ pub struct PathRewrite {
 }
 
 /// Edits of a JSON body, by JSON pointer (`/user/name`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct JsonOps {
     /// Replace (or create) the value at the pointer.
+    #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub set: std::collections::BTreeMap<String, serde_yaml::Value>,
     /// Create the value only where the pointer finds nothing.
+    #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub add: std::collections::BTreeMap<String, serde_yaml::Value>,
     pub remove: Vec<String>,
     /// `/old/pointer: /new/pointer`.
     pub rename: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestTransform {
     pub headers: NameOps,
@@ -789,14 +792,14 @@ pub struct RequestTransform {
     pub json: JsonOps,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResponseTransform {
     pub headers: NameOps,
     pub json: JsonOps,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransformSpec {
     pub request: RequestTransform,
@@ -817,7 +820,7 @@ impl Default for TransformSpec {
 }
 
 /// The process-wide response cache.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSection {
     /// Bytes all cached responses may take (headers, bodies and bookkeeping); the least
@@ -849,7 +852,7 @@ impl Default for CacheSection {
 }
 
 /// A route's cache policy; `cache: {}` caches with the defaults.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCache {
     #[serde(default = "yes")]
@@ -888,7 +891,7 @@ fn default_cache_methods() -> Vec<String> {
 }
 
 /// What makes two requests share a cached response. Method, host and path always do.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheKeySpec {
     pub query: QueryKey,
@@ -901,7 +904,7 @@ pub struct CacheKeySpec {
 }
 
 /// How the query string enters the key.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QueryKey {
     /// As sent, parameter order included.
@@ -914,7 +917,7 @@ pub enum QueryKey {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     /// `127.0.0.1:9901`; keep it on loopback or a private network.
@@ -927,7 +930,7 @@ pub struct AdminSection {
 }
 
 /// `requests` per `per`, admitting at most `burst` at once (GCRA).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Names the limit in headers and logs.
@@ -961,7 +964,7 @@ fn default_ipv6_prefix() -> u8 {
 }
 
 /// The Redis server that keeps cluster-wide rate limits.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
     /// `redis://[:password@]host:port[/db]`.
@@ -987,7 +990,7 @@ fn default_redis_prefix() -> String {
 }
 
 /// What cluster limits do when Redis cannot decide.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
     /// Admit: an outage of Redis does not take the API down.
@@ -1004,7 +1007,7 @@ fn default_limit_key() -> String {
 /// A route's access rule. Credentials are checked against `providers` (JWT provider names
 /// or `api_key`); the identity must then hold every scope, be in one of `groups` and be one
 /// of `consumers` where those are given.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Access {
     #[serde(default)]
@@ -1024,7 +1027,7 @@ pub struct Access {
 }
 
 /// A named caller: an app, a partner.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consumer {
     pub name: String,
@@ -1046,7 +1049,7 @@ pub struct AuthSection {
 }
 
 /// Where API keys are read from.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySource {
     #[serde(default = "default_api_key_header")]
@@ -1069,7 +1072,7 @@ impl Default for ApiKeySource {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtProvider {
     pub name: String,
@@ -1148,7 +1151,7 @@ impl TryFrom<RawTokenSource> for TokenSource {
 }
 
 /// Verification keys of a provider; at least one source.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtKeys {
     /// HMAC secret, inline.
@@ -1184,7 +1187,7 @@ fn default_jwks_min_refetch() -> Dur {
     Dur::secs(10)
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// Exact names or `*.example.com` wildcards; empty matches any host.
@@ -1205,7 +1208,7 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
