@@ -50,6 +50,9 @@ enum Command {
     /// Make a new API key (or take one) and print the SHA-256 digest that goes under
     /// `consumers[].api_keys`; the config never holds keys themselves.
     HashKey(HashKeyArgs),
+    /// Check the config, then list the routes it makes (hand-written and from OpenAPI
+    /// documents): name, methods, hosts, path, upstream, policies.
+    Routes(ConfigArg),
     /// Print the JSON Schema of the config file (the one shipped as
     /// conf/portico.schema.json), for editors that complete and check YAML with it.
     Schema,
@@ -256,6 +259,29 @@ fn hash_key(args: HashKeyArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn routes(args: ConfigArg) -> ExitCode {
+    // Only a config that builds has a route table worth reading.
+    if let Err(e) = runtime::load(&args.conf) {
+        println!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let file = args.conf.display().to_string();
+    let parsed = std::fs::read_to_string(&args.conf)
+        .map_err(|e| e.to_string())
+        .and_then(|text| portico::config::parse(&file, &text).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(p) => {
+            let generated = portico::route::openapi::expand(&p.config, &mut Vec::new());
+            print!("{}", portico::route::listing::table(&p.config, &generated));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn schema() -> ExitCode {
     match serde_json::to_string_pretty(&portico::config::json_schema::document()) {
         Ok(text) => {
@@ -280,6 +306,7 @@ fn main() -> ExitCode {
         Some(Command::Upgrade(a)) => control(a, true),
         Some(Command::HashKey(a)) => hash_key(a),
         Some(Command::Schema) => schema(),
+        Some(Command::Routes(a)) => routes(a),
     }
 }
 

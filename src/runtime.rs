@@ -12,7 +12,7 @@ use crate::policy::auth::jwks::RemoteKeys;
 use crate::policy::pipeline::{Sources, UpstreamIndex};
 use crate::policy::ratelimit::local::GcraStore;
 use crate::policy::ratelimit::redis::RedisLimiter;
-use crate::route::RouteAction;
+use crate::route::{openapi, RouteAction};
 use crate::router::{normalize_host, RouteLookup, Router};
 use crate::tls::{self, listeners::ListenerSpec, sni::SniResolver};
 use crate::upstream::limit::ConcurrencyLimit;
@@ -277,11 +277,18 @@ pub fn build_with(
         route_limits: &carry.route_limits,
         metrics,
     };
+    let generated = openapi::expand(cfg, &mut faults);
+    openapi::conflicts(cfg, &generated, &mut faults);
+    let written = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (cfg.item_path("routes", i), r));
+    let from_apis = generated.iter().map(|g| (g.path.clone(), &g.route));
     let mut matchers = Vec::new();
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
-    for (i, r) in cfg.routes.iter().enumerate() {
-        let path = cfg.item_path("routes", i);
+    for (path, r) in written.chain(from_apis) {
         if !r.name.is_empty() && !route_names.insert(r.name.as_str()) {
             faults.push(Fault::new(
                 format!("{path}.name"),

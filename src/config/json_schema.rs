@@ -4,7 +4,7 @@
 //! schema cannot express cross-references (an upstream a route names must exist).
 
 use super::schema::{
-    AdminSection, ApiKeySource, CacheSection, Consumer, JwtProvider, Listener, RateLimit,
+    AdminSection, Api, ApiKeySource, CacheSection, Consumer, JwtProvider, Listener, RateLimit,
     RedisSection, Route, ServerSection, StatusRange, TokenSource, Upstream,
 };
 use super::{ByteSize, Dur};
@@ -35,6 +35,8 @@ struct ConfigFile {
     admin: Option<AdminSection>,
     /// `stdout` or a file for one JSON line per request; off when unset.
     access_log: Option<String>,
+    /// Routes made from OpenAPI 3.0/3.1 documents, one per operation.
+    apis: Option<Vec<Api>>,
 }
 
 /// `auth`: how credentials are verified.
@@ -153,5 +155,50 @@ impl JsonSchema for TokenSource {
                 one("cookie")
             ]
         })
+    }
+}
+
+impl JsonSchema for Api {
+    fn schema_name() -> Cow<'static, str> {
+        "Api".into()
+    }
+    /// A route's fields but `name` and `match` (the document gives those), and the API's own.
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut fields = Route::json_schema(generator);
+        fields.remove("required");
+        if let Some(serde_json::Value::Object(props)) = fields.get_mut("properties") {
+            props.remove("name");
+            props.remove("match");
+        }
+        fields.insert(
+            "description".into(),
+            "Route fields without name and match, which an OpenAPI operation gives.".into(),
+        );
+        let mut schema = fields.clone();
+        generator
+            .definitions_mut()
+            .insert("RouteFields".into(), fields.to_value());
+        if let Some(serde_json::Value::Object(props)) = schema.get_mut("properties") {
+            let own = json_schema!({
+                "name": {"type": "string", "description": "Prefix of the routes' names: NAME.OPERATION_ID."},
+                "spec": {"type": "string", "description": "The OpenAPI 3.0/3.1 document (YAML or JSON)."},
+                "base_path": {"type": "string", "pattern": "^(/.*[^/])?$", "description": "Prefix of every path of the document, e.g. /v1."},
+                "hosts": {"type": "array", "items": {"type": "string"}, "description": "Hosts the routes answer for; any when empty."},
+                "operations": {
+                    "type": "object",
+                    "description": "Route fields for single operations, by operationId.",
+                    "additionalProperties": {"$ref": "#/$defs/RouteFields"}
+                }
+            });
+            if let Some(own) = own.as_object() {
+                props.extend(own.clone());
+            }
+        }
+        schema.insert("required".into(), serde_json::json!(["name", "spec"]));
+        schema.insert(
+            "description".into(),
+            "An OpenAPI document as a source of routes: every operation becomes a route with these route fields.".into(),
+        );
+        schema
     }
 }

@@ -219,6 +219,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                     .collect();
             }
             "routes" => (config.routes, config.file_index.routes) = c.list("routes", value),
+            "apis" => (config.apis, config.file_index.apis) = c.list("apis", value),
             "redis" => config.redis = c.take("redis", value),
             "cache" => {
                 if let Some(cache) = c.take("cache", value) {
@@ -273,7 +274,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                 message: format!(
                     "unknown field `{other}`, expected one of `server`, `listeners`, \
                      `trusted_proxies`, `upstreams`, `routes`, `consumers`, `auth`, \
-                     `default_rate_limits`, `redis`, `cache`, `admin`, `access_log`"
+                     `default_rate_limits`, `redis`, `cache`, `admin`, `access_log`, `apis`"
                 ),
             }),
         }

@@ -25,6 +25,8 @@ pub struct Config {
     pub admin: Option<AdminSection>,
     /// `stdout` or a file for one JSON line per request; off when unset.
     pub access_log: Option<String>,
+    /// Routes made from OpenAPI documents, one per operation.
+    pub apis: Vec<Api>,
     /// Where each list item stood in the file, when items that failed to parse were left
     /// out; fault paths must name the file's index, not the list's.
     pub file_index: FileIndex,
@@ -37,6 +39,7 @@ pub struct FileIndex {
     pub routes: Vec<usize>,
     pub consumers: Vec<usize>,
     pub jwt: Vec<usize>,
+    pub apis: Vec<usize>,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
             "upstreams" => &self.file_index.upstreams,
             "consumers" => &self.file_index.consumers,
             "auth.jwt" => &self.file_index.jwt,
+            "apis" => &self.file_index.apis,
             _ => &self.file_index.routes,
         };
         format!("{section}[{}]", index.get(i).copied().unwrap_or(i))
@@ -1206,6 +1210,65 @@ pub struct RouteMatch {
     pub methods: Vec<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+}
+
+/// `apis[]`: an OpenAPI 3.0/3.1 document as a source of routes. Every operation becomes a
+/// route named `NAME.OPERATION_ID`, matched by its method and path template under
+/// `base_path`. Every other field is a route field (`upstream`, `access`, `rate_limits`,
+/// ...) that all of them share; `operations` overrides them per `operationId`, after the
+/// operation's own `x-portico` extension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Api {
+    pub name: String,
+    /// The document's file (YAML or JSON).
+    pub spec: String,
+    /// Prefix of every path of the document (e.g. `/v1`).
+    pub base_path: String,
+    /// Hosts the routes answer for; any when empty.
+    pub hosts: Vec<String>,
+    /// Route fields for single operations, by `operationId`.
+    pub operations: std::collections::BTreeMap<String, serde_yaml::Value>,
+    /// The route fields every operation's route gets.
+    pub policies: serde_yaml::Mapping,
+}
+
+impl<'de> Deserialize<'de> for Api {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_yaml::Mapping::deserialize(d)?;
+        let mut text = |key: &str, required: bool| -> Result<String, D::Error> {
+            match map.remove(key) {
+                Some(serde_yaml::Value::String(s)) => Ok(s),
+                None if !required => Ok(String::new()),
+                None => Err(D::Error::custom(format!("missing field `{key}`"))),
+                Some(_) => Err(D::Error::custom(format!("`{key}` must be a string"))),
+            }
+        };
+        let name = text("name", true)?;
+        let spec = text("spec", true)?;
+        let base_path = text("base_path", false)?;
+        let hosts = match map.remove("hosts") {
+            Some(v) => serde_yaml::from_value(v).map_err(D::Error::custom)?,
+            None => Vec::new(),
+        };
+        let operations = match map.remove("operations") {
+            Some(v) => serde_yaml::from_value(v).map_err(D::Error::custom)?,
+            None => Default::default(),
+        };
+        if map.contains_key("match") {
+            return Err(D::Error::custom(
+                "an API's routes are matched by its document: use base_path and hosts, not match",
+            ));
+        }
+        Ok(Api {
+            name,
+            spec,
+            base_path,
+            hosts,
+            operations,
+            policies: map,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]

@@ -2,6 +2,8 @@
 //! policy pipeline, and the resilience settings of its attempts. Compiled in `build.rs`.
 
 mod build;
+pub mod listing;
+pub mod openapi;
 pub mod policies;
 pub mod rewrite;
 

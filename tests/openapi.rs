@@ -1,0 +1,219 @@
+//! Routes from an OpenAPI document (`apis[]`): one per operation, matched by method and
+//! path template, with the API's policies and per-operation overrides; faults that name the
+//! document and the JSON pointer; `portico routes`; a reload that picks up a changed document.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+const KEY: &str = "openapi-test-key";
+
+fn fixture() -> String {
+    format!(
+        "{}/tests/fixtures/bookshop.openapi.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn config(up: &Upstream, spec: &str) -> String {
+    let digest = portico::policy::auth::api_key::hash_key(KEY);
+    format!(
+        r#"
+auth:
+  api_keys: {{header: x-api-key}}
+consumers:
+  - {{name: ops, api_keys: ["{digest}"]}}
+upstreams:
+  - name: up
+    targets: [{{address: "{addr}"}}]
+routes:
+  - name: health
+    match: {{path_exact: /healthz}}
+    upstream: up
+apis:
+  - name: shop
+    spec: {spec}
+    base_path: /v1
+    upstream: up
+    operations:
+      deleteBook: {{access: {{providers: [api_key]}}}}
+"#,
+        addr = up.addr
+    )
+}
+
+/// A config for `check` and `routes`, which need a listener (`Gateway` adds its own).
+fn listening(config: &str) -> String {
+    format!(
+        "listeners: [{{address: 127.0.0.1:{}}}]\n{config}",
+        free_port()
+    )
+}
+
+#[test]
+fn every_operation_is_a_route_matched_by_method_and_template() {
+    let up = Upstream::start("books");
+    let gw = Gateway::start(&config(&up, &fixture()));
+    let status = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        send(method, &gw.url(path), headers).status
+    };
+    assert_eq!(status("GET", "/v1/books", &[]), 200);
+    assert_eq!(status("POST", "/v1/books", &[]), 200);
+    assert_eq!(status("GET", "/v1/books/42", &[]), 200);
+    // An operation without an operationId is a route all the same.
+    assert_eq!(status("GET", "/v1/books/42/reviews", &[]), 200);
+    // A parameter that is part of a segment.
+    assert_eq!(status("GET", "/v1/covers/42.jpg", &[]), 200);
+    // The path is known, the method is not: 405, not 404.
+    assert_eq!(status("PUT", "/v1/books", &[]), 405);
+    // A parameter is one segment, never more; paths are under the base path only.
+    assert_eq!(status("GET", "/v1/books/42/x/reviews", &[]), 404);
+    assert_eq!(status("GET", "/v1/covers/a/b.jpg", &[]), 404);
+    assert_eq!(status("GET", "/books", &[]), 404);
+    // The config's per-operation override: deleting needs an API key.
+    assert_eq!(status("DELETE", "/v1/books/42", &[]), 401);
+    assert_eq!(status("DELETE", "/v1/books/42", &[("x-api-key", KEY)]), 200);
+    // The operation's own x-portico extension: ordering is under maintenance.
+    let r = send("POST", &gw.url("/v1/orders"), &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("120"));
+    let seen: Vec<(String, String)> = up
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.target.clone()))
+        .collect();
+    let expected = [
+        ("GET", "/v1/books"),
+        ("POST", "/v1/books"),
+        ("GET", "/v1/books/42"),
+        ("GET", "/v1/books/42/reviews"),
+        ("GET", "/v1/covers/42.jpg"),
+        ("DELETE", "/v1/books/42"),
+    ];
+    assert_eq!(
+        seen,
+        expected
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn faults_name_the_document_and_the_json_pointer() {
+    let up = Upstream::start("books");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(fixture())
+        .unwrap()
+        .replace("  /orders:\n", "  orders:\n")
+        .replace("operationId: getCover", "operationId: getBook");
+    std::fs::write(&spec, text).unwrap();
+    let (ok, out) = check_config(&listening(&config(&up, &spec.display().to_string())));
+    assert!(!ok, "{out}");
+    let spec = spec.display().to_string();
+    for expected in [
+        format!("{spec}#/paths/orders: a path must start with /"),
+        format!("{spec}#/paths/~1covers~1{{bookId}}.jpg/get/operationId: operationId \"getBook\" is used twice"),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+
+    // An operation override for an operation the document does not have, a route field
+    // that does not exist, and a hand-written route on an operation's path: each refused.
+    let cases = [
+        (
+            config(&up, &fixture()).replace("deleteBook: {", "removeBook: {"),
+            "apis[0].operations.removeBook: ",
+        ),
+        (
+            config(&up, &fixture()).replace(
+                "    upstream: up\n    operations",
+                "    upstream: up\n    retries: 3\n    operations",
+            ),
+            "apis[0].retries: unknown field `retries`",
+        ),
+        (
+            config(&up, &fixture()).replace("path_exact: /healthz", "path_exact: /v1/books"),
+            "apis[0].operations.listBooks: answers the same method and path as route \"health\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (ok, out) = check_config(&listening(&text));
+        assert!(!ok, "{out}");
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let (ok, out) = check_config(&listening(&config(&up, &fixture())));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn portico_routes_lists_the_generated_table() {
+    let up = Upstream::start("books");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("portico.yaml");
+    std::fs::write(&conf, listening(&config(&up, &fixture()))).unwrap();
+    let out = Command::new(portico_bin())
+        .args(["routes", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["NAME", "METHODS", "HOSTS", "PATH", "UPSTREAM", "POLICIES"]
+    );
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .clone()
+    };
+    assert_eq!(
+        row("health"),
+        ["health", "*", "*", "=", "/healthz", "up", "-"]
+    );
+    assert_eq!(
+        row("shop.getBook"),
+        ["shop.getBook", "GET", "*", "/v1/books/{bookId}", "up", "-"]
+    );
+    assert_eq!(row("shop.deleteBook")[5], "access");
+    assert_eq!(row("shop.placeOrder")[5], "maintenance");
+    assert_eq!(
+        row("shop.get_books_bookId_reviews")[3],
+        "/v1/books/{bookId}/reviews"
+    );
+    // The header, one hand-written route and seven operations.
+    assert_eq!(rows.len(), 1 + 1 + 7, "{text}");
+}
+
+#[test]
+fn a_reload_picks_up_a_changed_document() {
+    let up = Upstream::start("books");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("shop.yaml");
+    std::fs::copy(fixture(), &spec).unwrap();
+    let gw = Gateway::start(&config(&up, &spec.display().to_string()));
+    assert_eq!(get(&gw.url("/v1/authors")).status, 404);
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "  /orders:\n",
+        "  /authors:\n    get:\n      operationId: listAuthors\n      responses:\n        \"200\": {description: Authors.}\n  /orders:\n",
+    );
+    std::fs::write(&spec, text).unwrap();
+    signal(gw.pid(), "HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || get(&gw.url("/v1/authors"))
+            .status
+            == 200),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(up.count_path("/v1/authors"), up.count());
+}
