@@ -14,6 +14,8 @@ use std::net::TcpListener;
 
 /// The demo config, built into the binary so `portico demo` works from any directory.
 pub const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
+/// The products service's OpenAPI document, which the demo config's `apis` names.
+const PRODUCTS_OPENAPI: &str = include_str!("../conf/demo-products.openapi.yaml");
 
 /// The example services, by the upstream name that routes to them.
 pub const SERVICES: [&str; 5] = [
@@ -241,6 +243,15 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
         }
         https.get_or_insert_with(|| l.address.clone());
     }
+    for api in &mut cfg.apis {
+        if api.spec == "conf/demo-products.openapi.yaml" {
+            let spec = dir.join("demo-products.openapi.yaml");
+            std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(&spec, PRODUCTS_OPENAPI))
+                .map_err(|e| err(format!("cannot write {}: {e}", spec.display())))?;
+            api.spec = spec.display().to_string();
+        }
+    }
     cfg.server.pid_file = dir.join("portico.pid").display().to_string();
     cfg.server.upgrade_sock = dir.join("upgrade.sock").display().to_string();
     let gateway = cfg
@@ -295,6 +306,9 @@ Try these in another terminal:
   curl -s --path-as-is {g}/api/products/../orders         # 401: decided on the canonical path /api/orders, which needs a key
   curl -s --path-as-is {g}/api/products/..%2Forders       # 400: an encoded separator is refused
   curl -s -H 'x-api-key: demo-key-123' {g}/api/overview   # orders, users and products in one answer
+  curl -s {g}/products/2                                  # a route made from the products team's OpenAPI document
+  curl -s -i -X POST {g}/products -d '{{\"name\":\"Mouse\",\"price_cents\":1900}}'   # 401: that operation needs a key
+  curl -s -H 'x-api-key: demo-key-123' -X POST {g}/products -d '{{\"name\":\"Mouse\",\"price_cents\":1900}}'
   curl -s -o /dev/null -D - {g}/api/catalog | grep -i -e cache-status -e age   # cached 30 s: run twice, miss then hit
   for i in 1 2 3 4 5 6; do curl -s {g}/api/inventory; echo; done   # inventory-2 fails: retried on inventory-1, then ejected
   for i in 1 2 3 4 5 6 7; do curl -s {g}/api/recommendations; echo; done   # down: five 503s, the breaker opens, fallback answers

@@ -137,6 +137,23 @@ fn demo_starts_and_answers() {
     assert_eq!(o["products"]["served_by"]["service"], "products");
     assert_eq!(overview.header("x-composed-for"), Some("mobile-app"));
 
+    // Routes made from the products team's OpenAPI document.
+    assert!(
+        printed.iter().any(|l| l.contains("/products/2")),
+        "{printed:?}"
+    );
+    let product = get(&format!("{url}/products/2"));
+    assert_eq!(product.json()["item"]["name"], "Monitor", "{product:?}");
+    let new = r#"{"name":"Mouse","price_cents":1900}"#;
+    assert_eq!(
+        send_body("POST", &format!("{url}/products"), &[], new).status,
+        401
+    );
+    let created = send_body("POST", &format!("{url}/products"), &key, new);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json()["created"]["name"], "Mouse");
+    assert_eq!(get(&format!("{url}/products/2/extra")).status, 404);
+
     // The cached catalogue: a miss, then hits; the printed admin commands work.
     let catalog = format!("{url}/api/catalog?b=2&a=1");
     let miss = get(&catalog);
