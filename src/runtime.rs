@@ -283,19 +283,23 @@ pub fn build_with(
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| (cfg.item_path("routes", i), r));
-    let from_apis = generated.iter().map(|g| (g.path.clone(), &g.route));
+        .map(|(i, r)| (cfg.item_path("routes", i), r, None));
+    let from_apis = generated
+        .iter()
+        .map(|g| (g.path.clone(), &g.route, g.contract.as_ref()));
     let mut matchers = Vec::new();
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
-    for (path, r) in written.chain(from_apis) {
+    for (path, r, contract) in written.chain(from_apis) {
         if !r.name.is_empty() && !route_names.insert(r.name.as_str()) {
             faults.push(Fault::new(
                 format!("{path}.name"),
                 format!("route name {:?} is used twice", r.name),
             ));
         }
-        if let Some((matcher, action)) = RouteAction::from_config(&sources, &path, r, &mut faults) {
+        if let Some((matcher, action)) =
+            RouteAction::from_config(&sources, &path, r, contract, &mut faults)
+        {
             matchers.push(matcher);
             routes.push(action);
         }

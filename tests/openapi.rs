@@ -217,3 +217,85 @@ fn a_reload_picks_up_a_changed_document() {
     );
     assert_eq!(up.count_path("/v1/authors"), up.count());
 }
+
+#[test]
+fn requests_are_checked_against_the_document_and_bad_ones_never_reach_the_upstream() {
+    let up = Upstream::start("books");
+    let cfg = config(&up, &fixture()).replace(
+        "    base_path: /v1\n",
+        "    base_path: /v1\n    validate: {request: true}\n",
+    );
+    let gw = Gateway::start(&cfg);
+    let json = [("content-type", "application/json")];
+    let problem = |r: &Resp| {
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let p = r.json();
+        assert_eq!(p["status"], 400);
+        assert!(p["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+        let listed: Vec<(String, String, String)> = p["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                (s("in"), s("name"), s("pointer"))
+            })
+            .collect();
+        assert_eq!(p["violation_count"], listed.len());
+        listed
+    };
+    let t = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+
+    // Query parameters: type and range.
+    let r = get(&gw.url("/v1/books?limit=abc"));
+    assert_eq!(problem(&r), [t("query", "limit", "")]);
+    let r = get(&gw.url("/v1/books?limit=500"));
+    assert_eq!(problem(&r), [t("query", "limit", "")]);
+    assert_eq!(get(&gw.url("/v1/books?limit=5")).status, 200);
+
+    // A JSON body: every violation, each with its pointer.
+    let r = send_body(
+        "POST",
+        &gw.url("/v1/books"),
+        &json,
+        r#"{"title": "", "isbn": "not-an-isbn"}"#,
+    );
+    let mut found = problem(&r);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            t("body", "", ""),
+            t("body", "", "/isbn"),
+            t("body", "", "/title")
+        ]
+    );
+    let r = send_body("POST", &gw.url("/v1/books"), &json, "{not json");
+    assert_eq!(problem(&r), [t("body", "", "")]);
+    // A required body that is missing; a media type the operation does not take.
+    let r = send_body("POST", &gw.url("/v1/books"), &json, "");
+    assert_eq!(problem(&r), [t("body", "", "")]);
+    let r = send_body(
+        "POST",
+        &gw.url("/v1/books"),
+        &[("content-type", "text/plain")],
+        "a book",
+    );
+    assert_eq!(r.status, 415, "{r:?}");
+
+    // A conforming body goes through unchanged.
+    let good = r#"{"title": "Dune", "author": "Frank Herbert", "isbn": "978-0441013593"}"#;
+    assert_eq!(
+        send_body("POST", &gw.url("/v1/books"), &json, good).status,
+        200
+    );
+    let requests = up.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "only the conforming requests reached the upstream"
+    );
+    assert_eq!(requests[0].target, "/v1/books?limit=5");
+    assert_eq!(requests[1].body, good);
+}

@@ -5,7 +5,7 @@
 
 use super::schema::{
     AdminSection, Api, ApiKeySource, CacheSection, Consumer, JwtProvider, Listener, RateLimit,
-    RedisSection, Route, ServerSection, StatusRange, TokenSource, Upstream,
+    RedisSection, Route, ServerSection, StatusRange, TokenSource, Upstream, ValidateSpec,
 };
 use super::{ByteSize, Dur};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
@@ -175,6 +175,7 @@ impl JsonSchema for Api {
             "Route fields without name and match, which an OpenAPI operation gives.".into(),
         );
         let mut schema = fields.clone();
+        let validate = generator.subschema_for::<ValidateSpec>();
         generator
             .definitions_mut()
             .insert("RouteFields".into(), fields.to_value());
@@ -193,6 +194,7 @@ impl JsonSchema for Api {
             if let Some(own) = own.as_object() {
                 props.extend(own.clone());
             }
+            props.insert("validate".into(), validate.to_value());
         }
         schema.insert("required".into(), serde_json::json!(["name", "spec"]));
         schema.insert(

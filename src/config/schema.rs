@@ -1212,6 +1212,19 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
 }
 
+/// `apis[].validate`: what is checked against the document.
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateSpec {
+    /// Path, query and header parameters and JSON bodies; a request that does not conform
+    /// gets 400 (RFC 9457 problem) or 415, and nothing reaches the upstream.
+    #[serde(default)]
+    pub request: bool,
+    /// Largest JSON body that is validated (at most 64KiB); larger ones get 413.
+    #[serde(default)]
+    pub max_body: Option<super::ByteSize>,
+}
+
 /// `apis[]`: an OpenAPI 3.0/3.1 document as a source of routes. Every operation becomes a
 /// route named `NAME.OPERATION_ID`, matched by its method and path template under
 /// `base_path`. Every other field is a route field (`upstream`, `access`, `rate_limits`,
@@ -1228,6 +1241,8 @@ pub struct Api {
     pub hosts: Vec<String>,
     /// Route fields for single operations, by `operationId`.
     pub operations: std::collections::BTreeMap<String, serde_yaml::Value>,
+    /// Check requests against the document.
+    pub validate: Option<ValidateSpec>,
     /// The route fields every operation's route gets.
     pub policies: serde_yaml::Mapping,
 }
@@ -1255,6 +1270,10 @@ impl<'de> Deserialize<'de> for Api {
             Some(v) => serde_yaml::from_value(v).map_err(D::Error::custom)?,
             None => Default::default(),
         };
+        let validate = match map.remove("validate") {
+            Some(v) => Some(serde_yaml::from_value(v).map_err(D::Error::custom)?),
+            None => None,
+        };
         if map.contains_key("match") {
             return Err(D::Error::custom(
                 "an API's routes are matched by its document: use base_path and hosts, not match",
@@ -1266,6 +1285,7 @@ impl<'de> Deserialize<'de> for Api {
             base_path,
             hosts,
             operations,
+            validate,
             policies: map,
         })
     }

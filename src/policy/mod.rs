@@ -4,6 +4,7 @@ pub mod access;
 pub mod auth;
 pub mod body_limit;
 pub mod compression;
+pub mod contract;
 pub mod cors;
 pub mod ip_filter;
 pub mod maintenance;

@@ -41,6 +41,9 @@ pub struct Respond {
     pub close: bool,
     /// Why, in a word from a fixed set: the log line and the metric label.
     pub reason: &'static str,
+    /// An RFC 9457 problem to answer with (`application/problem+json`) instead of the
+    /// gateway's usual JSON error.
+    pub problem: Option<Box<serde_json::Value>>,
 }
 
 impl Respond {
@@ -55,6 +58,7 @@ impl Respond {
             headers: Vec::new(),
             close: false,
             reason,
+            problem: None,
         })
     }
 
@@ -185,6 +189,8 @@ pub struct Build<'a> {
     pub route: &'a config::Route,
     pub path_match: &'a PathMatch,
     pub src: &'a Sources<'a>,
+    /// The OpenAPI operation's request rules, for a route made from an API that validates.
+    pub contract: Option<&'a std::sync::Arc<super::contract::Contract>>,
     pub faults: &'a mut Vec<Fault>,
 }
 
@@ -227,6 +233,12 @@ pub async fn answer(x: &mut Exchange<'_>, policy: &'static str, r: Box<Respond>)
     if r.close {
         x.session.set_keepalive(None);
     }
-    let headers: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let mut headers: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    if let Some(mut problem) = r.problem {
+        problem["request_id"] = serde_json::Value::from(x.request_id.as_str());
+        headers.push(("content-type", "application/problem+json"));
+        let body = bytes::Bytes::from(problem.to_string());
+        return error_response::reply(x.session, r.status, body, x.request_id, &headers).await;
+    }
     error_response::send(x.session, r.status, &r.message, x.request_id, &headers).await
 }

@@ -8,6 +8,7 @@ use crate::cache::RoutePolicy as CachePolicy;
 use crate::compose::Compose;
 use crate::config::{self, Fault, Route};
 use crate::observe::metrics::RouteMetrics;
+use crate::policy::contract::Contract;
 use crate::policy::pipeline::{Build, Sources};
 use crate::router::{normalize_host, PathMatch, RouteMatcher};
 use crate::upstream::limit::ConcurrencyLimit;
@@ -129,11 +130,13 @@ fn check_host_pattern(h: &str) -> Result<String, String> {
 }
 
 impl RouteAction {
-    /// Compile route `r` (at YAML path `path`) and its matcher; `None` when it has faults.
+    /// Compile route `r` (at YAML path `path`) and its matcher, with the request rules of
+    /// its OpenAPI operation when it has them; `None` when it has faults.
     pub fn from_config(
         src: &Sources<'_>,
         path: &str,
         r: &Route,
+        contract: Option<&Arc<Contract>>,
         faults: &mut Vec<Fault>,
     ) -> Option<(RouteMatcher, RouteAction)> {
         let before = faults.len();
@@ -326,6 +329,7 @@ impl RouteAction {
             route: r,
             path_match: &path_match,
             src,
+            contract,
             faults,
         };
         let policies = Pipeline::from_config(&mut b);

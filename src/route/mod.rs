@@ -4,6 +4,7 @@
 mod build;
 pub mod listing;
 pub mod openapi;
+mod operation;
 pub mod policies;
 pub mod rewrite;
 

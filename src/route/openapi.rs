@@ -4,7 +4,9 @@
 //! config's `operations` entry for its `operationId`. Faults name the document and the JSON
 //! pointer of what is wrong in it.
 
+use super::operation as contract;
 use crate::config::{Api, Config, Fault, Route};
+use crate::policy::contract::MAX_BODY;
 use serde_json::Value;
 use std::collections::HashSet;
 
@@ -21,6 +23,8 @@ pub struct ApiRoute {
     /// The path as the document writes it, under the base path: `/v1/users/{id}`.
     pub template: String,
     pub route: Route,
+    /// The operation's request rules, when the API validates requests.
+    pub contract: Option<std::sync::Arc<crate::policy::contract::Contract>>,
 }
 
 /// Every operation of every document as a route, in document order; faults for what
@@ -145,11 +149,38 @@ fn expand_one(api: &Api, at: &str, out: &mut Vec<ApiRoute>, faults: &mut Vec<Fau
             let method = method.to_ascii_uppercase();
             let fields = with_match(api, &fields, &name, &regex, &[method]);
             match route_from(fields) {
-                Ok(route) => out.push(ApiRoute {
-                    path,
-                    template: format!("{}{template}", api.base_path),
-                    route,
-                }),
+                Ok(route) => {
+                    let mut contract = None;
+                    if api.validate.as_ref().is_some_and(|v| v.request) {
+                        let compiled = contract::compile(&contract::Operation {
+                            doc: &doc,
+                            item,
+                            op,
+                            pointer: &op_pointer,
+                            name: &name,
+                            base: &api.base_path,
+                            template,
+                            max_body: api
+                                .validate
+                                .as_ref()
+                                .and_then(|v| v.max_body)
+                                .map_or(MAX_BODY, |b| b.0),
+                        });
+                        match compiled {
+                            Ok(c) => contract = Some(std::sync::Arc::new(c)),
+                            Err((pointer, message)) => {
+                                faults.push(spec_fault(&pointer, message));
+                                continue;
+                            }
+                        }
+                    }
+                    out.push(ApiRoute {
+                        path,
+                        template: format!("{}{template}", api.base_path),
+                        route,
+                        contract,
+                    })
+                }
                 Err((field, message)) => faults.push(Fault::new(join(&path, &field), message)),
             }
         }
@@ -249,6 +280,17 @@ fn read_document(file: &str) -> Result<Value, String> {
 /// The anchored regex for `base` + `template`: literal text escaped, each `{param}` one or
 /// more characters other than `/`.
 fn template_regex(base: &str, template: &str) -> Result<String, String> {
+    template_pattern(base, template, false).map(|(p, _)| p)
+}
+
+/// As [`template_regex`]; with `capture`, each parameter is a group, and their names come
+/// back in order.
+pub(super) fn template_pattern(
+    base: &str,
+    template: &str,
+    capture: bool,
+) -> Result<(String, Vec<String>), String> {
+    let mut names = Vec::new();
     let mut out = String::from("^");
     out.push_str(&regex::escape(base));
     let mut rest = template;
@@ -261,7 +303,8 @@ fn template_regex(base: &str, template: &str) -> Result<String, String> {
         if name.is_empty() || name.contains(['{', '/']) {
             return Err(format!("{{{name}}} is not a parameter name"));
         }
-        out.push_str("[^/]+");
+        out.push_str(if capture { "([^/]+)" } else { "[^/]+" });
+        names.push(name.to_string());
         rest = &rest[open + close + 1..];
     }
     if rest.contains('}') {
@@ -269,7 +312,7 @@ fn template_regex(base: &str, template: &str) -> Result<String, String> {
     }
     out.push_str(&regex::escape(rest));
     out.push('$');
-    Ok(out)
+    Ok((out, names))
 }
 
 /// `get` `/users/{id}/orders` → `get_users_id_orders`.
@@ -289,7 +332,7 @@ fn generated_id(method: &str, template: &str) -> String {
 }
 
 /// RFC 6901: `~` → `~0`, `/` → `~1`.
-fn escape_pointer(s: &str) -> String {
+pub(super) fn escape_pointer(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 

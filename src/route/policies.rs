@@ -5,6 +5,7 @@ use crate::compose::LocalResponse;
 use crate::policy::access::AccessRule;
 use crate::policy::body_limit::BodyLimit;
 use crate::policy::compression::Compression;
+use crate::policy::contract::RequestValidation;
 use crate::policy::cors::Cors;
 use crate::policy::ip_filter::IpFilter;
 use crate::policy::maintenance::Maintenance;
@@ -121,6 +122,7 @@ route_policies![
     BodyLimit,
     AccessRule,
     RateLimits,
+    RequestValidation,
     Split,
     Compression,
     RouteTransforms,
