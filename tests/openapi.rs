@@ -299,3 +299,29 @@ fn requests_are_checked_against_the_document_and_bad_ones_never_reach_the_upstre
     assert_eq!(requests[0].target, "/v1/books?limit=5");
     assert_eq!(requests[1].body, good);
 }
+
+/// `validate` per operation: here only creating a book is checked.
+#[test]
+fn one_operation_can_validate_on_its_own() {
+    let up = Upstream::start("books");
+    let cfg = config(&up, &fixture()).replace(
+        "    operations:\n",
+        "    operations:\n      createBook: {validate: {request: true}}\n",
+    );
+    let gw = Gateway::start(&cfg);
+    let json = [("content-type", "application/json")];
+    let r = send_body("POST", &gw.url("/v1/books"), &json, r#"{"title": "Dune"}"#);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(get(&gw.url("/v1/books?limit=abc")).status, 200);
+    assert_eq!(up.count(), 1);
+    // An operation's `validate` is checked like the API's.
+    let bad = cfg.replace(
+        "{validate: {request: true}}",
+        "{validate: {requests: true}}",
+    );
+    let (ok, out) = check_config(&listening(&bad));
+    assert!(
+        !ok && out.contains("apis[0].operations.createBook.validate"),
+        "{out}"
+    );
+}

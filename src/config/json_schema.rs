@@ -164,18 +164,20 @@ impl JsonSchema for Api {
     }
     /// A route's fields but `name` and `match` (the document gives those), and the API's own.
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let validate = generator.subschema_for::<ValidateSpec>();
         let mut fields = Route::json_schema(generator);
         fields.remove("required");
         if let Some(serde_json::Value::Object(props)) = fields.get_mut("properties") {
             props.remove("name");
             props.remove("match");
+            props.insert("validate".into(), validate.to_value());
         }
         fields.insert(
             "description".into(),
-            "Route fields without name and match, which an OpenAPI operation gives.".into(),
+            "Route fields without name and match (which an OpenAPI operation gives), and validate."
+                .into(),
         );
         let mut schema = fields.clone();
-        let validate = generator.subschema_for::<ValidateSpec>();
         generator
             .definitions_mut()
             .insert("RouteFields".into(), fields.to_value());
@@ -194,7 +196,6 @@ impl JsonSchema for Api {
             if let Some(own) = own.as_object() {
                 props.extend(own.clone());
             }
-            props.insert("validate".into(), validate.to_value());
         }
         schema.insert("required".into(), serde_json::json!(["name", "spec"]));
         schema.insert(

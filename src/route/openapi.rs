@@ -1,11 +1,11 @@
 //! Routes from OpenAPI 3.0/3.1 documents (`apis[]`): one route per operation, matched by its
 //! method and its path template (`{id}` is one whole segment or part of one, never a `/`),
-//! with the API's route fields, then the operation's `x-portico` extension, then the
+//! with the API's route fields (and `validate`), then the operation's `x-portico` extension, then the
 //! config's `operations` entry for its `operationId`. Faults name the document and the JSON
 //! pointer of what is wrong in it.
 
 use super::operation as contract;
-use crate::config::{Api, Config, Fault, Route};
+use crate::config::{Api, Config, Fault, Route, ValidateSpec};
 use crate::policy::contract::MAX_BODY;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -145,13 +145,24 @@ fn expand_one(api: &Api, at: &str, out: &mut Vec<ApiRoute>, faults: &mut Vec<Fau
                     }
                 }
             }
+            // `validate` is the API's, not a route field; an operation may set its own.
+            let validate = match fields.remove("validate") {
+                None => api.validate.clone(),
+                Some(v) => match serde_yaml::from_value::<ValidateSpec>(v) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        faults.push(Fault::new(format!("{path}.validate"), e.to_string()));
+                        continue;
+                    }
+                },
+            };
             let name = format!("{}.{id}", api.name);
             let method = method.to_ascii_uppercase();
             let fields = with_match(api, &fields, &name, &regex, &[method]);
             match route_from(fields) {
                 Ok(route) => {
                     let mut contract = None;
-                    if api.validate.as_ref().is_some_and(|v| v.request) {
+                    if validate.as_ref().is_some_and(|v| v.request) {
                         let compiled = contract::compile(&contract::Operation {
                             doc: &doc,
                             item,
@@ -160,8 +171,7 @@ fn expand_one(api: &Api, at: &str, out: &mut Vec<ApiRoute>, faults: &mut Vec<Fau
                             name: &name,
                             base: &api.base_path,
                             template,
-                            max_body: api
-                                .validate
+                            max_body: validate
                                 .as_ref()
                                 .and_then(|v| v.max_body)
                                 .map_or(MAX_BODY, |b| b.0),
