@@ -325,3 +325,58 @@ fn one_operation_can_validate_on_its_own() {
         "{out}"
     );
 }
+
+/// `validate.response: report`: responses pass unchanged; what does not match the document
+/// is counted by kind (and logged).
+#[test]
+fn responses_that_do_not_match_are_reported_not_blocked() {
+    let up = Upstream::start("books");
+    let admin = free_port();
+    let cfg = config(&up, &fixture()).replace(
+        "    base_path: /v1\n",
+        "    base_path: /v1\n    validate: {response: report}\n",
+    );
+    let gw = Gateway::start(&format!(
+        "admin:\n  address: 127.0.0.1:{admin}\n  token: openapi-admin-token-0123\n{cfg}"
+    ));
+    let json = [("content-type", "application/json")];
+    let book = r#"{"id": "1", "title": "Dune", "author": "Frank Herbert"}"#;
+    up.script("/v1/books/1", 200, &json, book);
+    up.script("/v1/books/2", 200, &json, r#"{"id": 2}"#);
+    up.script("/v1/books/3", 500, &json, r#"{"error": "boom"}"#);
+    up.script(
+        "/v1/books/4",
+        200,
+        &[("content-type", "text/html")],
+        "<p>Dune</p>",
+    );
+    up.script("/v1/books/5", 404, &[], "");
+    let r = get(&gw.url("/v1/books/1"));
+    assert_eq!((r.status, r.body.as_str()), (200, book));
+    let r = get(&gw.url("/v1/books/2"));
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"id": 2}"#));
+    assert_eq!(get(&gw.url("/v1/books/3")).status, 500);
+    assert_eq!(get(&gw.url("/v1/books/4")).status, 200);
+    assert_eq!(get(&gw.url("/v1/books/5")).status, 404);
+    // Requests are not checked with `response: report` alone.
+    assert_eq!(get(&gw.url("/v1/books?limit=abc")).status, 200);
+    let metrics = admin_get(admin, "/metrics").body;
+    let count = |kind: &str| -> u64 {
+        let series = format!(
+            "portico_contract_response_mismatches_total{{kind=\"{kind}\",route=\"shop.getBook\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (count("body"), count("status"), count("media_type")),
+        (1, 1, 1),
+        "{metrics}"
+    );
+    assert!(gw
+        .log_text()
+        .contains("does not match the API's contract (body)"));
+}

@@ -1223,6 +1223,19 @@ pub struct ValidateSpec {
     /// Largest JSON body that is validated (at most 64KiB); larger ones get 413.
     #[serde(default)]
     pub max_body: Option<super::ByteSize>,
+    /// `report`: check each response's status, media type and JSON body (up to
+    /// `max_body`) against the document, and only log and count what does not match.
+    #[serde(default)]
+    pub response: ResponseCheck,
+}
+
+/// `apis[].validate.response`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseCheck {
+    #[default]
+    Off,
+    Report,
 }
 
 /// `apis[]`: an OpenAPI 3.0/3.1 document as a source of routes. Every operation becomes a

@@ -46,6 +46,7 @@ pub struct Families {
     rate_limit: IntCounterVec,
     rate_limit_store_errors: IntCounterVec,
     refusals: IntCounterVec,
+    contract_mismatches: IntCounterVec,
     cache: IntCounterVec,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
@@ -293,6 +294,12 @@ impl Families {
                 "Requests a route policy answered itself, by policy and reason",
                 &["route", "policy", "reason"],
             ),
+            contract_mismatches: counter(
+                reg,
+                "portico_contract_response_mismatches_total",
+                "Responses that did not match their OpenAPI operation (validate.response: report), by kind",
+                &["route", "kind"],
+            ),
             cache: counter(
                 reg,
                 "portico_cache_requests_total",
@@ -485,6 +492,17 @@ impl RouteMetrics {
             ("access", _) => self.auth_refused(reason),
             ("rate_limit", "limited") => self.rate_limit("limited"),
             _ => {}
+        }
+    }
+
+    /// A response that did not match its OpenAPI operation: `status`, `media_type` or
+    /// `body`. Mismatches are the rare path: resolved per call.
+    pub fn contract_mismatch(&self, kind: &str) {
+        if self.enabled {
+            families()
+                .contract_mismatches
+                .with_label_values(&[&*self.route, kind])
+                .inc();
         }
     }
 
@@ -738,6 +756,7 @@ mod tests {
             &f.rate_limit,
             &f.rate_limit_store_errors,
             &f.refusals,
+            &f.contract_mismatches,
             &f.cache,
             &f.reloads,
         ];

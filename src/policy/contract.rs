@@ -7,6 +7,9 @@
 //! declare a JSON body.
 
 use super::pipeline::{Build, Decision, Exchange, Respond, RoutePolicy};
+use bytes::Bytes;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -70,7 +73,24 @@ pub struct Body {
     pub json: Option<jsonschema::Validator>,
 }
 
-/// One operation's request rules.
+/// Which responses a rule is for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Statuses {
+    Exact(u16),
+    /// `2XX`: the first digit.
+    Class(u16),
+    Default,
+}
+
+/// What one documented response may look like.
+pub struct ResponseRule {
+    pub statuses: Statuses,
+    /// Media types it may have; any when empty (the document lists no content).
+    pub media_types: Vec<String>,
+    pub json: Option<jsonschema::Validator>,
+}
+
+/// One operation's request rules (and, with `validate.response: report`, its responses).
 pub struct Contract {
     pub operation: String,
     /// The path regex with one capture group per path parameter, in template order.
@@ -79,6 +99,10 @@ pub struct Contract {
     pub parameters: Vec<Parameter>,
     pub body: Option<Body>,
     pub max_body: u64,
+    /// Whether requests are checked (else only responses are reported).
+    pub requests: bool,
+    /// The documented responses, when they are reported on.
+    pub responses: Option<Vec<ResponseRule>>,
 }
 
 impl std::fmt::Debug for Contract {
@@ -118,8 +142,100 @@ struct Violation {
 impl RoutePolicy for RequestValidation {
     const NAME: &'static str = "validation";
 
+    /// `validate.response: report`: the status and media type now, a JSON body as it ends.
+    fn response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
+        let Some(rules) = &self.contract.responses else {
+            return Ok(());
+        };
+        let status = resp.status.as_u16();
+        let Some(i) = Self::rule_for(rules, status) else {
+            Self::mismatch(x, "status", &format!("status {status} is not documented"));
+            return Ok(());
+        };
+        let rule = &rules[i];
+        let head = x.session.req_header().method == http::Method::HEAD;
+        if head || matches!(status, 204 | 304) || rule.media_types.is_empty() {
+            return Ok(());
+        }
+        let media = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        if !rule.media_types.iter().any(|m| media_matches(m, &media)) {
+            Self::mismatch(
+                x,
+                "media_type",
+                &format!("{media:?} is not documented for status {status}"),
+            );
+            return Ok(());
+        }
+        // A compressed body would have to be inflated to be read: not for a report.
+        if rule.json.is_some()
+            && is_json(&media)
+            && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
+        {
+            x.state.contract_body = Some((i, Vec::new()));
+        }
+        Ok(())
+    }
+
+    fn response_body(
+        &self,
+        x: &mut Exchange<'_>,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<()> {
+        let Some((i, buf)) = &mut x.state.contract_body else {
+            return Ok(());
+        };
+        if let Some(chunk) = body {
+            if (buf.len() + chunk.len()) as u64 > self.contract.max_body {
+                // Too large to check: the report says nothing rather than something wrong.
+                x.state.contract_body = None;
+                return Ok(());
+            }
+            buf.extend_from_slice(chunk);
+        }
+        if !end {
+            return Ok(());
+        }
+        let (i, buf) = (*i, std::mem::take(buf));
+        x.state.contract_body = None;
+        let schema = self
+            .contract
+            .responses
+            .as_ref()
+            .and_then(|r| r.get(i))
+            .and_then(|r| r.json.as_ref());
+        let Some(schema) = schema else {
+            return Ok(());
+        };
+        let detail = match serde_json::from_slice::<Value>(&buf) {
+            Ok(value) => schema
+                .iter_errors(&value)
+                .next()
+                .map(|e| format!("{}: {e}", e.instance_path)),
+            Err(e) => Some(format!("not JSON: {e}")),
+        };
+        if let Some(detail) = detail {
+            Self::mismatch(x, "body", &truncated(detail));
+        }
+        Ok(())
+    }
+
     async fn request(&self, x: &mut Exchange<'_>) -> Decision {
         let c = &self.contract;
+        if !c.requests {
+            return Decision::Continue;
+        }
         let mut found = Vec::new();
         self.check_parameters(x, &mut found);
         if let Some(body) = &c.body {
@@ -136,6 +252,23 @@ impl RoutePolicy for RequestValidation {
 }
 
 impl RequestValidation {
+    /// The documented response for `status`: an exact one, else its class, else `default`.
+    fn rule_for(rules: &[ResponseRule], status: u16) -> Option<usize> {
+        let find = |want: Statuses| rules.iter().position(|r| r.statuses == want);
+        find(Statuses::Exact(status))
+            .or_else(|| find(Statuses::Class(status / 100)))
+            .or_else(|| find(Statuses::Default))
+    }
+
+    fn mismatch(x: &Exchange<'_>, kind: &'static str, detail: &str) {
+        x.metrics.contract_mismatch(kind);
+        log::warn!(
+            "request {} on route {}: the response does not match the API's contract ({kind}): {detail}",
+            x.request_id,
+            x.route,
+        );
+    }
+
     fn check_parameters(&self, x: &mut Exchange<'_>, found: &mut Vec<Violation>) {
         let c = &self.contract;
         let req = x.session.req_header();

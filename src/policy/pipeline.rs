@@ -94,6 +94,9 @@ pub struct PolicyState {
     /// Request and response bodies gathered for a JSON transform.
     pub request_json: Option<Vec<u8>>,
     pub response_json: Option<Vec<u8>>,
+    /// A response body being gathered to check against the OpenAPI contract: which of the
+    /// operation's responses, and the bytes so far.
+    pub contract_body: Option<(usize, Vec<u8>)>,
     /// The mirror's draw has been made (it is made once per request).
     pub mirror_drawn: bool,
     /// A mirror copy's header and the body gathered for it, sent when the body is complete.

@@ -5,7 +5,7 @@
 //! pointer of what is wrong in it.
 
 use super::operation as contract;
-use crate::config::{Api, Config, Fault, Route, ValidateSpec};
+use crate::config::{Api, Config, Fault, ResponseCheck, Route, ValidateSpec};
 use crate::policy::contract::MAX_BODY;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -162,7 +162,11 @@ fn expand_one(api: &Api, at: &str, out: &mut Vec<ApiRoute>, faults: &mut Vec<Fau
             match route_from(fields) {
                 Ok(route) => {
                     let mut contract = None;
-                    if validate.as_ref().is_some_and(|v| v.request) {
+                    let requests = validate.as_ref().is_some_and(|v| v.request);
+                    let responses = validate
+                        .as_ref()
+                        .is_some_and(|v| v.response == ResponseCheck::Report);
+                    if requests || responses {
                         let compiled = contract::compile(&contract::Operation {
                             doc: &doc,
                             item,
@@ -175,6 +179,8 @@ fn expand_one(api: &Api, at: &str, out: &mut Vec<ApiRoute>, faults: &mut Vec<Fau
                                 .as_ref()
                                 .and_then(|v| v.max_body)
                                 .map_or(MAX_BODY, |b| b.0),
+                            requests,
+                            responses,
                         });
                         match compiled {
                             Ok(c) => contract = Some(std::sync::Arc::new(c)),

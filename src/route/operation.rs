@@ -3,7 +3,9 @@
 //! media types and JSON schema, with local `$ref`s followed.
 
 use super::openapi::{escape_pointer, template_pattern};
-use crate::policy::contract::{Body, Contract, In, Kind, Parameter, Scalar, MAX_BODY};
+use crate::policy::contract::{
+    Body, Contract, In, Kind, Parameter, ResponseRule, Scalar, Statuses, MAX_BODY,
+};
 use serde_json::{json, Value};
 
 pub struct Operation<'a> {
@@ -15,6 +17,8 @@ pub struct Operation<'a> {
     pub base: &'a str,
     pub template: &'a str,
     pub max_body: u64,
+    pub requests: bool,
+    pub responses: bool,
 }
 
 /// A fault: the JSON pointer in the document and what is wrong there.
@@ -119,14 +123,67 @@ pub fn compile(o: &Operation<'_>) -> Result<Contract, Fault> {
             })
         }
     };
+    let responses = if o.responses {
+        Some(responses(o)?)
+    } else {
+        None
+    };
     Ok(Contract {
         operation: o.name.to_string(),
+        requests: o.requests,
+        responses,
         path,
         path_names,
         parameters,
         body,
         max_body: o.max_body,
     })
+}
+
+/// The operation's documented responses.
+fn responses(o: &Operation<'_>) -> Result<Vec<ResponseRule>, Fault> {
+    let at = format!("{}/responses", o.pointer);
+    let Some(all) = o.op.get("responses").and_then(Value::as_object) else {
+        return Err((at, "an operation needs responses".into()));
+    };
+    let mut rules = Vec::new();
+    for (key, r) in all {
+        let at = format!("{at}/{}", escape_pointer(key));
+        let statuses = match key.as_str() {
+            "default" => Statuses::Default,
+            k if k.len() == 3 && k.ends_with("XX") => match k[..1].parse::<u16>() {
+                Ok(c @ 1..=5) => Statuses::Class(c),
+                _ => return Err((at, format!("{k:?} is not a status class"))),
+            },
+            k => match k.parse::<u16>() {
+                Ok(s @ 100..=599) => Statuses::Exact(s),
+                _ => return Err((at, format!("{k:?} is not a status"))),
+            },
+        };
+        let r = resolve(o.doc, r, &at)?;
+        let mut media_types = Vec::new();
+        let mut json_schema = None;
+        if let Some(content) = r.get("content").and_then(Value::as_object) {
+            for (media, m) in content {
+                let media = media.to_ascii_lowercase();
+                if (media == "application/json" || media.ends_with("+json"))
+                    && json_schema.is_none()
+                {
+                    if let Some(schema) = m.get("schema") {
+                        let at = format!("{at}/content/{}/schema", escape_pointer(&media));
+                        json_schema = Some(validator(o.doc, schema, &at)?);
+                    }
+                }
+                media_types.push(media);
+            }
+        }
+        rules.push(ResponseRule {
+            statuses,
+            media_types,
+            json: json_schema,
+        });
+    }
+    Ok(rules)
 }
 
 /// A local `$ref` (`#/components/...`) followed; other objects as they are.
