@@ -380,3 +380,322 @@ fn responses_that_do_not_match_are_reported_not_blocked() {
         .log_text()
         .contains("does not match the API's contract (body)"));
 }
+
+/// A document of real size (36 operations, shared parameters and schemas by `$ref`, `allOf`,
+/// `oneOf`): for each kind of rule a request that keeps it and one that breaks it. Only the
+/// first kind reaches the upstream.
+#[test]
+fn a_real_size_document_checks_every_kind_of_rule() {
+    let up = Upstream::start("store");
+    let spec = format!(
+        "{}/tests/fixtures/storefront.openapi.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  - name: up\n    targets: [{{address: \"{}\"}}]\n\
+         apis:\n  - name: store\n    spec: {spec}\n    base_path: /v2\n    upstream: up\n    validate: {{request: true}}\n",
+        up.addr
+    ));
+    let key = ("idempotency-key", "0123456789abcdef0123");
+    let json = ("content-type", "application/json");
+    let product = r#"{"name": "Lamp", "price": {"amount": 1999, "currency": "EUR"}}"#;
+    let payment = |method: &str| {
+        format!(r#"{{"amount": {{"amount": 1999, "currency": "EUR"}}, "method": {method}}}"#)
+    };
+    let order = |shipping: &str| {
+        format!(r#"{{"cart_id": "0f8b7a9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", "shipping": {shipping}}}"#)
+    };
+    // (method, path, headers, body, expected status, expected violation as in/name/pointer)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Vec<(&'a str, &'a str)>,
+        String,
+        u16,
+        Option<(&'a str, &'a str, &'a str)>,
+    );
+    let s = |v: &str| v.to_string();
+    let cases: Vec<Case> = vec![
+        // Path parameters: type, minimum, pattern.
+        ("GET", s("/v2/products/7"), vec![], s(""), 200, None),
+        (
+            "GET",
+            s("/v2/products/abc"),
+            vec![],
+            s(""),
+            400,
+            Some(("path", "productId", "")),
+        ),
+        (
+            "GET",
+            s("/v2/products/0"),
+            vec![],
+            s(""),
+            400,
+            Some(("path", "productId", "")),
+        ),
+        ("GET", s("/v2/coupons/SPRING24"), vec![], s(""), 200, None),
+        (
+            "GET",
+            s("/v2/coupons/spring"),
+            vec![],
+            s(""),
+            400,
+            Some(("path", "code", "")),
+        ),
+        // Query parameters: range, enum, pattern, array items and size, boolean, required.
+        (
+            "GET",
+            s("/v2/products?limit=100&sort=-price&in_stock=true&tags=ab&tags=cd"),
+            vec![],
+            s(""),
+            200,
+            None,
+        ),
+        (
+            "GET",
+            s("/v2/products?limit=0"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "limit", "")),
+        ),
+        (
+            "GET",
+            s("/v2/products?sort=cheapest"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "sort", "")),
+        ),
+        (
+            "GET",
+            s("/v2/products?category=Bad_Cat"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "category", "")),
+        ),
+        (
+            "GET",
+            s("/v2/products?tags=a"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "tags", "/0")),
+        ),
+        (
+            "GET",
+            s("/v2/products?tags=aa,bb,cc,dd,ee,ff"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "tags", "")),
+        ),
+        (
+            "GET",
+            s("/v2/products?in_stock=yes"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "in_stock", "")),
+        ),
+        (
+            "GET",
+            s("/v2/search?q=lamp&price_max=9.5"),
+            vec![],
+            s(""),
+            200,
+            None,
+        ),
+        (
+            "GET",
+            s("/v2/search"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "q", "")),
+        ),
+        (
+            "GET",
+            s("/v2/search?q=lamp&price_max=0"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "price_max", "")),
+        ),
+        (
+            "GET",
+            s("/v2/orders?status=lost"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "status", "")),
+        ),
+        // Header parameters: required, length, enum.
+        (
+            "POST",
+            s("/v2/products"),
+            vec![json, key],
+            s(product),
+            200,
+            None,
+        ),
+        (
+            "POST",
+            s("/v2/products"),
+            vec![json],
+            s(product),
+            400,
+            Some(("header", "idempotency-key", "")),
+        ),
+        (
+            "POST",
+            s("/v2/products"),
+            vec![json, ("idempotency-key", "short")],
+            s(product),
+            400,
+            Some(("header", "idempotency-key", "")),
+        ),
+        (
+            "POST",
+            s("/v2/webhooks"),
+            vec![json, ("x-signature-version", "3")],
+            s(r#"{"url": "https://h.test/x", "events": ["order.placed"]}"#),
+            400,
+            Some(("header", "x-signature-version", "")),
+        ),
+        // Bodies: $ref'd schemas, nested patterns, additionalProperties, oneOf, allOf, uniqueItems.
+        (
+            "POST",
+            s("/v2/products"),
+            vec![json, key],
+            s(r#"{"name": "Lamp", "price": {"amount": 1, "currency": "eur"}}"#),
+            400,
+            Some(("body", "", "/price/currency")),
+        ),
+        (
+            "POST",
+            s("/v2/products"),
+            vec![json, key],
+            s(r#"{"name": "Lamp", "price": {"amount": 1, "currency": "EUR"}, "colour": "red"}"#),
+            400,
+            Some(("body", "", "")),
+        ),
+        (
+            "POST",
+            s("/v2/orders/ord_abcdefghij/payments"),
+            vec![json, key],
+            payment(r#"{"type": "card", "card_token": "tok_1"}"#),
+            200,
+            None,
+        ),
+        (
+            "POST",
+            s("/v2/orders/ord_abcdefghij/payments"),
+            vec![json, key],
+            payment(r#"{"type": "card", "iban": "DE00123456789012345678"}"#),
+            400,
+            Some(("body", "", "/method")),
+        ),
+        (
+            "POST",
+            s("/v2/orders"),
+            vec![json, key],
+            order(r#"{"line1": "1 Main St", "city": "Oslo", "country": "NO"}"#),
+            200,
+            None,
+        ),
+        (
+            "POST",
+            s("/v2/orders"),
+            vec![json, key],
+            order(r#"{"line1": "1 Main St", "country": "NO"}"#),
+            400,
+            Some(("body", "", "/shipping")),
+        ),
+        (
+            "POST",
+            s("/v2/webhooks"),
+            vec![json, ("x-signature-version", "2")],
+            s(r#"{"url": "https://h.test/x", "events": ["order.placed", "order.placed"]}"#),
+            400,
+            Some(("body", "", "/events")),
+        ),
+        // Media types: a +json type, a type not listed, a body that is not JSON.
+        (
+            "PATCH",
+            s("/v2/products/7"),
+            vec![("content-type", "application/merge-patch+json")],
+            s(r#"{"name": "Desk lamp"}"#),
+            200,
+            None,
+        ),
+        (
+            "PATCH",
+            s("/v2/products/7"),
+            vec![("content-type", "application/merge-patch+json")],
+            s("{}"),
+            400,
+            Some(("body", "", "")),
+        ),
+        (
+            "PATCH",
+            s("/v2/products/7"),
+            vec![json],
+            s(r#"{"name": "Desk lamp"}"#),
+            415,
+            None,
+        ),
+        (
+            "POST",
+            s("/v2/products/7/images"),
+            vec![("content-type", "image/png")],
+            s("\u{89}PNG"),
+            200,
+            None,
+        ),
+        (
+            "POST",
+            s("/v2/products/7/images"),
+            vec![("content-type", "text/plain")],
+            s("a picture"),
+            415,
+            None,
+        ),
+        (
+            "PUT",
+            s("/v2/inventory/ABC-1234"),
+            vec![json],
+            s(r#"{"on_hand": -1}"#),
+            400,
+            Some(("body", "", "/on_hand")),
+        ),
+    ];
+    let mut passed = 0;
+    for (method, path, headers, body, status, violation) in &cases {
+        let r = send_body(method, &gw.url(path), headers, body);
+        assert_eq!(r.status, *status, "{method} {path} {body}: {r:?}");
+        if *status == 200 {
+            passed += 1;
+        }
+        if let Some((place, name, pointer)) = violation {
+            let found = r.json()["violations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                found.iter().any(|v| v["in"] == *place
+                    && v["name"].as_str().unwrap_or("") == *name
+                    && v["pointer"] == *pointer),
+                "{method} {path} {body}: no {place}/{name}/{pointer:?} in {found:?}"
+            );
+        }
+    }
+    assert_eq!(passed, 9);
+    assert_eq!(
+        up.count(),
+        passed,
+        "only conforming requests reached the upstream"
+    );
+}

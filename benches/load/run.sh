@@ -8,7 +8,9 @@
 #   benches/load/run.sh -m IDLE [TARGET...]
 #
 # Targets (default: all but metrics and accesslog): nginx haproxy control plain routes1000 hs256
-# rs256 ratelimit metrics accesslog observe (both) chain cachehit resilient (outlier
+# rs256 ratelimit metrics accesslog observe (both) chain cachehit openapi (routes from
+# tests/fixtures/storefront.openapi.yaml; POST /v2/orders with a 1 KB JSON body) validate (the
+# same with validate.request: every request checked) resilient (outlier
 # detection, breaker, retry policy, deadline, concurrency limits). Each round runs every target once, interleaved (A B C A B C ...), so slow
 # drifts of a shared machine hit all of them alike. The proxy under test is pinned to CPU
 # 0 with one worker thread; origin and wrk share CPU 1. For each target and round it
@@ -266,12 +268,35 @@ routes:
     retry: {attempts: 2, try_timeout: 5s}
 EOF
       ;;
+    openapi|validate)
+      printf 'apis:\n  - name: store\n    spec: %s\n    base_path: /v2\n    upstream: origin\n' \
+        "$ROOT/tests/fixtures/storefront.openapi.yaml"
+      [ "$target" = validate ] && printf '    validate: {request: true}\n'
+      ;;
     cachehit)
       printf 'cache: {memory: 16MiB}\nroutes:\n  - name: all\n    upstream: origin\n    cache: {default_ttl: 60s}\n' ;;
   esac
 }
 
 # Tokens for the JWT targets, made once with openssl and python3 (stdlib only).
+# The body and wrk script of the openapi and validate targets (1 KB, valid for placeOrder).
+make_api_call() {
+  python3 - "$WORK/order.json" <<'PY'
+import json, sys
+order = {"cart_id": "0f8b7a9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", "coupon": "SPRING24",
+         "shipping": {"line1": "1 Main Street", "line2": "Flat 4", "city": "Oslo",
+                      "postal_code": "0150", "country": "NO", "instructions": "Leave at the door"},
+         "gift_message": "x" * 780}
+open(sys.argv[1], "w").write(json.dumps(order))
+PY
+  cat >"$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = io.open("$WORK/order.json"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Idempotency-Key"] = "0123456789abcdef0123"
+LUA
+}
+
 make_tokens() {
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rs_key.pem" 2>/dev/null
   openssl rsa -in "$WORK/rs_key.pem" -pubout -out "$WORK/rs_pub.pem" 2>/dev/null
@@ -312,6 +337,7 @@ start_target() {
 }
 
 make_tokens
+make_api_call
 for t in "${TARGETS[@]}"; do
   PORT[$t]=$(free_port)
   PID[$t]=$(start_target "$t" "${PORT[$t]}")
@@ -399,6 +425,15 @@ load() {
   fi
   local extra=()
   [ "$TLS" = handshake ] && extra=(-H "Connection: close")
+  if [[ ${t%@*} == openapi || ${t%@*} == validate ]]; then
+    # A typical API call: POST /v2/orders with a header parameter and a 1 KB JSON body.
+    url="$SCHEME://127.0.0.1:${PORT[$1]}/v2/orders"
+    if [ "$mode" = count ]; then
+      extra+=(-d "$WORK/order.json" -H "Content-Type: application/json" -H "Idempotency-Key: 0123456789abcdef0123")
+    else
+      extra+=(-s "$WORK/post.lua")
+    fi
+  fi
   if [ "$mode" = count ]; then
     # A fixed count: h2load speaking HTTP/1.1, the same connections, one thread.
     out=$(taskset -c 1 h2load --h1 -t1 -c"$CONNS" -n"$COUNT" -H "$(header_for "$t")" "${extra[@]}" "$url" 2>&1)

@@ -105,6 +105,86 @@ pub struct Contract {
     pub responses: Option<Vec<ResponseRule>>,
 }
 
+impl Contract {
+    /// Check the path, query and header parameters of a request (its canonical path).
+    pub fn check_parameters(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+        found: &mut Vec<Violation>,
+    ) {
+        let captures = self.path.captures(path);
+        let query = query.unwrap_or("");
+        for p in &self.parameters {
+            let texts: Vec<String> = match p.location {
+                In::Path => self
+                    .path_names
+                    .iter()
+                    .position(|n| *n == p.name)
+                    .and_then(|i| captures.as_ref()?.get(i + 1))
+                    .map(|m| vec![percent_decoded(m.as_str())])
+                    .unwrap_or_default(),
+                In::Query => form_urlencoded::parse(query.as_bytes())
+                    .filter(|(k, _)| *k == p.name)
+                    .map(|(_, v)| v.into_owned())
+                    .collect(),
+                In::Header => headers
+                    .get_all(p.name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .collect(),
+            };
+            if texts.is_empty() {
+                if p.required {
+                    found.push(Violation {
+                        location: p.location.as_str(),
+                        name: p.name.clone(),
+                        pointer: String::new(),
+                        message: "is required".into(),
+                    });
+                }
+                continue;
+            }
+            let value = typed(p.kind, p.location, &texts);
+            for e in p.schema.iter_errors(&value) {
+                found.push(Violation {
+                    location: p.location.as_str(),
+                    name: p.name.clone(),
+                    pointer: e.instance_path.to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Check a JSON request body (bytes as received) against the operation's schema.
+    pub fn check_json_body(&self, raw: &[u8], found: &mut Vec<Violation>) {
+        let Some(schema) = self.body.as_ref().and_then(|b| b.json.as_ref()) else {
+            return;
+        };
+        match serde_json::from_slice::<Value>(raw) {
+            Ok(value) => {
+                for e in schema.iter_errors(&value) {
+                    found.push(Violation {
+                        location: "body",
+                        name: String::new(),
+                        pointer: e.instance_path.to_string(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+            Err(e) => found.push(Violation {
+                location: "body",
+                name: String::new(),
+                pointer: String::new(),
+                message: format!("not JSON: {e}"),
+            }),
+        }
+    }
+}
+
 impl std::fmt::Debug for Contract {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Contract({})", self.operation)
@@ -131,12 +211,14 @@ impl RequestValidation {
     }
 }
 
-/// One thing that does not conform.
-struct Violation {
-    location: &'static str,
-    name: String,
-    pointer: String,
-    message: String,
+/// One thing that does not conform: where (`path`, `query`, `header`, `body`), which
+/// parameter, the JSON pointer within its value, and what is wrong.
+#[derive(Debug)]
+pub struct Violation {
+    pub location: &'static str,
+    pub name: String,
+    pub pointer: String,
+    pub message: String,
 }
 
 impl RoutePolicy for RequestValidation {
@@ -270,53 +352,9 @@ impl RequestValidation {
     }
 
     fn check_parameters(&self, x: &mut Exchange<'_>, found: &mut Vec<Violation>) {
-        let c = &self.contract;
         let req = x.session.req_header();
-        let path = req.uri.path();
-        let captures = c.path.captures(path);
-        let query = req.uri.query().unwrap_or("");
-        for p in &c.parameters {
-            let texts: Vec<String> = match p.location {
-                In::Path => c
-                    .path_names
-                    .iter()
-                    .position(|n| *n == p.name)
-                    .and_then(|i| captures.as_ref()?.get(i + 1))
-                    .map(|m| vec![percent_decoded(m.as_str())])
-                    .unwrap_or_default(),
-                In::Query => form_urlencoded::parse(query.as_bytes())
-                    .filter(|(k, _)| *k == p.name)
-                    .map(|(_, v)| v.into_owned())
-                    .collect(),
-                In::Header => req
-                    .headers
-                    .get_all(p.name.as_str())
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .map(str::to_string)
-                    .collect(),
-            };
-            if texts.is_empty() {
-                if p.required {
-                    found.push(Violation {
-                        location: p.location.as_str(),
-                        name: p.name.clone(),
-                        pointer: String::new(),
-                        message: "is required".into(),
-                    });
-                }
-                continue;
-            }
-            let value = typed(p.kind, p.location, &texts);
-            for e in p.schema.iter_errors(&value) {
-                found.push(Violation {
-                    location: p.location.as_str(),
-                    name: p.name.clone(),
-                    pointer: e.instance_path.to_string(),
-                    message: e.to_string(),
-                });
-            }
-        }
+        self.contract
+            .check_parameters(req.uri.path(), req.uri.query(), &req.headers, found);
     }
 
     async fn check_body(
@@ -366,35 +404,11 @@ impl RequestValidation {
                 ),
             ));
         }
-        let Some(schema) = &body.json else {
-            return Ok(());
-        };
-        if !is_json(&media) {
+        if body.json.is_none() || !is_json(&media) {
             return Ok(());
         }
-        let limit = self.contract.max_body;
-        let raw = match read_body(x, limit).await {
-            Ok(raw) => raw,
-            Err(r) => return Err(r),
-        };
-        match serde_json::from_slice::<Value>(&raw) {
-            Ok(value) => {
-                for e in schema.iter_errors(&value) {
-                    found.push(Violation {
-                        location: "body",
-                        name: String::new(),
-                        pointer: e.instance_path.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-            Err(e) => found.push(Violation {
-                location: "body",
-                name: String::new(),
-                pointer: String::new(),
-                message: format!("not JSON: {e}"),
-            }),
-        }
+        let raw = read_body(x, self.contract.max_body).await?;
+        self.contract.check_json_body(&raw, found);
         Ok(())
     }
 }

@@ -68,7 +68,7 @@ fn expand_one(api: &Api, at: &str, out: &mut Vec<ApiRoute>, faults: &mut Vec<Fau
         return;
     }
     // The route fields every operation shares, checked once here rather than per operation.
-    let shared = with_match(api, &api.policies, &api.name, "/", &[]);
+    let shared = with_match(api, &api.policies, &api.name, ("path_exact", "/"), &[]);
     if let Err((field, message)) = route_from(shared) {
         return faults.push(Fault::new(join(at, &field), message));
     }
@@ -94,8 +94,12 @@ fn expand_one(api: &Api, at: &str, out: &mut Vec<ApiRoute>, faults: &mut Vec<Fau
             ));
             continue;
         }
-        let regex = match template_regex(&api.base_path, template) {
-            Ok(r) => r,
+        // A path without parameters is matched exactly (a hash lookup); one with them by
+        // an anchored regex, which the router finds by its literal directory.
+        let literal = format!("{}{template}", api.base_path);
+        let matched = match template_regex(&api.base_path, template) {
+            Ok(_) if !template.contains('{') => ("path_exact", literal),
+            Ok(r) => ("path_regex", r),
             Err(e) => {
                 faults.push(spec_fault(&pointer, e));
                 continue;
@@ -158,7 +162,7 @@ fn expand_one(api: &Api, at: &str, out: &mut Vec<ApiRoute>, faults: &mut Vec<Fau
             };
             let name = format!("{}.{id}", api.name);
             let method = method.to_ascii_uppercase();
-            let fields = with_match(api, &fields, &name, &regex, &[method]);
+            let fields = with_match(api, &fields, &name, (matched.0, &matched.1), &[method]);
             match route_from(fields) {
                 Ok(route) => {
                     let mut contract = None;
@@ -362,13 +366,13 @@ fn with_match(
     api: &Api,
     fields: &serde_yaml::Mapping,
     name: &str,
-    regex: &str,
+    (kind, path): (&str, &str),
     methods: &[String],
 ) -> serde_yaml::Mapping {
     let mut m = fields.clone();
     m.insert("name".into(), name.into());
     let mut matcher = serde_yaml::Mapping::new();
-    matcher.insert("path_regex".into(), regex.into());
+    matcher.insert(kind.into(), path.into());
     matcher.insert(
         "methods".into(),
         serde_yaml::Value::Sequence(methods.iter().map(|s| s.as_str().into()).collect()),
