@@ -31,6 +31,7 @@
 # printed as KB per idle connection and the share of it returned after close. HAProxy is
 # set to 9,500 connections at most: it reserves two descriptors per connection and these
 # machines cap a process at 20,000 descriptors, so use -m 9000 when it is among the targets.
+# With -s keepalive the connections are HTTPS/1.1, with -s h2 HTTP/2 (one stream each).
 #
 # A target NAME@LABEL runs configuration NAME with the binary in $PORTICO_BIN_LABEL
 # (e.g. plain@glibc with PORTICO_BIN_glibc=/tmp/portico-glibc), to compare builds, and
@@ -365,7 +366,7 @@ header_for() {
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
 
 if [ "$IDLE" -gt 0 ]; then
-  echo "memory with $IDLE idle keep-alive ${TLS:+TLS }connections (PSS of the proxy process, KB)"
+  echo "memory with $IDLE idle keep-alive ${TLS:+TLS ($TLS) }connections (PSS of the proxy process, KB)"
   for t in "${TARGETS[@]}"; do
     p=$(cpu_pid "$t")
     python3 - "${PORT[$t]}" "$IDLE" "$p" "$t" "$TLS" <<'PY'
@@ -374,7 +375,31 @@ port, n, pid, name, tls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.a
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-ctx.set_alpn_protocols(["http/1.1"])
+ctx.set_alpn_protocols(["h2"] if tls == "h2" else ["http/1.1"])
+# HTTP/2 (with -s h2): the preface, empty SETTINGS, then GET /bench on stream 1 as one
+# HEADERS frame (END_STREAM | END_HEADERS), its fields in HPACK from the static table
+# (:method GET, :scheme https) and as literals (:path, :authority).
+def literal(index, value):
+    return bytes([0x40 | index, len(value)]) + value
+H2_FIELDS = b"\x82\x87" + literal(4, b"/bench") + literal(1, b"x")
+H2_REQUEST = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+              + len(H2_FIELDS).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + H2_FIELDS)
+def h2_answered(s):
+    """Read frames until stream 1 ends; acknowledge the server's SETTINGS."""
+    buf = b""
+    while True:
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            length, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+            stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            buf = buf[9 + length:]
+            if kind == 4 and not flags & 1:
+                s.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+            if stream == 1 and kind in (0, 1) and flags & 1:
+                return True
+        chunk = s.recv(65536)
+        if not chunk:
+            return False
+        buf += chunk
 def pss():
     for line in open(f"/proc/{pid}/smaps_rollup"):
         if line.startswith("Pss:"):
@@ -385,9 +410,12 @@ for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
     if tls:
         s = ctx.wrap_socket(s, server_hostname="localhost")
-    s.sendall(b"GET /bench HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(H2_REQUEST if tls == "h2" else b"GET /bench HTTP/1.1\r\nHost: x\r\n\r\n")
     conns.append(s)
 for s in conns:  # read each response so every connection sits idle, kept alive
+    if tls == "h2":
+        assert h2_answered(s), "an HTTP/2 connection closed before its answer"
+        continue
     data = b""
     while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
         chunk = s.recv(65536)
