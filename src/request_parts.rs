@@ -99,6 +99,12 @@ pub fn media_type(content_type: Option<&http::HeaderValue>) -> Option<String> {
     )
 }
 
+/// Whether a media type (as [`media_type`] gives it) is JSON: `application/json` or
+/// `application/*+json`.
+pub fn is_json_media(media: &str) -> bool {
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
 /// The address's octets in `scratch`, or nothing without an address: a key without
 /// allocating.
 pub fn ip_bytes(ip: Option<IpAddr>, scratch: &mut [u8; 16]) -> &[u8] {

@@ -284,6 +284,13 @@ fn requests_are_checked_against_the_document_and_bad_ones_never_reach_the_upstre
     );
     assert_eq!(r.status, 415, "{r:?}");
 
+    // A body larger than can be validated: refused, unread.
+    let huge = format!(r#"{{"title": "{}", "author": "A"}}"#, "t".repeat(70 * 1024));
+    assert_eq!(
+        send_body("POST", &gw.url("/v1/books"), &json, &huge).status,
+        413
+    );
+
     // A conforming body goes through unchanged.
     let good = r#"{"title": "Dune", "author": "Frank Herbert", "isbn": "978-0441013593"}"#;
     assert_eq!(

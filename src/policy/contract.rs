@@ -7,6 +7,7 @@
 //! declare a JSON body.
 
 use super::pipeline::{Build, Decision, Exchange, Respond, RoutePolicy};
+use crate::request_parts::{declared_length, is_json_media, media_type};
 use bytes::Bytes;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -114,8 +115,17 @@ impl Contract {
         headers: &http::HeaderMap,
         found: &mut Vec<Violation>,
     ) {
-        let captures = self.path.captures(path);
-        let query = query.unwrap_or("");
+        let captures = if self.path_names.is_empty() {
+            None
+        } else {
+            self.path.captures(path)
+        };
+        let pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> = match query {
+            Some(q) if self.parameters.iter().any(|p| p.location == In::Query) => {
+                form_urlencoded::parse(q.as_bytes()).collect()
+            }
+            _ => Vec::new(),
+        };
         for p in &self.parameters {
             let texts: Vec<String> = match p.location {
                 In::Path => self
@@ -125,9 +135,10 @@ impl Contract {
                     .and_then(|i| captures.as_ref()?.get(i + 1))
                     .map(|m| vec![percent_decoded(m.as_str())])
                     .unwrap_or_default(),
-                In::Query => form_urlencoded::parse(query.as_bytes())
+                In::Query => pairs
+                    .iter()
                     .filter(|(k, _)| *k == p.name)
-                    .map(|(_, v)| v.into_owned())
+                    .map(|(_, v)| v.to_string())
                     .collect(),
                 In::Header => headers
                     .get_all(p.name.as_str())
@@ -239,18 +250,7 @@ impl RoutePolicy for RequestValidation {
         if head || matches!(status, 204 | 304) || rule.media_types.is_empty() {
             return Ok(());
         }
-        let media = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default();
+        let media = media_type(resp.headers.get(http::header::CONTENT_TYPE)).unwrap_or_default();
         if !rule.media_types.iter().any(|m| media_matches(m, &media)) {
             Self::mismatch(
                 x,
@@ -261,7 +261,7 @@ impl RoutePolicy for RequestValidation {
         }
         // A compressed body would have to be inflated to be read: not for a report.
         if rule.json.is_some()
-            && is_json(&media)
+            && is_json_media(&media)
             && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
         {
             x.state.contract_body = Some((i, Vec::new()));
@@ -363,18 +363,9 @@ impl RequestValidation {
         body: &Body,
         found: &mut Vec<Violation>,
     ) -> Result<(), Box<Respond>> {
-        let req = x.session.req_header();
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
+        let headers = &x.session.req_header().headers;
+        let declared = media_type(headers.get(http::header::CONTENT_TYPE));
+        let length = declared_length(headers);
         let has_body = !x.session.is_body_empty();
         if !has_body {
             if body.required {
@@ -404,8 +395,12 @@ impl RequestValidation {
                 ),
             ));
         }
-        if body.json.is_none() || !is_json(&media) {
+        if body.json.is_none() || !is_json_media(&media) {
             return Ok(());
+        }
+        if length.is_some_and(|l| l > self.contract.max_body) {
+            // Refused before a byte of it is read.
+            return Err(too_large(self.contract.max_body));
         }
         let raw = read_body(x, self.contract.max_body).await?;
         self.contract.check_json_body(&raw, found);
@@ -421,12 +416,7 @@ async fn read_body(x: &mut Exchange<'_>, limit: u64) -> Result<Vec<u8>, Box<Resp
         match x.session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if (raw.len() + chunk.len()) as u64 > limit {
-                    return Err(Respond::new(
-                        413,
-                        "too_large",
-                        format!("a body to validate may have {limit} bytes at most"),
-                    )
-                    .closing());
+                    return Err(too_large(limit));
                 }
                 raw.extend_from_slice(&chunk);
             }
@@ -441,6 +431,16 @@ async fn read_body(x: &mut Exchange<'_>, limit: u64) -> Result<Vec<u8>, Box<Resp
             }
         }
     }
+}
+
+/// 413 for a body over what can be validated; the rest of it is left unread.
+fn too_large(limit: u64) -> Box<Respond> {
+    Respond::new(
+        413,
+        "too_large",
+        format!("a body to validate may have {limit} bytes at most"),
+    )
+    .closing()
 }
 
 fn problem(c: &Contract, found: Vec<Violation>) -> Box<Respond> {
@@ -548,10 +548,6 @@ fn typed(kind: Kind, location: In, texts: &[String]) -> Value {
         Kind::Number => scalar(Scalar::Number, &texts[0]),
         Kind::Boolean => scalar(Scalar::Boolean, &texts[0]),
     }
-}
-
-fn is_json(media: &str) -> bool {
-    media == "application/json" || media.ends_with("+json")
 }
 
 fn media_matches(range: &str, media: &str) -> bool {

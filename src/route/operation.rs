@@ -6,6 +6,7 @@ use super::openapi::{escape_pointer, template_pattern};
 use crate::policy::contract::{
     Body, Contract, In, Kind, Parameter, ResponseRule, Scalar, Statuses, MAX_BODY,
 };
+use crate::request_parts::is_json_media;
 use serde_json::{json, Value};
 
 pub struct Operation<'a> {
@@ -109,7 +110,7 @@ pub fn compile(o: &Operation<'_>) -> Result<Contract, Fault> {
             let mut json_schema = None;
             for (media, m) in content {
                 let media = media.to_ascii_lowercase();
-                if media == "application/json" || media.ends_with("+json") {
+                if is_json_media(&media) {
                     if let Some(schema) = m.get("schema") {
                         let at = format!("{at}/content/{}/schema", escape_pointer(&media));
                         json_schema = Some(validator(o.doc, schema, &at)?);
@@ -166,9 +167,7 @@ fn responses(o: &Operation<'_>) -> Result<Vec<ResponseRule>, Fault> {
         if let Some(content) = r.get("content").and_then(Value::as_object) {
             for (media, m) in content {
                 let media = media.to_ascii_lowercase();
-                if (media == "application/json" || media.ends_with("+json"))
-                    && json_schema.is_none()
-                {
+                if is_json_media(&media) && json_schema.is_none() {
                     if let Some(schema) = m.get("schema") {
                         let at = format!("{at}/content/{}/schema", escape_pointer(&media));
                         json_schema = Some(validator(o.doc, schema, &at)?);

@@ -189,10 +189,8 @@ pub fn gather(
 
 /// Whether a Content-Type names JSON (`application/json`, `application/*+json`).
 pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
-    let Some(media) = crate::request_parts::media_type(content_type) else {
-        return false;
-    };
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+    crate::request_parts::media_type(content_type)
+        .is_some_and(|m| crate::request_parts::is_json_media(&m))
 }
 
 #[cfg(test)]
