@@ -467,6 +467,15 @@ fn a_real_size_document_checks_every_kind_of_rule() {
             400,
             Some(("query", "limit", "")),
         ),
+        // A single-valued parameter given twice (the service might read the other one).
+        (
+            "GET",
+            s("/v2/products?limit=5&limit=abc"),
+            vec![],
+            s(""),
+            400,
+            Some(("query", "limit", "")),
+        ),
         (
             "GET",
             s("/v2/products?sort=cheapest"),

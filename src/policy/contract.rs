@@ -158,6 +158,16 @@ impl Contract {
                 }
                 continue;
             }
+            // A single value given twice: the service may read the other one than we checked.
+            if texts.len() > 1 && !matches!(p.kind, Kind::Array(_)) {
+                found.push(Violation {
+                    location: p.location.as_str(),
+                    name: p.name.clone(),
+                    pointer: String::new(),
+                    message: format!("is given {} times; it takes one value", texts.len()),
+                });
+                continue;
+            }
             let value = typed(p.kind, p.location, &texts);
             for e in p.schema.iter_errors(&value) {
                 found.push(Violation {
