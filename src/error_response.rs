@@ -64,6 +64,32 @@ pub async fn reply(
     Ok(())
 }
 
+/// Pass on another service's answer: its status, the given headers and its body, with
+/// the request id; never stored by a cache.
+pub async fn relay(
+    session: &mut Session,
+    status: u16,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    body: Bytes,
+    request_id: &RequestId,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3 + headers.len()))?;
+    for (name, value) in headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header("content-length", body.len())?;
+    resp.insert_header(request_id.header.clone(), request_id.header_value())?;
+    resp.insert_header("cache-control", "no-store")?;
+    let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
 /// `content-type: application/grpc` or `application/grpc+proto` and the like.
 fn is_grpc(req: &pingora_http::RequestHeader) -> bool {
     req.headers

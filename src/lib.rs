@@ -16,6 +16,7 @@ pub mod forwarding;
 pub mod http_reply;
 pub mod lifecycle;
 pub mod observe;
+pub mod outbound;
 pub mod periodic;
 pub mod policy;
 pub mod proxy;

@@ -14,6 +14,7 @@ use crate::policy::ratelimit::local::GcraStore;
 use crate::policy::ratelimit::redis::RedisLimiter;
 use crate::route::{openapi, RouteAction};
 use crate::router::{normalize_host, RouteLookup, Router};
+use crate::tls::client_auth::ClientVerifier;
 use crate::tls::{self, listeners::ListenerSpec, sni::SniResolver};
 use crate::upstream::limit::ConcurrencyLimit;
 use crate::upstream::{Pool, Source};
@@ -149,6 +150,8 @@ pub struct Carry {
     route_limits: HashMap<(String, usize), Arc<ConcurrencyLimit>>,
     /// The certificate resolvers of the running TLS listeners, by address.
     resolvers: HashMap<SocketAddr, Arc<SniResolver>>,
+    /// Their client certificate verifiers, by address.
+    verifiers: HashMap<SocketAddr, Arc<ClientVerifier>>,
 }
 
 impl Carry {
@@ -180,6 +183,11 @@ impl Carry {
                 .iter()
                 .filter_map(|l| Some((l.addr, l.tls.as_ref()?.resolver.clone())))
                 .collect(),
+            verifiers: rt
+                .listener_specs
+                .iter()
+                .filter_map(|l| Some((l.addr, l.tls.as_ref()?.verifier.clone())))
+                .collect(),
         }
     }
 }
@@ -204,6 +212,7 @@ impl Runtime {
         for l in &self.listener_specs {
             if let Some(t) = &l.tls {
                 t.resolver.replace(t.certs.clone());
+                t.verifier.set(t.client_auth.clone());
             }
         }
     }
@@ -243,7 +252,12 @@ pub fn build_with(
     let mut faults = Vec::new();
     cfg.server.check(&mut faults);
     let addresses = tls::listeners::addresses(cfg, &mut faults);
-    let listener_specs = tls::listeners::build(cfg, &addresses, &carry.resolvers, &mut faults);
+    let listener_specs = tls::listeners::build(
+        cfg,
+        &addresses,
+        (&carry.resolvers, &carry.verifiers),
+        &mut faults,
+    );
     let https_port = tls::listeners::https_port(&listener_specs);
     tls::listeners::check_redirects(cfg, https_port, &mut faults);
     let trusted_proxies = TrustedProxies::from_config(&cfg.trusted_proxies, &mut faults);

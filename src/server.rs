@@ -22,7 +22,8 @@ use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceWithDependents;
-use pingora_rustls::ResolvesServerCert;
+use crate::tls::client_auth::PeerCertReader;
+use pingora_rustls::{ClientCertVerifier, ResolvesServerCert};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -157,7 +158,9 @@ pub fn build(
         .map(|l| {
             let tls = l.tls.as_ref().map(|t| {
                 let resolver: Arc<dyn ResolvesServerCert> = t.resolver.clone();
-                (resolver, t.http2)
+                t.verifier.set(t.client_auth.clone());
+                let verifier: Arc<dyn ClientCertVerifier> = t.verifier.clone();
+                (resolver, verifier, t.http2)
             });
             (l.addr, tls)
         })
@@ -191,14 +194,17 @@ pub fn build(
     for (addr, tls) in listeners {
         let buffers = L4BufferSettings::default().read(read_buffer);
         let mut listener = ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
-        if let Some((resolver, http2)) = tls {
-            // Certificates come from our resolver (chosen by SNI, replaced on reload);
-            // Pingora's rustls acceptor allows TLS 1.2 and 1.3 only.
-            let Ok(mut settings) = TlsSettings::intermediate("", "") else {
+        if let Some((resolver, verifier, http2)) = tls {
+            // Certificates come from our resolver (chosen by SNI, replaced on reload), and
+            // so does the client certificate verifier; a verified client certificate's
+            // names are read once, when the handshake completes. Pingora's rustls acceptor
+            // allows TLS 1.2 and 1.3 only.
+            let Ok(mut settings) = TlsSettings::with_callbacks(Box::new(PeerCertReader)) else {
                 log::error!("listener {addr}: TLS settings could not be made; not listening");
                 continue;
             };
             settings.set_cert_resolver(resolver);
+            settings.set_client_cert_verifier(verifier);
             settings.set_alpn(if http2 { ALPN::H2H1 } else { ALPN::H1 });
             listener = listener.tls(settings);
         }

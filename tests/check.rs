@@ -226,7 +226,7 @@ routes:
         "FILE:14: auth.jwt[1].keys.jwks_url: \"ftp://id.example.com/jwks.json\" is not an http:// or https:// URL",
         "FILE:14: auth.jwt[1].keys.jwks_ca_file: cannot use /nonexistent/ca.pem as a CA file",
         "auth.jwt[2].keys: give at least one of secret, pem_files, jwks_file, jwks_url",
-        "routes[0].access.providers[0]: no JWT provider named \"corp\"",
+        "routes[0].access.providers[0]: no provider named \"corp\"",
         "routes[1].access.providers: list the accepted providers",
     ] {
         assert!(out.contains(e), "missing {e:?} in:\n{out}");

@@ -4,7 +4,8 @@
 //! schema cannot express cross-references (an upstream a route names must exist).
 
 use super::schema::{
-    AdminSection, Api, ApiKeySource, CacheSection, Consumer, JwtProvider, Listener, RateLimit,
+    AdminSection, Api, ApiKeySource, CacheSection, Consumer, ExternalAuth, IntrospectionProvider,
+    JwtProvider, Listener, RateLimit,
     RedisSection, Route, ServerSection, StatusRange, TokenSource, Upstream, ValidateSpec,
 };
 use super::{ByteSize, Dur};
@@ -45,6 +46,10 @@ struct ConfigFile {
 #[allow(dead_code)]
 struct AuthFile {
     jwt: Option<Vec<JwtProvider>>,
+    /// OAuth 2.0 token introspection (RFC 7662) providers.
+    introspection: Option<Vec<IntrospectionProvider>>,
+    /// External authorization (forward auth) providers.
+    external: Option<Vec<ExternalAuth>>,
     api_keys: Option<ApiKeySource>,
 }
 

@@ -241,7 +241,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                     if !value.is_null() {
                         c.faults.push(Fault::new(
                             "auth",
-                            "expected a mapping with jwt and api_keys",
+                            "expected a mapping with jwt, introspection, external and api_keys",
                         ));
                     }
                     continue;
@@ -251,10 +251,29 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                         Some("jwt") => {
                             let names = item_names(&v);
                             (config.auth.jwt, config.file_index.jwt) = c.list("auth.jwt", v);
-                            unparsed.jwt_providers = names
-                                .into_iter()
-                                .filter(|n| !config.auth.jwt.iter().any(|p| &p.name == n))
-                                .collect();
+                            unparsed.jwt_providers.extend(
+                                names
+                                    .into_iter()
+                                    .filter(|n| !config.auth.jwt.iter().any(|p| &p.name == n)),
+                            );
+                        }
+                        Some("introspection") => {
+                            let names = item_names(&v);
+                            (config.auth.introspection, config.file_index.introspection) =
+                                c.list("auth.introspection", v);
+                            unparsed.jwt_providers.extend(names.into_iter().filter(|n| {
+                                !config.auth.introspection.iter().any(|p| &p.name == n)
+                            }));
+                        }
+                        Some("external") => {
+                            let names = item_names(&v);
+                            (config.auth.external, config.file_index.external) =
+                                c.list("auth.external", v);
+                            unparsed.jwt_providers.extend(
+                                names
+                                    .into_iter()
+                                    .filter(|n| !config.auth.external.iter().any(|p| &p.name == n)),
+                            );
                         }
                         Some("api_keys") => {
                             if let Some(a) = c.take("auth.api_keys", v) {
@@ -263,7 +282,8 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                         }
                         other => c.faults.push(Fault::new(
                             format!("auth.{}", other.unwrap_or("?")),
-                            "unknown field, expected one of `jwt`, `api_keys`",
+                            "unknown field, expected one of `jwt`, `introspection`, `external`, \
+                             `api_keys`",
                         )),
                     }
                 }

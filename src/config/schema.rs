@@ -39,6 +39,8 @@ pub struct FileIndex {
     pub routes: Vec<usize>,
     pub consumers: Vec<usize>,
     pub jwt: Vec<usize>,
+    pub introspection: Vec<usize>,
+    pub external: Vec<usize>,
     pub apis: Vec<usize>,
 }
 
@@ -50,6 +52,8 @@ impl Config {
             "upstreams" => &self.file_index.upstreams,
             "consumers" => &self.file_index.consumers,
             "auth.jwt" => &self.file_index.jwt,
+            "auth.introspection" => &self.file_index.introspection,
+            "auth.external" => &self.file_index.external,
             "apis" => &self.file_index.apis,
             _ => &self.file_index.routes,
         };
@@ -186,6 +190,21 @@ pub struct ListenerTls {
     /// `Strict-Transport-Security` value sent on every response of this listener.
     #[serde(default)]
     pub hsts: Option<String>,
+    /// Ask clients for a certificate signed by `ca` (mutual TLS); a verified one is a
+    /// credential for the `client_cert` provider.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// PEM bundle of the authorities that issue client certificates.
+    pub ca: String,
+    /// Refuse the TLS handshake without a client certificate (else a client without one
+    /// is served, and routes decide by their access rules).
+    #[serde(default)]
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, JsonSchema)]
@@ -1043,6 +1062,23 @@ pub struct Consumer {
     /// SHA-256 digests (hex) of this consumer's API keys: `portico hash-key` prints one.
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// Client certificates (verified on a listener with `tls.client_auth`) that identify
+    /// this consumer to the `client_cert` provider.
+    #[serde(default)]
+    pub certificates: Vec<CertificateMatch>,
+}
+
+/// A client certificate, by its subject or one of its subject alternative names.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateMatch {
+    /// The whole subject as RFC 4514 writes it, e.g. `CN=billing,O=Acme` (spaces after
+    /// commas do not matter).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// A DNS name, e-mail address or URI (e.g. a SPIFFE id) the certificate lists.
+    #[serde(default)]
+    pub san: Option<String>,
 }
 
 /// `auth`: parsed item by item by the loader.
@@ -1050,6 +1086,143 @@ pub struct Consumer {
 pub struct AuthSection {
     pub jwt: Vec<JwtProvider>,
     pub api_keys: ApiKeySource,
+    pub introspection: Vec<IntrospectionProvider>,
+    pub external: Vec<ExternalAuth>,
+}
+
+/// What a provider does when the service it asks is slow or down.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Answer 503: nothing passes unchecked.
+    #[default]
+    Deny,
+    /// Let the request through without an identity (as an anonymous caller).
+    Allow,
+}
+
+/// OAuth 2.0 token introspection (RFC 7662) for opaque tokens.
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionProvider {
+    pub name: String,
+    /// The introspection endpoint, `https://` (or `http://` on a trusted network).
+    pub endpoint: String,
+    /// The gateway's client id at the authorization server (HTTP Basic authentication).
+    pub client_id: String,
+    /// File holding the client secret (e.g. a systemd credential); a final newline is dropped.
+    pub client_secret_file: String,
+    /// PEM file of the CAs that may sign the endpoint's certificate (the system's when unset).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// How long an active token's answer is reused (never past the token's `exp`).
+    #[serde(default = "default_introspection_ttl")]
+    pub cache_ttl: Dur,
+    /// How long an inactive token's answer is reused.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_cache_ttl: Dur,
+    /// The longest a request waits for the endpoint.
+    #[serde(default = "default_auth_call_timeout")]
+    pub timeout: Dur,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Required `iss`, when the server reports one.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; the answer must name one of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The answer's members naming the consumer, first present wins.
+    #[serde(default = "default_consumer_members")]
+    pub consumer_from: Vec<String>,
+    /// Where the token is read from, in order; `Authorization: Bearer` when empty.
+    #[serde(default)]
+    pub token_from: Vec<TokenSource>,
+    /// Members of the answer sent upstream as headers: member name → header name.
+    #[serde(default)]
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+    /// Remove the Authorization header before forwarding.
+    #[serde(default)]
+    pub strip_authorization: bool,
+}
+
+fn default_introspection_ttl() -> Dur {
+    Dur::secs(60)
+}
+fn default_negative_ttl() -> Dur {
+    Dur::secs(5)
+}
+fn default_auth_call_timeout() -> Dur {
+    Dur::millis(2000)
+}
+fn default_consumer_members() -> Vec<String> {
+    vec!["sub".into(), "client_id".into(), "username".into()]
+}
+
+/// External authorization (forward auth): a service decides on each request.
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuth {
+    pub name: String,
+    /// The authorization service; the request's method and canonical path (and query) are
+    /// appended to this URL's path.
+    pub url: String,
+    /// PEM file of the CAs that may sign the service's certificate (the system's when unset).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The longest a request waits for the service.
+    #[serde(default = "default_auth_call_timeout")]
+    pub timeout: Dur,
+    /// Client request headers sent to the service.
+    #[serde(default = "default_forward_headers")]
+    pub forward_headers: Vec<String>,
+    /// Send the request body too (a body over `max` gets 413).
+    #[serde(default)]
+    pub forward_body: Option<ForwardBody>,
+    /// Headers of an admitting answer copied to the upstream request (a client's own
+    /// copies are always removed).
+    #[serde(default)]
+    pub upstream_headers: Vec<String>,
+    /// The admitting answer's header naming the consumer (for groups, limits, the log).
+    #[serde(default)]
+    pub consumer_header: Option<String>,
+    /// Headers of a refusing answer passed to the client with its status and body.
+    #[serde(default = "default_client_headers")]
+    pub client_headers: Vec<String>,
+    /// Reuse decisions for requests alike in `key`.
+    #[serde(default)]
+    pub cache: Option<DecisionCache>,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+fn default_forward_headers() -> Vec<String> {
+    vec!["authorization".into(), "cookie".into()]
+}
+fn default_client_headers() -> Vec<String> {
+    vec![
+        "content-type".into(),
+        "www-authenticate".into(),
+        "location".into(),
+        "set-cookie".into(),
+        "retry-after".into(),
+    ]
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardBody {
+    /// At most 64 KiB.
+    pub max: super::ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionCache {
+    pub ttl: Dur,
+    /// What makes two requests alike: `header:NAME`, `query:NAME`, `cookie:NAME`,
+    /// `method`, `path`, `client_ip`.
+    pub key: Vec<String>,
 }
 
 /// Where API keys are read from.
@@ -1088,6 +1261,15 @@ pub struct JwtProvider {
     /// Accepted `aud` values; the token must name one of them.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Keys and signing algorithms from `{issuer}/.well-known/openid-configuration`
+    /// (OpenID Connect Discovery), refreshed like `keys.jwks_url`.
+    #[serde(default)]
+    pub issuer_discovery: bool,
+    /// The discovery document's URL, when it is not under the issuer.
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// Given keys; optional with discovery, whose keys come from its `jwks_uri`.
+    #[serde(default)]
     pub keys: JwtKeys,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway")]
@@ -1182,6 +1364,21 @@ pub struct JwtKeys {
     /// Shortest time between two fetches caused by unknown `kid`s.
     #[serde(default = "default_jwks_min_refetch")]
     pub min_refetch_interval: Dur,
+}
+
+impl Default for JwtKeys {
+    fn default() -> Self {
+        JwtKeys {
+            secret: None,
+            secret_file: None,
+            pem_files: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            refresh_interval: default_jwks_refresh(),
+            min_refetch_interval: default_jwks_min_refetch(),
+        }
+    }
 }
 
 fn default_jwks_refresh() -> Dur {

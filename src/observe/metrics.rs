@@ -40,6 +40,7 @@ pub struct Families {
     mirror_dropped: IntCounterVec,
     jwks_refused: IntCounterVec,
     jwt_verifications: IntCounterVec,
+    auth_calls: IntCounterVec,
     cert_expiry: IntGaugeVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
@@ -245,6 +246,12 @@ impl Families {
                 "portico_jwt_verifications_total",
                 "Token signatures checked (verified tokens are cached: repeated tokens are not counted)",
                 &["provider"],
+            ),
+            auth_calls: counter(
+                reg,
+                "portico_auth_calls_total",
+                "What providers that ask a service did per credential: call, cache_hit, coalesced (joined a call in flight), timeout, error, discovery_failed",
+                &["provider", "outcome"],
             ),
             jwks_refused: counter(
                 reg,
@@ -698,6 +705,21 @@ pub fn render() -> String {
 }
 
 /// A token of `provider` had its signature checked (a miss of the verified-token cache).
+/// One outcome of a provider that asks a service (introspection, external, discovery).
+pub fn auth_call(provider: &str, outcome: &str) {
+    families()
+        .auth_calls
+        .with_label_values(&[provider, outcome])
+        .inc();
+}
+
+/// The counter of one outcome, resolved once for a provider's hot path.
+pub fn auth_call_counter(provider: &str, outcome: &str) -> prometheus::IntCounter {
+    families()
+        .auth_calls
+        .with_label_values(&[provider, outcome])
+}
+
 pub fn jwt_verification(provider: &str) {
     families()
         .jwt_verifications
@@ -750,6 +772,7 @@ mod tests {
             &f.mirror_dropped,
             &f.jwks_refused,
             &f.jwt_verifications,
+            &f.auth_calls,
             &f.cert_expiry,
             &f.target_healthy,
             &f.auth,

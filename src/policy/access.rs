@@ -1,6 +1,10 @@
 //! A route's access rule: which credentials it accepts and what the caller must hold.
 
 use super::auth::api_key::ApiKeys;
+use super::auth::client_cert::ClientCerts;
+use super::auth::external::ExternalAuth;
+use super::auth::introspection::Introspector;
+use crate::tls::client_auth;
 use super::auth::build::{self as auth_build, CONSUMER_HEADER};
 use super::auth::jwt::JwtProvider;
 use super::auth::{Identity, Reject, Verification};
@@ -13,13 +17,19 @@ use std::sync::Arc;
 pub enum Provider {
     Jwt(Arc<JwtProvider>),
     ApiKey(Arc<ApiKeys>),
+    Introspection(Arc<Introspector>),
+    External(Arc<ExternalAuth>),
+    ClientCert(Arc<ClientCerts>),
 }
 
 impl Provider {
-    async fn authenticate(&self, req: &RequestHeader) -> Verification {
+    async fn authenticate(&self, x: &mut Exchange<'_>) -> Verification {
         match self {
-            Provider::Jwt(p) => p.authenticate(req).await,
-            Provider::ApiKey(k) => k.authenticate(req),
+            Provider::Jwt(p) => p.authenticate(x.session.req_header()).await,
+            Provider::ApiKey(k) => k.authenticate(x.session.req_header()),
+            Provider::Introspection(p) => p.authenticate(x.session.req_header()).await,
+            Provider::External(p) => Box::pin(p.authenticate(x)).await,
+            Provider::ClientCert(c) => c.authenticate(client_auth::of_session(x.session)),
         }
     }
 
@@ -27,6 +37,9 @@ impl Provider {
         match self {
             Provider::Jwt(p) => &p.name,
             Provider::ApiKey(_) => super::auth::api_key::PROVIDER,
+            Provider::Introspection(p) => &p.name,
+            Provider::External(p) => &p.name,
+            Provider::ClientCert(_) => super::auth::client_cert::PROVIDER,
         }
     }
 }
@@ -39,16 +52,6 @@ pub struct AccessRule {
     pub anonymous: bool,
     /// `WWW-Authenticate` for a request without credentials, built at load.
     pub challenge: String,
-}
-
-/// A refusal, ready to be written as a JSON error.
-#[derive(Debug)]
-pub struct Denial {
-    pub status: u16,
-    pub www_authenticate: String,
-    pub message: String,
-    /// For the log: why, in a word.
-    pub reason: &'static str,
 }
 
 impl AccessRule {
@@ -65,12 +68,14 @@ impl AccessRule {
     }
 
     /// Authenticate the request with the first provider whose credential it carries and
-    /// that accepts it, then authorize. `Ok(None)` is an anonymous request the rule allows.
-    pub async fn check(&self, req: &RequestHeader) -> Result<Option<Arc<Identity>>, Denial> {
+    /// that accepts it, then authorize. `Ok(None)` is a request that passes without an
+    /// identity: anonymous where the rule allows it, or waived by a provider whose service
+    /// is down and that says `on_failure: allow`.
+    pub async fn check(&self, x: &mut Exchange<'_>) -> Result<Option<Arc<Identity>>, Box<Respond>> {
         let mut first_reject: Option<(Reject, &str)> = None;
         let mut identity = None;
         for provider in &self.providers {
-            match provider.authenticate(req).await {
+            match provider.authenticate(x).await {
                 Verification::Absent => {}
                 Verification::Accepted(id) => {
                     identity = Some(id);
@@ -79,39 +84,55 @@ impl AccessRule {
                 Verification::Rejected(r) => {
                     first_reject.get_or_insert((r, provider.name()));
                 }
+                Verification::Answer(r) => return Err(r),
+                Verification::Waived => return Ok(None),
+                Verification::Unavailable => {
+                    return Err(Respond::new(
+                        503,
+                        "auth_unavailable",
+                        format!(
+                            "credentials cannot be checked now (provider {})",
+                            provider.name()
+                        ),
+                    )
+                    .header("retry-after", "1"))
+                }
             }
         }
         let Some(identity) = identity else {
             return match first_reject {
-                Some((reason, provider)) => Err(Denial {
-                    status: 401,
-                    www_authenticate: format!(
+                Some((reason, provider)) => Err(Respond::new(
+                    401,
+                    reason.label(),
+                    format!("{} (provider {provider})", reason.description()),
+                )
+                .header(
+                    "www-authenticate",
+                    format!(
                         "{}, error=\"invalid_token\", error_description=\"{}\"",
                         self.challenge,
                         reason.description()
                     ),
-                    message: format!("{} (provider {provider})", reason.description()),
-                    reason: reason.label(),
-                }),
+                )),
                 None if self.anonymous => Ok(None),
-                None => Err(Denial {
-                    status: 401,
-                    www_authenticate: self.challenge.clone(),
-                    message: "credentials are required".into(),
-                    reason: "missing_credentials",
-                }),
+                None => Err(Respond::new(
+                    401,
+                    "missing_credentials",
+                    "credentials are required",
+                )
+                .header("www-authenticate", self.challenge.clone())),
             };
         };
         self.authorize(&identity)?;
         Ok(Some(identity))
     }
 
-    fn authorize(&self, id: &Identity) -> Result<(), Denial> {
-        let forbidden = |reason: &'static str, message: String, extra: String| Denial {
-            status: 403,
-            www_authenticate: format!("{}, error=\"insufficient_scope\"{extra}", self.challenge),
-            message,
-            reason,
+    fn authorize(&self, id: &Identity) -> Result<(), Box<Respond>> {
+        let forbidden = |reason: &'static str, message: String, extra: String| {
+            Respond::new(403, reason, message).header(
+                "www-authenticate",
+                format!("{}, error=\"insufficient_scope\"{extra}", self.challenge),
+            )
         };
         let missing: Vec<&str> = self
             .scopes
@@ -153,16 +174,13 @@ impl RoutePolicy for AccessRule {
     const NAME: &'static str = "access";
 
     async fn request(&self, x: &mut Exchange<'_>) -> Decision {
-        match self.check(x.session.req_header()).await {
+        match self.check(x).await {
             Ok(identity) => {
                 x.metrics.auth_ok();
                 x.state.identity = identity;
                 Decision::Continue
             }
-            Err(denial) => {
-                let r = Respond::new(denial.status, denial.reason, denial.message);
-                Decision::Respond(r.header("www-authenticate", denial.www_authenticate))
-            }
+            Err(r) => Decision::Respond(r),
         }
     }
 

@@ -6,7 +6,9 @@
 //! Pingora's 64 KiB retry buffer, which then sends it on), and only for operations that
 //! declare a JSON body.
 
-use super::pipeline::{Build, Decision, Exchange, Respond, RoutePolicy};
+use super::pipeline::{
+    body_too_large, read_request_body, Build, Decision, Exchange, Respond, RoutePolicy,
+};
 use crate::request_parts::{declared_length, is_json_media, media_type};
 use bytes::Bytes;
 use pingora_error::Result;
@@ -410,47 +412,12 @@ impl RequestValidation {
         }
         if length.is_some_and(|l| l > self.contract.max_body) {
             // Refused before a byte of it is read.
-            return Err(too_large(self.contract.max_body));
+            return Err(body_too_large(self.contract.max_body));
         }
-        let raw = read_body(x, self.contract.max_body).await?;
+        let raw = read_request_body(x, self.contract.max_body).await?;
         self.contract.check_json_body(&raw, found);
         Ok(())
     }
-}
-
-/// Read the whole body into Pingora's retry buffer, which sends it upstream afterwards.
-async fn read_body(x: &mut Exchange<'_>, limit: u64) -> Result<Vec<u8>, Box<Respond>> {
-    x.session.as_mut().enable_retry_buffering();
-    let mut raw = Vec::new();
-    loop {
-        match x.session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if (raw.len() + chunk.len()) as u64 > limit {
-                    return Err(too_large(limit));
-                }
-                raw.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(raw),
-            Err(e) => {
-                return Err(Respond::new(
-                    400,
-                    "body_read",
-                    format!("the request body could not be read: {e}"),
-                )
-                .closing())
-            }
-        }
-    }
-}
-
-/// 413 for a body over what can be validated; the rest of it is left unread.
-fn too_large(limit: u64) -> Box<Respond> {
-    Respond::new(
-        413,
-        "too_large",
-        format!("a body to validate may have {limit} bytes at most"),
-    )
-    .closing()
 }
 
 fn problem(c: &Contract, found: Vec<Violation>) -> Box<Respond> {

@@ -44,6 +44,15 @@ pub struct Respond {
     /// An RFC 9457 problem to answer with (`application/problem+json`) instead of the
     /// gateway's usual JSON error.
     pub problem: Option<Box<serde_json::Value>>,
+    /// Another service's answer to pass on as it is (an authorization service's refusal).
+    pub relay: Option<Box<Relay>>,
+}
+
+/// An answer made elsewhere: its headers and body go to the client unchanged.
+#[derive(Clone)]
+pub struct Relay {
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: Bytes,
 }
 
 impl Respond {
@@ -59,6 +68,7 @@ impl Respond {
             close: false,
             reason,
             problem: None,
+            relay: None,
         })
     }
 
@@ -99,6 +109,9 @@ pub struct PolicyState {
     pub contract_body: Option<(usize, Vec<u8>)>,
     /// The mirror's draw has been made (it is made once per request).
     pub mirror_drawn: bool,
+    /// The whole request body, when a policy had to read it before going upstream
+    /// (Pingora's retry buffer sends it on).
+    pub request_body: Option<Bytes>,
     /// A mirror copy's header and the body gathered for it, sent when the body is complete.
     pub mirror: Option<Box<(RequestHeader, Vec<u8>)>>,
 }
@@ -236,6 +249,10 @@ pub async fn answer(x: &mut Exchange<'_>, policy: &'static str, r: Box<Respond>)
     if r.close {
         x.session.set_keepalive(None);
     }
+    if let Some(relay) = r.relay {
+        return error_response::relay(x.session, r.status, &relay.headers, relay.body, x.request_id)
+            .await;
+    }
     let mut headers: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if let Some(mut problem) = r.problem {
         problem["request_id"] = serde_json::Value::from(x.request_id.as_str());
@@ -244,4 +261,49 @@ pub async fn answer(x: &mut Exchange<'_>, policy: &'static str, r: Box<Respond>)
         return error_response::reply(x.session, r.status, body, x.request_id, &headers).await;
     }
     error_response::send(x.session, r.status, &r.message, x.request_id, &headers).await
+}
+
+/// The whole request body, read into Pingora's retry buffer (which sends it upstream
+/// afterwards) by the first policy that needs it; `limit` is at most that buffer's 64 KiB.
+pub async fn read_request_body(x: &mut Exchange<'_>, limit: u64) -> Result<Bytes, Box<Respond>> {
+    if let Some(body) = &x.state.request_body {
+        if body.len() as u64 > limit {
+            return Err(body_too_large(limit));
+        }
+        return Ok(body.clone());
+    }
+    x.session.as_mut().enable_retry_buffering();
+    let mut raw = Vec::new();
+    loop {
+        match x.session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if (raw.len() + chunk.len()) as u64 > limit {
+                    return Err(body_too_large(limit));
+                }
+                raw.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(Respond::new(
+                    400,
+                    "body_read",
+                    format!("the request body could not be read: {e}"),
+                )
+                .closing())
+            }
+        }
+    }
+    let body = Bytes::from(raw);
+    x.state.request_body = Some(body.clone());
+    Ok(body)
+}
+
+/// 413 for a body over what a policy can read first; the rest of it is left unread.
+pub fn body_too_large(limit: u64) -> Box<Respond> {
+    Respond::new(
+        413,
+        "too_large",
+        format!("a body checked before it goes upstream may have {limit} bytes at most"),
+    )
+    .closing()
 }

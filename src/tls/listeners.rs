@@ -2,7 +2,9 @@
 //! HTTP to HTTPS, and HSTS.
 
 use super::certs::load_pair;
+use super::client_auth::{build_verifier, ClientVerifier};
 use super::sni::{CertSet, SniResolver};
+use pingora_rustls::ClientCertVerifier;
 use crate::config::{self, Fault};
 use http::HeaderValue;
 use std::collections::HashMap;
@@ -15,6 +17,10 @@ pub struct ListenerTls {
     /// The certificates this config brings; served once it is applied.
     pub certs: Arc<CertSet>,
     pub http2: bool,
+    /// The live client certificate verifier of a running listener (carried over reloads).
+    pub verifier: Arc<ClientVerifier>,
+    /// What it verifies with once this config is applied (`None`: no certificate is asked).
+    pub client_auth: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 pub struct ListenerSpec {
@@ -29,7 +35,10 @@ pub struct ListenerSpec {
 pub fn build(
     cfg: &config::Config,
     addrs: &[Option<SocketAddr>],
-    resolvers: &HashMap<SocketAddr, Arc<SniResolver>>,
+    (resolvers, verifiers): (
+        &HashMap<SocketAddr, Arc<SniResolver>>,
+        &HashMap<SocketAddr, Arc<ClientVerifier>>,
+    ),
     faults: &mut Vec<Fault>,
 ) -> Vec<ListenerSpec> {
     let mut specs = Vec::new();
@@ -52,6 +61,15 @@ pub fn build(
                     "list at least one {cert, key}",
                 ));
             }
+            let client_auth = t.client_auth.as_ref().and_then(|c| {
+                build_verifier(&c.ca, c.required)
+                    .map_err(|e| faults.push(Fault::new(format!("{path}.tls.client_auth.ca"), e)))
+                    .ok()
+            });
+            let verifier = match addr.and_then(|a| verifiers.get(&a)) {
+                Some(v) => v.clone(),
+                None => ClientVerifier::new(),
+            };
             let certs = Arc::new(CertSet::new(loaded)?);
             let resolver = match addr.and_then(|a| resolvers.get(&a)) {
                 Some(r) => r.clone(),
@@ -61,6 +79,8 @@ pub fn build(
                 resolver,
                 certs,
                 http2: t.http2,
+                verifier,
+                client_auth,
             })
         });
         let hsts = l.tls.as_ref().and_then(|t| t.hsts.as_ref()).and_then(|v| {

@@ -2,6 +2,7 @@
 //! material for TLS to upstreams.
 
 pub mod certs;
+pub mod client_auth;
 pub mod listeners;
 pub mod sni;
 pub mod upstream;

@@ -2,12 +2,16 @@
 //! everything that could not work.
 
 use super::api_key::{self, ApiKeys};
-use super::jwks::KeysSource;
-use super::jwks::{KeySet, RemoteKeys};
-use super::jwt::{JwtProvider, ProviderSpec, Source};
+use super::client_cert::{self, ClientCerts};
+use super::external::ExternalAuth;
+use super::introspection::Introspector;
+use super::jwks::{KeySet, KeysAt, KeysSource, RemoteKeys};
+use crate::outbound::Endpoint;
+use super::claims::{self, header_name, ClaimMapping};
+use super::jwt::{JwtProvider, ProviderSpec};
 use super::key_checks;
 use super::Identity;
-use crate::config::{self, Config, Fault, TokenSource};
+use crate::config::{self, Config, Fault};
 use crate::policy::access::{AccessRule, Provider};
 use http::HeaderName;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -20,22 +24,12 @@ pub const CONSUMER_HEADER: &str = "x-consumer";
 /// Everything authentication needs at run time.
 pub struct Auth {
     pub jwt: HashMap<String, Arc<JwtProvider>>,
+    pub introspection: HashMap<String, Arc<Introspector>>,
+    pub external: HashMap<String, Arc<ExternalAuth>>,
     pub api_keys: Arc<ApiKeys>,
+    pub client_certs: Arc<ClientCerts>,
     /// Headers only the gateway may set upstream; a client's copies are always removed.
     pub identity_headers: Vec<HeaderName>,
-}
-
-fn header_name(path: String, name: &str, faults: &mut Vec<Fault>) -> Option<HeaderName> {
-    match HeaderName::from_bytes(name.as_bytes()) {
-        Ok(h) => Some(h),
-        Err(_) => {
-            faults.push(Fault::new(
-                path,
-                format!("{name:?} is not a valid header name"),
-            ));
-            None
-        }
-    }
 }
 
 /// Build the auth section; `previous` holds the running config's remote key sets by
@@ -47,6 +41,7 @@ pub fn build(
 ) -> Auth {
     let mut groups = HashMap::new();
     let mut by_digest = HashMap::new();
+    let mut client_certs = ClientCerts::default();
     let key_header = header_name(
         "auth.api_keys.header".into(),
         &cfg.auth.api_keys.header,
@@ -74,6 +69,25 @@ pub fn build(
             hide_query: cfg.auth.api_keys.query.clone(),
             ..Identity::default()
         });
+        for (k, m) in c.certificates.iter().enumerate() {
+            let cpath = format!("{path}.certificates[{k}]");
+            if m.subject.is_none() && m.san.is_none() {
+                faults.push(Fault::new(cpath, "give subject or san"));
+                continue;
+            }
+            let cert_identity = Arc::new(Identity {
+                provider: client_cert::PROVIDER.into(),
+                consumer: Some(c.name.clone()),
+                groups: c.groups.clone(),
+                ..Identity::default()
+            });
+            if !client_certs.add(m.subject.as_deref(), m.san.as_deref(), &cert_identity) {
+                faults.push(Fault::new(
+                    cpath,
+                    "this certificate already names a consumer",
+                ));
+            }
+        }
         for (k, digest) in c.api_keys.iter().enumerate() {
             let kpath = format!("{path}.api_keys[{k}]");
             match api_key::parse_digest(digest) {
@@ -95,20 +109,32 @@ pub fn build(
 
     let mut jwt = HashMap::new();
     let mut identity_headers = vec![HeaderName::from_static(CONSUMER_HEADER)];
+    let mut names = Vec::new();
+    let mut name_ok = |path: &str, name: &str, faults: &mut Vec<Fault>| {
+        if name.is_empty() || name == api_key::PROVIDER || name == client_cert::PROVIDER {
+            faults.push(Fault::new(
+                format!("{path}.name"),
+                format!(
+                    "a provider needs a name other than {:?} and {:?}",
+                    api_key::PROVIDER,
+                    client_cert::PROVIDER
+                ),
+            ));
+            return false;
+        }
+        if names.iter().any(|n| n == name) {
+            faults.push(Fault::new(
+                format!("{path}.name"),
+                format!("provider name {name:?} is used twice"),
+            ));
+            return false;
+        }
+        names.push(name.to_string());
+        true
+    };
     for (i, p) in cfg.auth.jwt.iter().enumerate() {
         let path = cfg.item_path("auth.jwt", i);
-        if p.name.is_empty() || p.name == api_key::PROVIDER {
-            faults.push(Fault::new(
-                format!("{path}.name"),
-                format!("a provider needs a name other than {:?}", api_key::PROVIDER),
-            ));
-            continue;
-        }
-        if jwt.contains_key(&p.name) {
-            faults.push(Fault::new(
-                format!("{path}.name"),
-                format!("provider name {:?} is used twice", p.name),
-            ));
+        if !name_ok(&path, &p.name, faults) {
             continue;
         }
         if let Some(provider) = build_provider(&path, p, consumer_groups.clone(), previous, faults)
@@ -117,11 +143,39 @@ pub fn build(
             jwt.insert(p.name.clone(), Arc::new(provider));
         }
     }
+    let mut introspection = HashMap::new();
+    for (i, p) in cfg.auth.introspection.iter().enumerate() {
+        let path = cfg.item_path("auth.introspection", i);
+        if !name_ok(&path, &p.name, faults) {
+            continue;
+        }
+        if let Some(provider) =
+            Introspector::from_config(&path, p, consumer_groups.clone(), faults)
+        {
+            identity_headers.extend(provider.forwarded_headers().cloned());
+            introspection.insert(p.name.clone(), Arc::new(provider));
+        }
+    }
+    let mut external = HashMap::new();
+    for (i, p) in cfg.auth.external.iter().enumerate() {
+        let path = cfg.item_path("auth.external", i);
+        if !name_ok(&path, &p.name, faults) {
+            continue;
+        }
+        if let Some(provider) = ExternalAuth::from_config(&path, p, consumer_groups.clone(), faults)
+        {
+            identity_headers.extend(provider.upstream_headers.iter().cloned());
+            external.insert(p.name.clone(), Arc::new(provider));
+        }
+    }
     identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     identity_headers.dedup();
     Auth {
         jwt,
+        introspection,
+        external,
         api_keys,
+        client_certs: Arc::new(client_certs),
         identity_headers,
     }
 }
@@ -222,49 +276,58 @@ fn build_provider(
             Err(e) => faults.push(Fault::new(format!("{kpath}.jwks_file"), e)),
         }
     }
+    let discovery = discovery_url(path, p, faults);
     if let Some(ca) = &k.jwks_ca_file {
-        if k.jwks_url.is_none() {
+        if k.jwks_url.is_none() && discovery.is_none() {
             faults.push(Fault::new(
                 format!("{kpath}.jwks_ca_file"),
-                "only used with jwks_url",
+                "only used with jwks_url or discovery",
             ));
         } else if let Err(e) = super::jwks::check_ca_file(ca) {
             faults.push(Fault::new(format!("{kpath}.jwks_ca_file"), e));
         }
     }
-    let remote = match &k.jwks_url {
-        None => None,
-        Some(url) => match url.parse::<http::Uri>() {
-            Ok(uri)
-                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() =>
-            {
-                // A rotated CA file counts as a change, like a changed section.
-                let source = KeysSource::of(k);
-                match previous.get(&p.name).filter(|r| r.source == source) {
-                    Some(running) => Some(running.clone()),
-                    None => Some(Arc::new(RemoteKeys::new(
-                        &p.name,
-                        uri,
-                        k.jwks_ca_file.clone(),
-                        k.refresh_interval.0,
-                        k.min_refetch_interval.0,
-                        source,
-                    ))),
-                }
-            }
-            _ => {
-                faults.push(Fault::new(
-                    format!("{kpath}.jwks_url"),
-                    format!("{url:?} is not an http:// or https:// URL"),
-                ));
+    if discovery.is_some() && k.jwks_url.is_some() {
+        faults.push(Fault::new(
+            format!("{kpath}.jwks_url"),
+            "give jwks_url or discovery, not both: discovery names the key set",
+        ));
+    }
+    let at = match (&k.jwks_url, discovery) {
+        (Some(url), None) => match Endpoint::parse(url, k.jwks_ca_file.clone(), 4) {
+            Ok(e) => Some(KeysAt::Url(e)),
+            Err(e) => {
+                faults.push(Fault::new(format!("{kpath}.jwks_url"), e));
                 None
             }
         },
+        (None, Some((field, url))) => match Endpoint::parse(&url, k.jwks_ca_file.clone(), 2) {
+            Ok(e) => Some(KeysAt::Discovery(e, p.issuer.clone().unwrap_or_default())),
+            Err(e) => {
+                faults.push(Fault::new(format!("{path}.{field}"), e));
+                None
+            }
+        },
+        _ => None,
     };
+    let remote = at.map(|at| {
+        let source = KeysSource::of(k, p.discovery_url.as_deref(), p.issuer.as_deref());
+        match previous.get(&p.name).filter(|r| r.source == source) {
+            Some(running) => running.clone(),
+            None => Arc::new(RemoteKeys::new(
+                &p.name,
+                at,
+                k.jwks_ca_file.clone(),
+                k.refresh_interval.0,
+                k.min_refetch_interval.0,
+                source,
+            )),
+        }
+    });
     if keys.keys.is_empty() && remote.is_none() && faults.len() == before {
         faults.push(Fault::new(
             kpath.clone(),
-            "give at least one of secret, pem_files, jwks_file, jwks_url",
+            "give at least one of secret, pem_files, jwks_file, jwks_url (or use discovery)",
         ));
     }
     if remote.is_none() {
@@ -284,25 +347,16 @@ fn build_provider(
             "refresh intervals must be longer than 0s",
         ));
     }
-    let mut sources = Vec::new();
-    for (i, s) in p.token_from.iter().enumerate() {
-        let spath = format!("{path}.token_from[{i}]");
-        sources.push(match s {
-            TokenSource::Bearer => Source::Bearer,
-            TokenSource::Header(h) => Source::Header(header_name(spath, h, faults)?),
-            TokenSource::Query(q) => Source::Query(q.clone()),
-            TokenSource::Cookie(c) => Source::Cookie(c.clone()),
-        });
-    }
-    if sources.is_empty() {
-        sources.push(Source::Bearer);
-    }
-    let mut forward = Vec::new();
-    for (claim, header) in &p.forward_claims {
-        if let Some(h) = header_name(format!("{path}.forward_claims.{claim}"), header, faults) {
-            forward.push((claim.clone(), h));
-        }
-    }
+    let sources = claims::sources(path, &p.token_from, faults);
+    let mapping = ClaimMapping::new(
+        path,
+        vec![p.consumer_claim.clone()],
+        &p.forward_claims,
+        &sources,
+        p.strip_authorization,
+        consumer_groups,
+        faults,
+    );
     if faults.len() > before {
         return None;
     }
@@ -316,11 +370,37 @@ fn build_provider(
         static_keys: keys,
         remote,
         sources,
-        consumer_claim: p.consumer_claim.clone(),
-        forward,
-        strip_authorization: p.strip_authorization,
-        consumer_groups,
+        mapping,
     }))
+}
+
+/// The discovery document's URL of a provider that uses discovery, with the field it
+/// comes from: `discovery_url`, or the issuer's well-known location.
+fn discovery_url(
+    path: &str,
+    p: &config::JwtProvider,
+    faults: &mut Vec<Fault>,
+) -> Option<(&'static str, String)> {
+    if !p.issuer_discovery && p.discovery_url.is_none() {
+        return None;
+    }
+    let Some(issuer) = &p.issuer else {
+        faults.push(Fault::new(
+            format!("{path}.issuer"),
+            "discovery needs the issuer: the document must name it exactly",
+        ));
+        return None;
+    };
+    Some(match &p.discovery_url {
+        Some(url) => ("discovery_url", url.clone()),
+        None => (
+            "issuer",
+            format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            ),
+        ),
+    })
 }
 
 /// A route's access rule, or `None` with faults.
@@ -334,7 +414,7 @@ pub fn access_rule(
     if a.providers.is_empty() {
         faults.push(Fault::new(
             format!("{path}.providers"),
-            "list the accepted providers (JWT provider names or api_key)",
+            "list the accepted providers (names from auth, api_key or client_cert)",
         ));
         return None;
     }
@@ -343,13 +423,23 @@ pub fn access_rule(
     for (i, name) in a.providers.iter().enumerate() {
         if name == api_key::PROVIDER {
             providers.push(Provider::ApiKey(auth.api_keys.clone()));
+        } else if name == client_cert::PROVIDER {
+            providers.push(Provider::ClientCert(auth.client_certs.clone()));
         } else if let Some(p) = auth.jwt.get(name) {
             bearer = true;
             providers.push(Provider::Jwt(p.clone()));
+        } else if let Some(p) = auth.introspection.get(name) {
+            bearer = true;
+            providers.push(Provider::Introspection(p.clone()));
+        } else if let Some(p) = auth.external.get(name) {
+            providers.push(Provider::External(p.clone()));
         } else if !unparsed_providers.contains(name) {
             faults.push(Fault::new(
                 format!("{path}.providers[{i}]"),
-                format!("no JWT provider named {name:?} (and it is not api_key)"),
+                format!(
+                    "no provider named {name:?} in auth.jwt, auth.introspection or \
+                     auth.external (and it is not api_key or client_cert)"
+                ),
             ));
         }
     }
@@ -358,8 +448,10 @@ pub fn access_rule(
     }
     let challenge = if bearer {
         "Bearer realm=\"portico\""
-    } else {
+    } else if a.providers.iter().any(|p| p == api_key::PROVIDER) {
         "ApiKey realm=\"portico\""
+    } else {
+        "ClientCertificate realm=\"portico\""
     };
     Some(AccessRule {
         providers,

@@ -5,16 +5,17 @@ use super::key_checks;
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use pingora_core::connectors::http::Connector;
-use pingora_core::connectors::ConnectorOptions;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::outbound::Endpoint;
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Responses larger than this are not a key set.
 const MAX_JWKS_BYTES: usize = 1 << 20;
+/// A key set or discovery document must arrive within this.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct KeyEntry {
     pub kid: Option<String>,
@@ -119,19 +120,24 @@ impl KeySet {
     }
 }
 
-/// A provider's `keys` section and the digest of the CA file it names: a rotated CA file
-/// counts as a change, like a changed section.
+/// What a provider's remote keys are made from: its `keys` section, its discovery settings
+/// and the digest of the CA file they name. A reload that leaves them unchanged keeps the
+/// running key set (and its refresh task); a rotated CA file counts as a change.
 #[derive(PartialEq)]
 pub struct KeysSource {
     section: crate::config::JwtKeys,
+    discovery: Option<String>,
+    issuer: Option<String>,
     ca_digest: Option<[u8; 32]>,
 }
 
 impl KeysSource {
-    pub fn of(k: &crate::config::JwtKeys) -> KeysSource {
+    pub fn of(k: &crate::config::JwtKeys, discovery: Option<&str>, issuer: Option<&str>) -> Self {
         use sha2::Digest;
         KeysSource {
             section: k.clone(),
+            discovery: discovery.map(str::to_string),
+            issuer: issuer.map(str::to_string),
             ca_digest: k
                 .jwks_ca_file
                 .as_ref()
@@ -140,53 +146,91 @@ impl KeysSource {
     }
 }
 
-/// A key set served at an http or https URL. HTTPS certificates are verified, with the
-/// system's CAs or those of a configured CA file.
+/// OpenID Connect discovery: where the provider document is, the issuer it must name, and
+/// what the last good document said.
+struct Discovery {
+    endpoint: Endpoint,
+    issuer: String,
+    ca_file: Option<String>,
+    /// The key set's endpoint from the last good document.
+    jwks: ArcSwapOption<Endpoint>,
+}
+
+/// The discovery document's members the gateway uses (OpenID Connect Discovery 1.0 §3).
+#[derive(serde::Deserialize)]
+struct ProviderMetadata {
+    issuer: String,
+    jwks_uri: String,
+    #[serde(default)]
+    id_token_signing_alg_values_supported: Vec<String>,
+}
+
+/// A key set served at an http or https URL, given or found by discovery. HTTPS
+/// certificates are verified, with the system's CAs or those of a configured CA file.
 pub struct RemoteKeys {
     pub provider: String,
-    /// What the key set was made from: a reload that leaves it unchanged keeps this key
-    /// set (and its refresh task) instead of starting empty.
     pub source: KeysSource,
-    url: http::Uri,
+    /// The configured key set URL (without discovery).
+    jwks: Option<Endpoint>,
+    discovery: Option<Discovery>,
     current: ArcSwap<KeySet>,
+    /// Algorithms the discovery document advertises, as a bit per [`alg_bit`]; all
+    /// without discovery.
+    advertised: AtomicU32,
     /// Bumped whenever a new set is installed, so cached verifications can be retired.
     generation: AtomicU64,
     /// When the last fetch started; held while fetching, so fetches never overlap.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     refresh_interval: Duration,
     min_refetch_interval: Duration,
-    connector: Connector,
 }
 
-/// Check a CA file the way the TLS connector will load it (the connector panics on a bad one).
-pub fn check_ca_file(path: &str) -> Result<(), String> {
-    let mut store = pingora_core::tls::RootCertStore::empty();
-    pingora_core::tls::load_ca_file_into_store(path, &mut store)
-        .map_err(|e| format!("cannot use {path} as a CA file: {e}"))
+pub use crate::outbound::check_ca_file;
+
+/// A bit per algorithm, for the advertised set.
+pub fn alg_bit(alg: Algorithm) -> u32 {
+    1 << (alg as u32 % 32)
+}
+
+/// Where the keys come from.
+pub enum KeysAt {
+    Url(Endpoint),
+    /// The discovery document's URL and the issuer it must name.
+    Discovery(Endpoint, String),
 }
 
 impl RemoteKeys {
-    /// `url` must be http or https with a host, and `ca_file` checked by [`check_ca_file`].
     pub fn new(
         provider: &str,
-        url: http::Uri,
+        at: KeysAt,
         ca_file: Option<String>,
         refresh: Duration,
         min_refetch: Duration,
         source: KeysSource,
     ) -> Self {
-        let mut options = ConnectorOptions::new(4);
-        options.ca_file = ca_file;
+        let (jwks, discovery) = match at {
+            KeysAt::Url(e) => (Some(e), None),
+            KeysAt::Discovery(endpoint, issuer) => (
+                None,
+                Some(Discovery {
+                    endpoint,
+                    issuer,
+                    ca_file,
+                    jwks: ArcSwapOption::empty(),
+                }),
+            ),
+        };
         RemoteKeys {
             provider: provider.to_string(),
             source,
-            url,
+            advertised: AtomicU32::new(if discovery.is_some() { 0 } else { u32::MAX }),
+            jwks,
+            discovery,
             current: ArcSwap::from_pointee(KeySet::default()),
             generation: AtomicU64::new(0),
             last_fetch: tokio::sync::Mutex::new(None),
             refresh_interval: refresh,
             min_refetch_interval: min_refetch,
-            connector: Connector::new(Some(options)),
         }
     }
 
@@ -198,66 +242,95 @@ impl RemoteKeys {
         self.generation.load(Ordering::Acquire)
     }
 
-    async fn download(&self) -> Result<Vec<u8>, String> {
-        let host = self.url.host().ok_or("the URL has no host")?;
-        let tls = self.url.scheme_str() == Some("https");
-        let port = self.url.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let addr = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} has no address"))?;
-        let sni = if tls { host.to_string() } else { String::new() };
-        let mut peer = HttpPeer::new(addr, tls, sni);
-        let timeout = Some(Duration::from_secs(5));
-        peer.options.connection_timeout = timeout;
-        peer.options.read_timeout = timeout;
-        peer.options.write_timeout = timeout;
-        let path = self.url.path_and_query().map_or("/", |p| p.as_str());
-        let mut req =
-            RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
-        let authority = self.url.authority().map_or(host, |a| a.as_str());
-        req.insert_header("host", authority)
-            .map_err(|e| e.to_string())?;
+    /// Whether the provider's discovery document (if any) advertises `alg`.
+    pub fn advertises(&self, alg: Algorithm) -> bool {
+        self.advertised.load(Ordering::Acquire) & alg_bit(alg) != 0
+    }
+
+    async fn get_json(&self, endpoint: &Endpoint) -> Result<Bytes, String> {
+        let mut req = endpoint.request("GET", endpoint.path_and_query())?;
         req.insert_header("accept", "application/json")
             .map_err(|e| e.to_string())?;
-        req.insert_header("user-agent", "portico-jwks")
+        req.insert_header("user-agent", "portico")
             .map_err(|e| e.to_string())?;
-        let (mut session, _) = self
-            .connector
-            .get_http_session(&peer)
+        let reply = endpoint
+            .call(req, None, MAX_JWKS_BYTES, FETCH_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        session.set_read_timeout(timeout);
-        session.set_write_timeout(timeout);
-        session
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| e.to_string())?;
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| e.to_string())?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = session.response_header().map_or(0, |r| r.status.as_u16());
-        if status != 200 {
-            return Err(format!("answered {status}"));
+        match reply.status() {
+            200 => Ok(reply.body),
+            status => Err(format!("answered {status}")),
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err("the key set is larger than 1 MiB".into());
+    }
+
+    /// Fetch the discovery document; on success, remember its key set URL and algorithms.
+    async fn discover(&self, d: &Discovery) -> Result<(), String> {
+        let body = self.get_json(&d.endpoint).await?;
+        let meta: ProviderMetadata = serde_json::from_slice(&body)
+            .map_err(|e| format!("not a provider metadata document: {e}"))?;
+        // OpenID Connect Discovery §4.3: exactly the configured issuer, or the document
+        // (and the keys it points to) could be anyone's.
+        if meta.issuer != d.issuer {
+            return Err(format!(
+                "the document names issuer {:?}, not {:?}",
+                meta.issuer, d.issuer
+            ));
+        }
+        let same_scheme_or_better = meta.jwks_uri.starts_with("https://")
+            || d.endpoint.url.scheme_str() == Some("http");
+        if !same_scheme_or_better {
+            return Err("its jwks_uri is not https".into());
+        }
+        let mut advertised = 0;
+        for a in &meta.id_token_signing_alg_values_supported {
+            if let Ok(alg) = a.parse::<Algorithm>() {
+                advertised |= alg_bit(alg);
             }
-            body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        let unchanged = d
+            .jwks
+            .load()
+            .as_ref()
+            .is_some_and(|e| e.url.to_string() == meta.jwks_uri);
+        if !unchanged {
+            let e = Endpoint::parse(&meta.jwks_uri, d.ca_file.clone(), 2)?;
+            d.jwks.store(Some(Arc::new(e)));
+        }
+        // A document that lists no algorithm leaves the choice to `algorithms`.
+        self.advertised.store(
+            if advertised == 0 { u32::MAX } else { advertised },
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    async fn download(&self) -> Result<Bytes, String> {
+        if let Some(e) = &self.jwks {
+            return self.get_json(e).await;
+        }
+        let Some(d) = &self.discovery else {
+            return Err("no key set URL".into());
+        };
+        if let Err(why) = self.discover(d).await {
+            log::warn!(
+                "jwt provider {}: discovery at {} failed, keeping the last good document: {why}",
+                self.provider,
+                d.endpoint.url
+            );
+            crate::observe::metrics::auth_call(&self.provider, "discovery_failed");
+        }
+        let Some(jwks) = d.jwks.load_full() else {
+            return Err("no discovery document yet".into());
+        };
+        self.get_json(&jwks).await
+    }
+
+    fn url(&self) -> String {
+        match (&self.jwks, &self.discovery) {
+            (Some(e), _) => e.url.to_string(),
+            (None, Some(d)) => d.endpoint.url.to_string(),
+            (None, None) => String::new(),
+        }
     }
 
     /// Fetch and install the key set; on any failure the last good set stays in use.
@@ -269,7 +342,7 @@ impl RemoteKeys {
                     log::warn!(
                         "jwt provider {}: key from {} refused: {why}",
                         self.provider,
-                        self.url
+                        self.url()
                     );
                 }
                 crate::observe::metrics::jwks_keys_refused(&self.provider, refused.len());
@@ -277,7 +350,7 @@ impl RemoteKeys {
                     "jwt provider {}: {} keys from {}",
                     self.provider,
                     set.keys.len(),
-                    self.url
+                    self.url()
                 );
                 self.current.store(Arc::new(set));
                 self.generation.fetch_add(1, Ordering::AcqRel);
@@ -285,7 +358,7 @@ impl RemoteKeys {
             Err(e) => log::warn!(
                 "jwt provider {}: fetching keys from {} failed, keeping the last good set: {e}",
                 self.provider,
-                self.url
+                self.url()
             ),
         }
     }

@@ -5,16 +5,15 @@
 //! provider's configured keys verify.
 
 use super::jwks::{KeySet, RemoteKeys};
+use super::claims::{token_in, ClaimMapping, Source};
 use super::{Identity, Reject, Verification};
-use crate::request_parts;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use pingora_http::RequestHeader;
 use pingora_memory_cache::MemoryCache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,12 +24,6 @@ const CACHE_TTL_CAP: u64 = 300;
 /// Keys tried for a token without `kid`.
 const MAX_KEYS_TRIED: usize = 4;
 
-pub enum Source {
-    Bearer,
-    Header(HeaderName),
-    Query(String),
-    Cookie(String),
-}
 
 #[derive(Clone)]
 struct Cached {
@@ -46,13 +39,9 @@ pub struct JwtProvider {
     static_keys: KeySet,
     pub remote: Option<Arc<RemoteKeys>>,
     sources: Vec<Source>,
-    consumer_claim: String,
     /// Non-standard claims that must be present.
     required_claims: Vec<String>,
-    forward: Vec<(String, HeaderName)>,
-    pub strip_authorization: bool,
-    /// Groups of each configured consumer, by name.
-    consumer_groups: Arc<HashMap<String, Vec<String>>>,
+    mapping: ClaimMapping,
     cache: MemoryCache<[u8; 32], Cached>,
 }
 
@@ -66,10 +55,7 @@ pub struct ProviderSpec {
     pub static_keys: KeySet,
     pub remote: Option<Arc<RemoteKeys>>,
     pub sources: Vec<Source>,
-    pub consumer_claim: String,
-    pub forward: Vec<(String, HeaderName)>,
-    pub strip_authorization: bool,
-    pub consumer_groups: Arc<HashMap<String, Vec<String>>>,
+    pub mapping: ClaimMapping,
 }
 
 const SPEC_CLAIMS: [&str; 5] = ["exp", "nbf", "aud", "iss", "sub"];
@@ -95,32 +81,6 @@ fn reject_for(kind: &ErrorKind) -> Reject {
         | ErrorKind::InvalidKeyFormat => Reject::BadSignature,
         _ => Reject::Malformed,
     }
-}
-
-/// Values of a claim as a list: a space-separated string or an array of strings.
-fn claim_list(claims: &Map<String, Value>, name: &str) -> Vec<String> {
-    match claims.get(name) {
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn header_value(v: &Value) -> Option<HeaderValue> {
-    let text = match v {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-            .collect::<Vec<_>>()
-            .join(","),
-        Value::Null => return None,
-        other => other.to_string(),
-    };
-    HeaderValue::from_str(&text).ok()
 }
 
 impl JwtProvider {
@@ -165,42 +125,23 @@ impl JwtProvider {
             static_keys: spec.static_keys,
             remote: spec.remote,
             sources: spec.sources,
-            consumer_claim: spec.consumer_claim,
             required_claims: spec
                 .required_claims
                 .into_iter()
                 .filter(|c| !SPEC_CLAIMS.contains(&c.as_str()))
                 .collect(),
-            forward: spec.forward,
-            strip_authorization: spec.strip_authorization,
-            consumer_groups: spec.consumer_groups,
+            mapping: spec.mapping,
             cache: MemoryCache::new(CACHE_ENTRIES),
         }
     }
 
     /// Header names this provider sets upstream, which a client must never set itself.
     pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        self.forward.iter().map(|(_, h)| h)
-    }
-
-    fn token<'a>(&self, req: &'a RequestHeader) -> Option<&'a str> {
-        self.sources.iter().find_map(|s| match s {
-            Source::Bearer => req
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    let (scheme, token) = v.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-                }),
-            Source::Header(name) => req.headers.get(name).and_then(|v| v.to_str().ok()),
-            Source::Query(name) => request_parts::query_param(req, name),
-            Source::Cookie(name) => request_parts::cookie(req, name),
-        })
+        self.mapping.forwarded_headers()
     }
 
     pub async fn authenticate(&self, req: &RequestHeader) -> Verification {
-        let Some(token) = self.token(req).filter(|t| !t.is_empty()) else {
+        let Some(token) = token_in(&self.sources, req) else {
             return Verification::Absent;
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -244,6 +185,9 @@ impl JwtProvider {
             .find(|(a, _)| *a == alg)
             .map(|(_, v)| v)
             .ok_or(Reject::AlgorithmNotAllowed)?;
+        if self.remote.as_ref().is_some_and(|r| !r.advertises(alg)) {
+            return Err(Reject::AlgorithmNotAllowed);
+        }
         let kid = header.kid.as_deref();
         let mut result = self.try_keys(token, kid, alg, validation);
         if result == Err(Reject::UnknownKid) && kid.is_some() {
@@ -258,7 +202,7 @@ impl JwtProvider {
                 return Err(Reject::MissingClaim);
             }
         }
-        Ok(self.identity(&claims))
+        Ok(self.mapping.identity(&self.name, &claims))
     }
 
     /// Verify against every candidate key; the first that verifies gives the claims.
@@ -286,54 +230,5 @@ impl JwtProvider {
             }
         }
         Err(last)
-    }
-
-    fn identity(&self, claims: &Map<String, Value>) -> Identity {
-        let consumer = claims
-            .get(&self.consumer_claim)
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        let mut groups = claim_list(claims, "groups");
-        if let Some(g) = consumer.as_ref().and_then(|c| self.consumer_groups.get(c)) {
-            groups.extend(g.iter().cloned());
-        }
-        let mut scopes = claim_list(claims, "scope");
-        scopes.extend(claim_list(claims, "scp"));
-        let headers = self
-            .forward
-            .iter()
-            .filter_map(|(claim, header)| {
-                let v = header_value(claims.get(claim)?)?;
-                Some((header.clone(), v))
-            })
-            .collect();
-        Identity {
-            provider: self.name.clone(),
-            consumer,
-            groups,
-            scopes,
-            headers,
-            expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
-            hide_header: self
-                .strip_authorization
-                .then_some(http::header::AUTHORIZATION),
-            // A token in the query is a credential like one in a header: it stays here.
-            hide_query: self.sources.iter().find_map(|s| match s {
-                Source::Query(name) if self.strip_authorization => Some(name.clone()),
-                _ => None,
-            }),
-            claims: claims
-                .iter()
-                .filter_map(|(k, v)| {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => return None,
-                    };
-                    Some((k.clone(), v))
-                })
-                .collect(),
-        }
     }
 }

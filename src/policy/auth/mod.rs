@@ -2,6 +2,11 @@
 
 pub mod api_key;
 pub mod build;
+pub mod claims;
+pub mod client_cert;
+pub mod decisions;
+pub mod external;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod key_checks;
@@ -42,6 +47,10 @@ pub enum Reject {
     WrongAudience,
     MissingClaim,
     UnknownApiKey,
+    /// The authorization server says the token is not active (RFC 7662 §2.2).
+    Inactive,
+    /// A verified client certificate that names no consumer.
+    UnknownCertificate,
 }
 
 impl Reject {
@@ -58,6 +67,8 @@ impl Reject {
             Reject::WrongAudience => "wrong_audience",
             Reject::MissingClaim => "missing_claim",
             Reject::UnknownApiKey => "unknown_api_key",
+            Reject::Inactive => "inactive",
+            Reject::UnknownCertificate => "unknown_certificate",
         }
     }
 
@@ -74,6 +85,8 @@ impl Reject {
             Reject::WrongAudience => "the token's audience is not accepted",
             Reject::MissingClaim => "the token lacks a required claim",
             Reject::UnknownApiKey => "the API key is not valid",
+            Reject::Inactive => "the token is not active",
+            Reject::UnknownCertificate => "the client certificate names no consumer",
         }
     }
 }
@@ -85,10 +98,16 @@ impl fmt::Display for Reject {
 }
 
 /// The outcome of asking one provider about a request.
-#[derive(Debug)]
 pub enum Verification {
     /// The request carries no credential this provider reads.
     Absent,
     Accepted(std::sync::Arc<Identity>),
     Rejected(Reject),
+    /// The service that decides did not answer in time or failed, and the provider says
+    /// `on_failure: deny`.
+    Unavailable,
+    /// The same, with `on_failure: allow`: the request passes without an identity.
+    Waived,
+    /// The provider's own answer to the client (an authorization service's refusal).
+    Answer(Box<crate::policy::pipeline::Respond>),
 }
