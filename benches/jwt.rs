@@ -5,8 +5,9 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use futures::executor::block_on;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
+use portico::policy::auth::claims::{ClaimMapping, Source};
 use portico::policy::auth::jwks::KeySet;
-use portico::policy::auth::jwt::{JwtProvider, ProviderSpec, Source};
+use portico::policy::auth::jwt::{JwtProvider, ProviderSpec};
 use portico::policy::auth::Verification;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,10 +43,13 @@ fn provider(alg: Algorithm) -> JwtProvider {
         static_keys: keys,
         remote: None,
         sources: vec![Source::Bearer],
-        consumer_claim: "sub".into(),
-        forward: vec![],
-        strip_authorization: false,
-        consumer_groups: Arc::default(),
+        mapping: ClaimMapping {
+            consumer_from: vec!["sub".into()],
+            forward: vec![],
+            consumer_groups: Arc::default(),
+            hide_header: None,
+            hide_query: None,
+        },
     })
 }
 

@@ -80,7 +80,10 @@ impl Endpoint {
         let host = uri.host().ok_or_else(bad)?.to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let fixed = bare.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port));
+        let fixed = bare
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, port));
         let mut options = ConnectorOptions::new(pool);
         options.ca_file = ca_file;
         Ok(Endpoint {
@@ -99,7 +102,10 @@ impl Endpoint {
     pub fn request(&self, method: &str, path_and_query: &str) -> Result<RequestHeader, String> {
         let mut req = RequestHeader::build(method, path_and_query.as_bytes(), Some(8))
             .map_err(|e| format!("cannot make a request for {path_and_query:?}: {e}"))?;
-        let authority = self.url.authority().map_or(self.host.as_str(), |a| a.as_str());
+        let authority = self
+            .url
+            .authority()
+            .map_or(self.host.as_str(), |a| a.as_str());
         req.insert_header(http::header::HOST, authority)
             .map_err(|e| e.to_string())?;
         Ok(req)

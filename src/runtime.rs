@@ -255,7 +255,10 @@ pub fn build_with(
     let listener_specs = tls::listeners::build(
         cfg,
         &addresses,
-        (&carry.resolvers, &carry.verifiers),
+        tls::listeners::Live {
+            resolvers: &carry.resolvers,
+            verifiers: &carry.verifiers,
+        },
         &mut faults,
     );
     let https_port = tls::listeners::https_port(&listener_specs);

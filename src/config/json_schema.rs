@@ -5,8 +5,8 @@
 
 use super::schema::{
     AdminSection, Api, ApiKeySource, CacheSection, Consumer, ExternalAuth, IntrospectionProvider,
-    JwtProvider, Listener, RateLimit,
-    RedisSection, Route, ServerSection, StatusRange, TokenSource, Upstream, ValidateSpec,
+    JwtProvider, Listener, RateLimit, RedisSection, Route, ServerSection, StatusRange, TokenSource,
+    Upstream, ValidateSpec,
 };
 use super::{ByteSize, Dur};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};

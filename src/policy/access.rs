@@ -1,14 +1,14 @@
 //! A route's access rule: which credentials it accepts and what the caller must hold.
 
 use super::auth::api_key::ApiKeys;
+use super::auth::build::{self as auth_build, CONSUMER_HEADER};
 use super::auth::client_cert::ClientCerts;
 use super::auth::external::ExternalAuth;
 use super::auth::introspection::Introspector;
-use crate::tls::client_auth;
-use super::auth::build::{self as auth_build, CONSUMER_HEADER};
 use super::auth::jwt::JwtProvider;
 use super::auth::{Identity, Reject, Verification};
 use super::pipeline::{Build, Decision, Exchange, Respond, RoutePolicy};
+use crate::tls::client_auth;
 use http::HeaderValue;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
@@ -115,12 +115,10 @@ impl AccessRule {
                     ),
                 )),
                 None if self.anonymous => Ok(None),
-                None => Err(Respond::new(
-                    401,
-                    "missing_credentials",
-                    "credentials are required",
-                )
-                .header("www-authenticate", self.challenge.clone())),
+                None => Err(
+                    Respond::new(401, "missing_credentials", "credentials are required")
+                        .header("www-authenticate", self.challenge.clone()),
+                ),
             };
         };
         self.authorize(&identity)?;

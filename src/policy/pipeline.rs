@@ -250,8 +250,14 @@ pub async fn answer(x: &mut Exchange<'_>, policy: &'static str, r: Box<Respond>)
         x.session.set_keepalive(None);
     }
     if let Some(relay) = r.relay {
-        return error_response::relay(x.session, r.status, &relay.headers, relay.body, x.request_id)
-            .await;
+        return error_response::relay(
+            x.session,
+            r.status,
+            &relay.headers,
+            relay.body,
+            x.request_id,
+        )
+        .await;
     }
     let mut headers: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if let Some(mut problem) = r.problem {

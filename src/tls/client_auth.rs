@@ -64,7 +64,10 @@ pub struct PeerCertReader;
 
 #[async_trait]
 impl TlsAccept for PeerCertReader {
-    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
         // rustls completes a handshake only with a certificate its verifier accepted.
         let cert = peer_cert(tls.peer_certificate_der()?)?;
         Some(Arc::new(cert))
@@ -99,7 +102,10 @@ impl ClientVerifier {
 }
 
 /// A verifier for certificates issued by the authorities in `ca_file`.
-pub fn build_verifier(ca_file: &str, required: bool) -> Result<Arc<dyn ClientCertVerifier>, String> {
+pub fn build_verifier(
+    ca_file: &str,
+    required: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let mut roots = RootCertStore::empty();
     for c in read_certs(ca_file)? {
         roots
@@ -141,7 +147,9 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, RusTlsError> {
         match self.current.load().as_ref() {
             Some(v) => v.verify_client_cert(end_entity, intermediates, now),
-            None => Err(RusTlsError::General("client certificates are not asked for".into())),
+            None => Err(RusTlsError::General(
+                "client certificates are not asked for".into(),
+            )),
         }
     }
 
@@ -153,7 +161,9 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<pingora_rustls::HandshakeSignatureValid, RusTlsError> {
         match self.current.load().as_ref() {
             Some(v) => v.verify_tls12_signature(message, cert, dss),
-            None => Err(RusTlsError::General("client certificates are not asked for".into())),
+            None => Err(RusTlsError::General(
+                "client certificates are not asked for".into(),
+            )),
         }
     }
 
@@ -165,7 +175,9 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<pingora_rustls::HandshakeSignatureValid, RusTlsError> {
         match self.current.load().as_ref() {
             Some(v) => v.verify_tls13_signature(message, cert, dss),
-            None => Err(RusTlsError::General("client certificates are not asked for".into())),
+            None => Err(RusTlsError::General(
+                "client certificates are not asked for".into(),
+            )),
         }
     }
 

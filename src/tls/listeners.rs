@@ -4,9 +4,9 @@
 use super::certs::load_pair;
 use super::client_auth::{build_verifier, ClientVerifier};
 use super::sni::{CertSet, SniResolver};
-use pingora_rustls::ClientCertVerifier;
 use crate::config::{self, Fault};
 use http::HeaderValue;
+use pingora_rustls::ClientCertVerifier;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,17 +30,24 @@ pub struct ListenerSpec {
     pub hsts: Option<HeaderValue>,
 }
 
-/// Build each listener's TLS and edge settings. `resolvers` are the running listeners'
-/// certificate resolvers by address, kept so a reload changes what they serve.
+/// What the running TLS listeners use, by address: kept so a reload changes what they
+/// serve and whom they ask for certificates.
+pub struct Live<'a> {
+    pub resolvers: &'a HashMap<SocketAddr, Arc<SniResolver>>,
+    pub verifiers: &'a HashMap<SocketAddr, Arc<ClientVerifier>>,
+}
+
+/// Build each listener's TLS and edge settings, taking over what the running listeners use.
 pub fn build(
     cfg: &config::Config,
     addrs: &[Option<SocketAddr>],
-    (resolvers, verifiers): (
-        &HashMap<SocketAddr, Arc<SniResolver>>,
-        &HashMap<SocketAddr, Arc<ClientVerifier>>,
-    ),
+    live: Live<'_>,
     faults: &mut Vec<Fault>,
 ) -> Vec<ListenerSpec> {
+    let Live {
+        resolvers,
+        verifiers,
+    } = live;
     let mut specs = Vec::new();
     for (i, (l, addr)) in cfg.listeners.iter().zip(addrs).enumerate() {
         let path = cfg.item_path("listeners", i);

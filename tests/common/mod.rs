@@ -75,13 +75,19 @@ struct State {
     scripts: Mutex<HashMap<String, Script>>,
     /// Answers wait until this gate opens.
     gate: Mutex<Option<Arc<Gate>>>,
+    /// Answers made from the request itself (a service with logic of its own).
+    responder: Mutex<Option<Responder>>,
 }
+
+/// Makes the answer to a request, as a service with logic of its own would.
+pub type Responder = Arc<dyn Fn(&Recorded) -> Script + Send + Sync>;
 
 /// Opens once `needed` requests have arrived at the upstreams sharing it: proof by order
 /// that they were all sent before any was answered.
 pub struct Gate {
     arrived: std::sync::atomic::AtomicUsize,
     needed: usize,
+    opened: AtomicBool,
 }
 
 impl Gate {
@@ -89,7 +95,13 @@ impl Gate {
         Arc::new(Gate {
             arrived: std::sync::atomic::AtomicUsize::new(0),
             needed,
+            opened: AtomicBool::new(false),
         })
+    }
+
+    /// Let everything through now, however many have arrived.
+    pub fn open(&self) {
+        self.opened.store(true, Ordering::SeqCst);
     }
 
     pub fn arrived(&self) -> usize {
@@ -100,7 +112,10 @@ impl Gate {
     async fn pass(&self) {
         self.arrived.fetch_add(1, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.arrived() < self.needed && tokio::time::Instant::now() < deadline {
+        while self.arrived() < self.needed
+            && !self.opened.load(Ordering::SeqCst)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -359,6 +374,26 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             "200 OK"
         };
+        let responder = state.responder.lock().unwrap().clone();
+        if let Some(f) = responder.filter(|_| !is_health) {
+            let recorded = Recorded {
+                method: method.clone(),
+                target: target.clone(),
+                headers: headers.clone(),
+                body: String::from_utf8_lossy(&body).to_string(),
+            };
+            let script = f(&recorded);
+            let mut head = format!("HTTP/1.1 {} {}\r\n", script.status, reason(script.status));
+            for (k, v) in &script.headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str(&format!("content-length: {}\r\n\r\n", script.body.len()));
+            let resp = format!("{head}{}", script.body);
+            if stream.write_all(resp.as_bytes()).await.is_err() || close {
+                return;
+            }
+            continue;
+        }
         if !is_health {
             if let Some(resp) = scripted(&state, &method, &target, &headers) {
                 if stream.write_all(resp.as_bytes()).await.is_err() || close {
@@ -527,6 +562,11 @@ impl Upstream {
     /// Misbehave on every request from now on (`Fault::None` to stop).
     pub fn set_fault(&self, f: Fault) {
         *self.state.fault.lock().unwrap() = f;
+    }
+
+    /// Answer every request (but health checks) with what `f` makes of it.
+    pub fn respond_with(&self, f: impl Fn(&Recorded) -> Script + Send + Sync + 'static) {
+        *self.state.responder.lock().unwrap() = Some(Arc::new(f));
     }
 
     /// Answer requests for `target` (a path, or path and query) as scripted.

@@ -45,6 +45,39 @@ impl TestCa {
         self.issue_with(file, names, |_| {})
     }
 
+    /// A client certificate with common name `cn` and alternative names `sans` (DNS
+    /// names, or URIs when they contain `://`), written as `FILE.pem` and `FILE.key`.
+    pub fn issue_client(&self, file: &str, cn: &str, sans: &[&str]) -> (String, String) {
+        let sans: Vec<rcgen::SanType> = sans
+            .iter()
+            .map(|s| {
+                if s.contains("://") {
+                    rcgen::SanType::URI(s.to_string().try_into().unwrap())
+                } else {
+                    rcgen::SanType::DnsName(s.to_string().try_into().unwrap())
+                }
+            })
+            .collect();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+
     /// A certificate that expired at the start of 2021.
     pub fn issue_expired(&self, file: &str, names: &[&str]) -> (String, String) {
         self.issue_with(file, names, |p| {
@@ -126,16 +159,36 @@ pub fn server_config(
 }
 
 fn client_config(ca: &str, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    client_config_with(ca, alpn, None)
+}
+
+/// A client that presents `cert` (certificate and key PEM files) when asked for one.
+fn client_config_with(
+    ca: &str,
+    alpn: &[&str],
+    cert: Option<(&str, &str)>,
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        None => config.with_no_client_auth(),
+        Some((c, k)) => {
+            let chain = rustls_pemfile::certs(&mut &std::fs::read(c).unwrap()[..])
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls_pemfile::private_key(&mut &std::fs::read(k).unwrap()[..])
+                .unwrap()
+                .unwrap();
+            config.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Arc::new(config)
 }
@@ -148,12 +201,22 @@ async fn connect(
     ca: &str,
     alpn: &[&str],
 ) -> Result<(TlsStream, Handshake), String> {
+    connect_with(addr, sni, ca, alpn, None).await
+}
+
+async fn connect_with(
+    addr: SocketAddr,
+    sni: &str,
+    ca: &str,
+    alpn: &[&str],
+    cert: Option<(&str, &str)>,
+) -> Result<(TlsStream, Handshake), String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     let name =
         rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
-    let stream = tokio_rustls::TlsConnector::from(client_config(ca, alpn))
+    let stream = tokio_rustls::TlsConnector::from(client_config_with(ca, alpn, cert))
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
@@ -230,8 +293,22 @@ pub fn https1(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
+    https1_as(addr, sni, ca, None, method, path, headers)
+}
+
+/// Like [`https1`], presenting a client certificate (certificate and key files) when the
+/// gateway asks for one.
+pub fn https1_as(
+    addr: SocketAddr,
+    sni: &str,
+    ca: &str,
+    cert: Option<(&str, &str)>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     rt().block_on(async {
-        let (mut s, _) = connect(addr, sni, ca, &["http/1.1"]).await?;
+        let (mut s, _) = connect_with(addr, sni, ca, &["http/1.1"], cert).await?;
         let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {sni}\r\nconnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));

@@ -2,16 +2,16 @@
 //! everything that could not work.
 
 use super::api_key::{self, ApiKeys};
+use super::claims::{self, header_name, ClaimMapping};
 use super::client_cert::{self, ClientCerts};
 use super::external::ExternalAuth;
 use super::introspection::Introspector;
 use super::jwks::{KeySet, KeysAt, KeysSource, RemoteKeys};
-use crate::outbound::Endpoint;
-use super::claims::{self, header_name, ClaimMapping};
 use super::jwt::{JwtProvider, ProviderSpec};
 use super::key_checks;
 use super::Identity;
 use crate::config::{self, Config, Fault};
+use crate::outbound::Endpoint;
 use crate::policy::access::{AccessRule, Provider};
 use http::HeaderName;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -149,8 +149,7 @@ pub fn build(
         if !name_ok(&path, &p.name, faults) {
             continue;
         }
-        if let Some(provider) =
-            Introspector::from_config(&path, p, consumer_groups.clone(), faults)
+        if let Some(provider) = Introspector::from_config(&path, p, consumer_groups.clone(), faults)
         {
             identity_headers.extend(provider.forwarded_headers().cloned());
             introspection.insert(p.name.clone(), Arc::new(provider));

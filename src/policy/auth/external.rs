@@ -139,14 +139,19 @@ impl ExternalAuth {
                 .collect();
             (c.ttl.0, parts)
         });
-        let consumer_header = p.consumer_header.as_ref().and_then(|h| {
-            super::claims::header_name(format!("{path}.consumer_header"), h, faults)
-        });
+        let consumer_header = p
+            .consumer_header
+            .as_ref()
+            .and_then(|h| super::claims::header_name(format!("{path}.consumer_header"), h, faults));
         let out = ExternalAuth {
             name: p.name.clone(),
             endpoint: endpoint?,
             timeout: p.timeout.0,
-            forward_headers: headers(format!("{path}.forward_headers"), &p.forward_headers, faults),
+            forward_headers: headers(
+                format!("{path}.forward_headers"),
+                &p.forward_headers,
+                faults,
+            ),
             forward_body,
             upstream_headers: headers(
                 format!("{path}.upstream_headers"),
@@ -208,8 +213,17 @@ impl ExternalAuth {
                 Err(r) => return Verification::Answer(r),
             },
         };
-        let client = x.state.effective_ip;
-        let req = x.session.req_header();
+        self.decide(x.session.req_header(), x.state.effective_ip, body)
+            .await
+    }
+
+    /// The decision on a request from `client` (with its body when the service takes it).
+    pub async fn decide(
+        &self,
+        req: &RequestHeader,
+        client: Option<IpAddr>,
+        body: Option<Bytes>,
+    ) -> Verification {
         let outcome = match &self.cache {
             Some((ttl, parts)) => {
                 let digest = Self::key(parts, req, client);
@@ -230,7 +244,11 @@ impl ExternalAuth {
         match outcome {
             Outcome::Admit(id) => Verification::Accepted(id),
             Outcome::Refuse(status, relay) => {
-                let mut r = Respond::new(status, "external_refused", "refused by the authorization service");
+                let mut r = Respond::new(
+                    status,
+                    "external_refused",
+                    "refused by the authorization service",
+                );
                 r.relay = Some(Box::new(Relay::clone(&relay)));
                 Verification::Answer(r)
             }
@@ -267,9 +285,8 @@ impl ExternalAuth {
                     .map_err(|e| e.to_string())?;
             }
         }
-        let mut set = |k: &'static str, v: &str| {
-            call.insert_header(k, v).map_err(|e| e.to_string())
-        };
+        let mut set =
+            |k: &'static str, v: &str| call.insert_header(k, v).map_err(|e| e.to_string());
         if let Some(ip) = client {
             set("x-forwarded-for", &ip.to_string())?;
         }
@@ -277,13 +294,22 @@ impl ExternalAuth {
         set("x-forwarded-uri", path)?;
         if let Some(host) = req.uri.host() {
             set("x-forwarded-host", host)?;
-        } else if let Some(host) = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+        } else if let Some(host) = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
             set("x-forwarded-host", host)?;
         }
         Ok(call)
     }
 
-    async fn ask(&self, req: &RequestHeader, client: Option<IpAddr>, body: Option<Bytes>) -> Outcome {
+    async fn ask(
+        &self,
+        req: &RequestHeader,
+        client: Option<IpAddr>,
+        body: Option<Bytes>,
+    ) -> Outcome {
         self.counters.call.inc();
         let call = match self.call_request(req, client, body.is_some()) {
             Ok(c) => c,

@@ -174,7 +174,11 @@ impl Introspector {
                 "content-type",
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             )?;
-            set(&mut req, "accept", HeaderValue::from_static("application/json"))?;
+            set(
+                &mut req,
+                "accept",
+                HeaderValue::from_static("application/json"),
+            )?;
             self.endpoint
                 .call(req, Some(Bytes::from(body)), MAX_ANSWER, self.timeout)
                 .await
@@ -231,7 +235,10 @@ impl Introspector {
         if exp.is_some_and(|e| e <= now) {
             return Err(Reject::Expired);
         }
-        if m.get("nbf").and_then(Value::as_u64).is_some_and(|n| n > now) {
+        if m.get("nbf")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > now)
+        {
             return Err(Reject::NotYetValid);
         }
         if let Some(iss) = &self.issuer {
@@ -247,7 +254,8 @@ impl Introspector {
         }
         let mut identity = self.mapping.identity(&self.name, m);
         // Without `exp`, the answer itself is what bounds the token's use.
-        identity.expires_at = exp.unwrap_or(now.saturating_add(self.cache_ttl.as_secs()).max(now + 1));
+        identity.expires_at =
+            exp.unwrap_or(now.saturating_add(self.cache_ttl.as_secs()).max(now + 1));
         Ok(identity)
     }
 }

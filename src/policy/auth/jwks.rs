@@ -2,12 +2,12 @@
 //! a URL that is fetched again in the background and when a token names an unknown `kid`.
 
 use super::key_checks;
-use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use crate::outbound::Endpoint;
+use arc_swap::ArcSwap;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -276,8 +276,8 @@ impl RemoteKeys {
                 meta.issuer, d.issuer
             ));
         }
-        let same_scheme_or_better = meta.jwks_uri.starts_with("https://")
-            || d.endpoint.url.scheme_str() == Some("http");
+        let same_scheme_or_better =
+            meta.jwks_uri.starts_with("https://") || d.endpoint.url.scheme_str() == Some("http");
         if !same_scheme_or_better {
             return Err("its jwks_uri is not https".into());
         }
@@ -298,7 +298,11 @@ impl RemoteKeys {
         }
         // A document that lists no algorithm leaves the choice to `algorithms`.
         self.advertised.store(
-            if advertised == 0 { u32::MAX } else { advertised },
+            if advertised == 0 {
+                u32::MAX
+            } else {
+                advertised
+            },
             Ordering::Release,
         );
         Ok(())

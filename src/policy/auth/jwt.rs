@@ -4,8 +4,8 @@
 //! Keys named by the token itself (`jku`, `x5u`, `jwk`, `x5c`) are never used: only the
 //! provider's configured keys verify.
 
-use super::jwks::{KeySet, RemoteKeys};
 use super::claims::{token_in, ClaimMapping, Source};
+use super::jwks::{KeySet, RemoteKeys};
 use super::{Identity, Reject, Verification};
 use http::HeaderName;
 use jsonwebtoken::errors::ErrorKind;
@@ -23,7 +23,6 @@ const CACHE_ENTRIES: usize = 65_536;
 const CACHE_TTL_CAP: u64 = 300;
 /// Keys tried for a token without `kid`.
 const MAX_KEYS_TRIED: usize = 4;
-
 
 #[derive(Clone)]
 struct Cached {
