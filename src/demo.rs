@@ -42,6 +42,43 @@ fn fails(kind: &str, index: usize) -> bool {
 
 use crate::http_reply::json as json_response;
 
+/// The external authorization provider the demo answers for itself.
+const DEMO_AUTHZ: &str = "staff-sso";
+/// The token the demo's authorization service admits.
+const STAFF_TOKEN: &str = "staff-token";
+
+/// The demo's authorization service: `Bearer staff-token` is Grace (user 7); anything
+/// else is refused with a 401 of its own, which the gateway passes on.
+struct DemoAuthz;
+
+#[async_trait]
+impl ServeHttp for DemoAuthz {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let auth = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if auth == Some(&format!("Bearer {STAFF_TOKEN}")) {
+            let mut r = json_response(StatusCode::OK, json!({"allow": true}));
+            r.headers_mut()
+                .insert("x-user-id", http::HeaderValue::from_static("7"));
+            r.headers_mut()
+                .insert("x-staff-name", http::HeaderValue::from_static("grace"));
+            return r;
+        }
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "staff only", "hint": format!("send Authorization: Bearer {STAFF_TOKEN}")}),
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"demo staff sso\""),
+        );
+        r
+    }
+}
+
 fn catalogue(kind: &str) -> Value {
     match kind {
         "orders" => json!([
@@ -79,7 +116,18 @@ impl ServeHttp for ExampleService {
             }
             body.extend_from_slice(&chunk);
         }
-        let served_by = json!({"service": self.kind, "instance": self.instance});
+        let mut served_by = json!({"service": self.kind, "instance": self.instance});
+        // Who the gateway says is calling, so the demo shows what the service receives.
+        for h in ["x-consumer", "x-user-id"] {
+            if let Some(v) = session
+                .req_header()
+                .headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+            {
+                served_by[h] = json!(v);
+            }
+        }
         if self.failing && path != "/health" {
             return json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -228,6 +276,24 @@ pub fn prepare(file: &str, yaml: &str, free_ports: bool) -> Result<Demo, ConfigE
             services.push(Box::new(svc));
         }
     }
+    for p in cfg
+        .auth
+        .external
+        .iter_mut()
+        .filter(|p| p.name == DEMO_AUTHZ)
+    {
+        let mut address = p
+            .url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        fresh(&mut address)?;
+        p.url = format!("http://{address}/check");
+        let mut svc = Service::new("demo staff-sso".into(), DemoAuthz);
+        svc.add_tcp(&address);
+        services.push(Box::new(svc));
+    }
     // The demo never daemonizes or upgrades, but keep its files out of /run.
     let dir = std::env::temp_dir().join(format!("portico-demo-{}", std::process::id()));
     let mut https = None;
@@ -313,6 +379,8 @@ Try these in another terminal:
   for i in 1 2 3 4 5 6; do curl -s {g}/api/inventory; echo; done   # inventory-2 fails: retried on inventory-1, then ejected
   for i in 1 2 3 4 5 6 7; do curl -s {g}/api/recommendations; echo; done   # down: five 503s, the breaker opens, fallback answers
   curl -s -i {g}/api/reports                               # 503 with Retry-After: the route is under maintenance
+  curl -s -i {g}/api/staff                                 # 401 from the staff authorization service, passed on as it gave it
+  curl -s -H 'Authorization: Bearer {STAFF_TOKEN}' {g}/api/staff   # forward auth admits: users sees X-Consumer grace, X-User-Id 7
 "
     );
     if let Some(address) = https {

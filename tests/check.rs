@@ -291,3 +291,64 @@ routes:
         assert!(out.contains(e), "missing {e:?} in:\n{out}");
     }
 }
+
+#[test]
+fn auth_integration_faults_have_paths() {
+    let (ok, out) = check_config(
+        "\
+listeners:
+  - address: 127.0.0.1:8080
+  - address: 127.0.0.1:8443
+    tls:
+      certificates: [{cert: /nonexistent/c.pem, key: /nonexistent/k.pem}]
+      client_auth: {ca: /nonexistent/clients.pem}
+consumers:
+  - name: billing
+    certificates: [{}]
+auth:
+  jwt:
+    - name: sso
+      issuer_discovery: true
+      algorithms: [RS256]
+  introspection:
+    - name: opaque
+      endpoint: ftp://idp.example.com/introspect
+      client_id: portico
+      client_secret_file: /nonexistent/secret
+      timeout: 0s
+    - name: client_cert
+      endpoint: https://idp.example.com/introspect
+      client_id: portico
+      client_secret_file: /nonexistent/secret
+  external:
+    - name: authz
+      url: http://authz.example.com/check?x=1
+      forward_body: {max: 1MiB}
+      cache: {ttl: 30s, key: [bogus, \"header:bad header\"]}
+upstreams:
+  - name: u
+    targets: [{address: 127.0.0.1:1}]
+routes:
+  - name: r
+    upstream: u
+    access: {providers: [opaque, authz, nobody]}
+",
+    );
+    assert!(!ok);
+    for e in [
+        "listeners[1].tls.client_auth.ca: ",
+        "consumers[0].certificates[0]: give subject or san",
+        "auth.jwt[0].issuer: discovery needs the issuer",
+        "auth.introspection[0].endpoint: \"ftp://idp.example.com/introspect\" is not an http:// or https:// URL",
+        "auth.introspection[0].client_secret_file: cannot read",
+        "auth.introspection[0].timeout: ",
+        "auth.introspection[1].name: a provider needs a name other than \"api_key\" and \"client_cert\"",
+        "auth.external[0].url: the request's own query is sent",
+        "auth.external[0].forward_body.max: between 1 byte and 64KiB",
+        "auth.external[0].cache.key[0]: \"bogus\" is not a key part",
+        "auth.external[0].cache.key[1]: \"bad header\" is not a valid header name",
+        "routes[0].access.providers[2]: no provider named \"nobody\"",
+    ] {
+        assert!(out.contains(e), "missing {e:?} in:\n{out}");
+    }
+}

@@ -115,6 +115,32 @@ fn demo_starts_and_answers() {
         printed.iter().any(|l| l.contains("/api/reports")),
         "{printed:?}"
     );
+    // Forward auth: the demo's staff authorization service decides; its refusal is
+    // passed on as it gave it, and its admission reaches the users service as identity.
+    let refused = get(&format!("{url}/api/staff"));
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(refused.json()["error"], "staff only");
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some("Bearer realm=\"demo staff sso\"")
+    );
+    let staff = send(
+        "GET",
+        &format!("{url}/api/staff"),
+        &[("authorization", "Bearer staff-token"), ("x-user-id", "1")],
+    );
+    assert_eq!(staff.status, 200, "{staff:?}");
+    let by = &staff.json()["served_by"];
+    assert_eq!(by["service"], "users");
+    assert_eq!(by["x-consumer"], "grace");
+    assert_eq!(
+        by["x-user-id"], "7",
+        "the service's header, never the client's"
+    );
+    assert!(
+        printed.iter().any(|l| l.contains("Bearer staff-token")),
+        "{printed:?}"
+    );
     // The printed --path-as-is examples: decided on the canonical path.
     let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let dotted = raw(
