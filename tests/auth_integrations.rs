@@ -851,3 +851,55 @@ routes:
     assert_eq!(r.status, 200);
     assert_eq!(up.count(), 3);
 }
+
+#[test]
+fn client_auth_is_turned_on_by_a_reload() {
+    let ca = TestCa::new("edge");
+    let (cert, key) = ca.issue("site", &["site.test"]);
+    let clients = TestCa::new("clients");
+    let billing = clients.issue_client("billing", "billing", &["billing.acme.test"]);
+    let up = Upstream::start("api");
+    let port = free_port();
+    let rest = format!(
+        r#"consumers:
+  - {{name: billing, certificates: [{{san: billing.acme.test}}]}}
+upstreams:
+  - {{name: api, targets: [{{address: "{up}"}}]}}
+routes:
+  - {{name: api, upstream: api, access: {{providers: [client_cert]}}}}
+"#,
+        up = up.addr
+    );
+    let listener = |client_auth: &str| {
+        format!(
+            "  - address: 127.0.0.1:{port}\n    tls: {{certificates: [{{cert: {cert}, key: {key}}}]{client_auth}}}\n"
+        )
+    };
+    let gw = Gateway::start(&format!("{}{rest}", listener("")));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let ask = || {
+        https1_as(
+            addr,
+            "site.test",
+            &ca.ca_path(),
+            Some((billing.0.as_str(), billing.1.as_str())),
+            "GET",
+            "/",
+            &[],
+        )
+        .map(|r| r.status)
+    };
+    assert_eq!(ask(), Ok(401), "no certificate is asked for yet");
+
+    // The same listener, now asking for client certificates: no restart.
+    let text = std::fs::read_to_string(&gw.conf).unwrap();
+    let with = text.replace(
+        &listener(""),
+        &listener(&format!(", client_auth: {{ca: {}}}", clients.ca_path())),
+    );
+    assert_ne!(text, with);
+    std::fs::write(&gw.conf, with).unwrap();
+    signal(gw.pid(), "HUP");
+    assert!(eventually(Duration::from_secs(30), || ask() == Ok(200)));
+    assert_eq!(up.last("/").unwrap().header("x-consumer"), Some("billing"));
+}
