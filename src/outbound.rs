@@ -30,6 +30,15 @@ pub struct Endpoint {
     connector: Connector,
 }
 
+/// What to do with an answer's body over the cap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// The answer is a failure.
+    Fail,
+    /// Keep the first bytes (the connection is then not reused).
+    Truncate,
+}
+
 /// The service's answer.
 pub struct Reply {
     pub header: Box<ResponseHeader>,
@@ -136,15 +145,16 @@ impl Endpoint {
     }
 
     /// Send `req` (with `body`) and read the answer, all within `deadline`. An answer
-    /// with a body over `max_body` bytes is a failure.
+    /// with a body over `max_body` bytes is a failure or cut, as `cap` says.
     pub async fn call(
         &self,
         req: RequestHeader,
         body: Option<Bytes>,
-        max_body: usize,
+        (max_body, cap): (usize, Cap),
         deadline: Duration,
     ) -> Result<Reply, CallError> {
-        match tokio::time::timeout(deadline, self.exchange(req, body, max_body, deadline)).await {
+        let exchange = self.exchange(req, body, (max_body, cap), deadline);
+        match tokio::time::timeout(deadline, exchange).await {
             Ok(r) => r.map_err(CallError::Failed),
             Err(_) => Err(CallError::Timeout),
         }
@@ -154,7 +164,7 @@ impl Endpoint {
         &self,
         mut req: RequestHeader,
         body: Option<Bytes>,
-        max_body: usize,
+        (max_body, cap): (usize, Cap),
         deadline: Duration,
     ) -> Result<Reply, String> {
         let addr = self.address().await?;
@@ -189,7 +199,16 @@ impl Endpoint {
         let mut out = Vec::new();
         while let Some(chunk) = s.read_response_body().await.map_err(|e| e.to_string())? {
             if out.len() + chunk.len() > max_body {
-                return Err(format!("the answer's body is over {max_body} bytes"));
+                if cap == Cap::Fail {
+                    return Err(format!("the answer's body is over {max_body} bytes"));
+                }
+                let room = max_body.saturating_sub(out.len());
+                out.extend_from_slice(&chunk[..room.min(chunk.len())]);
+                // The rest is left unread: the connection cannot be reused.
+                return Ok(Reply {
+                    header,
+                    body: out.into(),
+                });
             }
             out.extend_from_slice(&chunk);
         }

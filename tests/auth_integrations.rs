@@ -373,6 +373,9 @@ fn authz_server() -> Upstream {
             "",
         ),
         Some("Bearer login") => reply(302, &[("location", "https://login.test/?next=1")], ""),
+        Some("Bearer chatty") => {
+            reply(403, &[("content-type", "text/plain")], &"x".repeat(100_000))
+        }
         _ => reply(
             401,
             &[
@@ -496,6 +499,14 @@ fn forward_auth_admits_copies_headers_and_relays_refusals() {
     );
     assert_eq!(r.status, 302);
     assert_eq!(r.header("location"), Some("https://login.test/?next=1"));
+    // A refusal's body is passed on up to 64 KiB.
+    let r = send(
+        "GET",
+        &gw.url("/orders/7"),
+        &[("authorization", "Bearer chatty")],
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body.len(), 64 << 10);
     assert_eq!(up.count(), 10, "refused requests never reached the service");
     assert_eq!(
         metric(
@@ -503,7 +514,7 @@ fn forward_auth_admits_copies_headers_and_relays_refusals() {
             "portico_policy_refusals_total",
             "reason=\"external_refused\""
         ),
-        2.0
+        3.0
     );
 }
 

@@ -7,7 +7,7 @@
 use super::decisions::{CallCounters, Decisions};
 use super::{Identity, Verification};
 use crate::config::{self, Fault, OnFailure};
-use crate::outbound::{CallError, Endpoint};
+use crate::outbound::{CallError, Cap, Endpoint};
 use crate::policy::pipeline::{read_request_body, Exchange, Relay, Respond};
 use crate::request_parts;
 use bytes::Bytes;
@@ -321,7 +321,7 @@ impl ExternalAuth {
         };
         let reply = match self
             .endpoint
-            .call(call, body, MAX_ANSWER, self.timeout)
+            .call(call, body, (MAX_ANSWER, Cap::Truncate), self.timeout)
             .await
         {
             Ok(r) => r,

@@ -7,7 +7,7 @@ use super::claims::{token_in, ClaimMapping, Source};
 use super::decisions::{CallCounters, Decisions};
 use super::{Identity, Reject, Verification};
 use crate::config::{self, Fault, OnFailure};
-use crate::outbound::{CallError, Endpoint};
+use crate::outbound::{CallError, Cap, Endpoint};
 use base64::Engine;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -180,7 +180,12 @@ impl Introspector {
                 HeaderValue::from_static("application/json"),
             )?;
             self.endpoint
-                .call(req, Some(Bytes::from(body)), MAX_ANSWER, self.timeout)
+                .call(
+                    req,
+                    Some(Bytes::from(body)),
+                    (MAX_ANSWER, Cap::Fail),
+                    self.timeout,
+                )
                 .await
         }
         .await;

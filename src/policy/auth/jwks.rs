@@ -2,7 +2,7 @@
 //! a URL that is fetched again in the background and when a token names an unknown `kid`.
 
 use super::key_checks;
-use crate::outbound::Endpoint;
+use crate::outbound::{Cap, Endpoint};
 use arc_swap::ArcSwap;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -254,7 +254,7 @@ impl RemoteKeys {
         req.insert_header("user-agent", "portico")
             .map_err(|e| e.to_string())?;
         let reply = endpoint
-            .call(req, None, MAX_JWKS_BYTES, FETCH_TIMEOUT)
+            .call(req, None, (MAX_JWKS_BYTES, Cap::Fail), FETCH_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
         match reply.status() {
