@@ -785,6 +785,16 @@ routes:
         "still served by the last good document"
     );
     assert!(gw.log_text().contains("keeping the last good document"));
+
+    // The provider goes down altogether: the keys it last gave still verify.
+    idp.stop();
+    let k4 = token(Algorithm::RS256, "k4", "rsa_private.pem", &issuer);
+    assert_eq!(
+        get("/me", &k4).status,
+        401,
+        "an unknown kid makes it look, and fail"
+    );
+    assert_eq!(get("/me", &k2).status, 200);
 }
 
 // ---------------------------------------------------------------------------------------
