@@ -23,8 +23,8 @@ struct Entry<T> {
 
 pub struct Decisions<T: Clone + Send + Sync + 'static> {
     cache: MemoryCache<[u8; 32], Entry<T>>,
-    /// Calls in flight. Taken only on a cache miss, and only to find or add the call.
-    inflight: parking_lot::Mutex<HashMap<[u8; 32], Arc<OnceCell<T>>>>,
+    /// Calls in flight. Taken only on a cache miss, and only to find, add or remove a call.
+    inflight: Inflight<T>,
     hits: IntCounter,
     coalesced: IntCounter,
 }
@@ -67,25 +67,49 @@ impl<T: Clone + Send + Sync + 'static> Decisions<T> {
         if joined {
             self.coalesced.inc();
         }
-        let value = cell
-            .get_or_init(|| async {
-                let (value, keep) = call().await;
-                if !keep.is_zero() {
-                    let entry = Entry {
-                        digest,
-                        value: value.clone(),
-                    };
-                    self.cache.put(&digest, entry, Some(keep));
-                }
-                value
-            })
-            .await
-            .clone();
+        // Leaves the in-flight map tidy however this caller ends, cancelled included.
+        let _leave = Leave {
+            inflight: &self.inflight,
+            digest,
+            cell: &cell,
+        };
+        cell.get_or_init(|| async {
+            let (value, keep) = call().await;
+            if !keep.is_zero() {
+                let entry = Entry {
+                    digest,
+                    value: value.clone(),
+                };
+                self.cache.put(&digest, entry, Some(keep));
+            }
+            value
+        })
+        .await
+        .clone()
+    }
+}
+
+type Inflight<T> = parking_lot::Mutex<HashMap<[u8; 32], Arc<OnceCell<T>>>>;
+
+/// A caller's hold on a call in flight. The call leaves the map once it has an answer, or
+/// once its last caller is gone without one (clients that hang up cannot fill the map).
+struct Leave<'a, T> {
+    inflight: &'a Inflight<T>,
+    digest: [u8; 32],
+    cell: &'a Arc<OnceCell<T>>,
+}
+
+impl<T> Drop for Leave<'_, T> {
+    fn drop(&mut self) {
         let mut inflight = self.inflight.lock();
-        if inflight.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&digest);
+        let ours = inflight
+            .get(&self.digest)
+            .is_some_and(|c| Arc::ptr_eq(c, self.cell));
+        // Under the lock nobody can join: the map's and this caller's are the only
+        // references when no other caller waits.
+        if ours && (self.cell.initialized() || Arc::strong_count(self.cell) <= 2) {
+            inflight.remove(&self.digest);
         }
-        value
     }
 }
 
@@ -142,11 +166,23 @@ mod tests {
             assert_eq!(t.await.unwrap(), 42);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(d.inflight.lock().is_empty(), "the call left the map");
         let again = d.get([7; 32], || async { (0, Duration::ZERO) }).await;
         assert_eq!(again, 42, "kept for its ttl");
         let other = d.get([8; 32], || async { (5, Duration::ZERO) }).await;
         assert_eq!(other, 5);
         let not_kept = d.get([8; 32], || async { (6, Duration::ZERO) }).await;
         assert_eq!(not_kept, 6, "a zero ttl is not kept");
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_callers_all_hang_up_leaves_the_map() {
+        let d = Decisions::<u32>::new("unit-cancel");
+        let pending = d.get([9; 32], || std::future::pending::<(u32, Duration)>());
+        let polled = tokio::time::timeout(Duration::from_millis(10), pending).await;
+        assert!(polled.is_err(), "the call never answers");
+        assert!(d.inflight.lock().is_empty(), "nobody waits for it any more");
+        let v = d.get([9; 32], || async { (3, Duration::ZERO) }).await;
+        assert_eq!(v, 3, "a new caller makes a new call");
     }
 }
