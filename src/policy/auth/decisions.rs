@@ -178,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_whose_callers_all_hang_up_leaves_the_map() {
         let d = Decisions::<u32>::new("unit-cancel");
-        let pending = d.get([9; 32], || std::future::pending::<(u32, Duration)>());
+        let pending = d.get([9; 32], std::future::pending::<(u32, Duration)>);
         let polled = tokio::time::timeout(Duration::from_millis(10), pending).await;
         assert!(polled.is_err(), "the call never answers");
         assert!(d.inflight.lock().is_empty(), "nobody waits for it any more");
