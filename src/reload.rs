@@ -92,8 +92,13 @@ impl Reloader {
     }
 }
 
-/// Health checks of new pools and refreshes of new key sets; carried-over ones keep theirs.
+/// Health checks of new pools, refreshes of new key sets and a new tracer's export;
+/// carried-over ones keep theirs.
 fn start_new_tasks(old: &Runtime, new: &Runtime) {
+    if let Some(t) = &new.tracer {
+        // Starts only once per tracer: a carried-over one has its task already.
+        crate::observe::otel::spawn_export(t);
+    }
     for pool in &new.upstreams {
         if !old.upstreams.iter().any(|p| Arc::ptr_eq(p, pool)) {
             health::spawn(pool);

@@ -54,6 +54,8 @@ pub struct Runtime {
     pub caching: bool,
     pub admin: Option<AdminSettings>,
     pub access_log: Option<String>,
+    /// Spans of sampled requests go here (the `tracing` section).
+    pub tracer: Option<Arc<crate::observe::otel::Tracer>>,
     /// The header that carries request ids in and out (`server.request_id_header`).
     pub request_id_header: HeaderName,
     pub info: LoadInfo,
@@ -152,6 +154,8 @@ pub struct Carry {
     resolvers: HashMap<SocketAddr, Arc<SniResolver>>,
     /// Their client certificate verifiers, by address.
     verifiers: HashMap<SocketAddr, Arc<ClientVerifier>>,
+    /// The running tracer, kept when its section is unchanged.
+    tracer: Option<Arc<crate::observe::otel::Tracer>>,
 }
 
 impl Carry {
@@ -188,6 +192,7 @@ impl Carry {
                 .iter()
                 .filter_map(|l| Some((l.addr, l.tls.as_ref()?.verifier.clone())))
                 .collect(),
+            tracer: rt.tracer.clone(),
         }
     }
 }
@@ -272,6 +277,9 @@ pub fn build_with(
             "PURGE needs an admin token (admin.token or admin.token_file)",
         ));
     }
+    let tracer = cfg.tracing.as_ref().and_then(|t| {
+        crate::observe::otel::Tracer::from_config(t, carry.tracer.as_ref(), &mut faults)
+    });
     // Metrics are recorded only when an admin listener can serve them.
     let metrics = admin.is_some();
 
@@ -367,6 +375,7 @@ pub fn build_with(
         cache: cache::Engine::get(&cfg.cache),
         admin,
         access_log: cfg.access_log.clone(),
+        tracer,
         request_id_header,
         info: LoadInfo {
             generation: 0,

@@ -74,6 +74,9 @@ impl BackgroundService for BackgroundTasks {
                 jwks::spawn_refresh(remote);
             }
         }
+        if let Some(t) = &rt.tracer {
+            crate::observe::otel::spawn_export(t);
+        }
         if let Some(log) = self.access_log.clone() {
             // Started here, after any daemonizing fork; SIGUSR1 reopens it for logrotate.
             log.get();

@@ -6,7 +6,7 @@
 use super::schema::{
     AdminSection, Api, ApiKeySource, CacheSection, Consumer, ExternalAuth, IntrospectionProvider,
     JwtProvider, Listener, RateLimit, RedisSection, Route, ServerSection, StatusRange, TokenSource,
-    Upstream, ValidateSpec,
+    TracingSection, Upstream, ValidateSpec,
 };
 use super::{ByteSize, Dur};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
@@ -36,6 +36,8 @@ struct ConfigFile {
     admin: Option<AdminSection>,
     /// `stdout` or a file for one JSON line per request; off when unset.
     access_log: Option<String>,
+    /// Spans sent to an OpenTelemetry collector over OTLP; off when unset.
+    tracing: Option<TracingSection>,
     /// Routes made from OpenAPI 3.0/3.1 documents, one per operation.
     apis: Option<Vec<Api>>,
 }

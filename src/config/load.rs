@@ -228,6 +228,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
             }
             "admin" => config.admin = c.take("admin", value),
             "access_log" => config.access_log = c.take("access_log", value),
+            "tracing" => config.tracing = c.take("tracing", value),
             "default_rate_limits" => {
                 if let Some(l) = c.take("default_rate_limits", value) {
                     config.default_rate_limits = l;
@@ -294,7 +295,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ConfigError> {
                 message: format!(
                     "unknown field `{other}`, expected one of `server`, `listeners`, \
                      `trusted_proxies`, `upstreams`, `routes`, `consumers`, `auth`, \
-                     `default_rate_limits`, `redis`, `cache`, `admin`, `access_log`, `apis`"
+                     `default_rate_limits`, `redis`, `cache`, `admin`, `access_log`, `tracing`, `apis`"
                 ),
             }),
         }

@@ -25,6 +25,8 @@ pub struct Config {
     pub admin: Option<AdminSection>,
     /// `stdout` or a file for one JSON line per request; off when unset.
     pub access_log: Option<String>,
+    /// Spans sent to an OpenTelemetry collector; off when unset.
+    pub tracing: Option<TracingSection>,
     /// Routes made from OpenAPI documents, one per operation.
     pub apis: Vec<Api>,
     /// Where each list item stood in the file, when items that failed to parse were left
@@ -984,6 +986,76 @@ pub struct RateLimit {
 
 fn default_ipv6_prefix() -> u8 {
     64
+}
+
+/// `tracing`: one server span per sampled request, with child spans for the policies,
+/// the cache lookup and each upstream attempt, exported over OTLP.
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    pub otlp: OtlpExport,
+    #[serde(default)]
+    pub sample: Sampling,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+fn default_service_name() -> String {
+    "portico".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpExport {
+    /// The collector: for `http/protobuf` the traces URL (`/v1/traces` is added to a URL
+    /// without a path), for `grpc` the collector's address, e.g. `http://127.0.0.1:4317`.
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Sent with every export, e.g. an API key of the tracing backend.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The longest one export may take.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_otlp_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    /// The share of new traces recorded, 0 to 1.
+    #[serde(default = "every_trace")]
+    pub ratio: f64,
+    /// Follow the caller's sampled flag when it sends `traceparent`.
+    #[serde(default = "yes")]
+    pub parent_based: bool,
+}
+
+fn every_trace() -> f64 {
+    1.0
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            ratio: 1.0,
+            parent_based: true,
+        }
+    }
 }
 
 /// The Redis server that keeps cluster-wide rate limits.

@@ -41,6 +41,7 @@ pub struct Families {
     jwks_refused: IntCounterVec,
     jwt_verifications: IntCounterVec,
     auth_calls: IntCounterVec,
+    trace_spans: IntCounterVec,
     cert_expiry: IntGaugeVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
@@ -252,6 +253,12 @@ impl Families {
                 "portico_auth_calls_total",
                 "What providers that ask a service did per credential: call, cache_hit, coalesced (joined a call in flight), timeout, error, discovery_failed",
                 &["provider", "outcome"],
+            ),
+            trace_spans: counter(
+                reg,
+                "portico_trace_spans_total",
+                "Spans of traced requests: exported, dropped_queue_full (the export queue was full), dropped_export_failed",
+                &["outcome"],
             ),
             jwks_refused: counter(
                 reg,
@@ -713,6 +720,11 @@ pub fn auth_call(provider: &str, outcome: &str) {
         .inc();
 }
 
+/// The span counter of one outcome.
+pub fn trace_spans_counter(outcome: &str) -> prometheus::IntCounter {
+    families().trace_spans.with_label_values(&[outcome])
+}
+
 /// The counter of one outcome, resolved once for a provider's hot path.
 pub fn auth_call_counter(provider: &str, outcome: &str) -> prometheus::IntCounter {
     families()
@@ -773,6 +785,7 @@ mod tests {
             &f.jwks_refused,
             &f.jwt_verifications,
             &f.auth_calls,
+            &f.trace_spans,
             &f.cert_expiry,
             &f.target_healthy,
             &f.auth,

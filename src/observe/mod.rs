@@ -4,5 +4,7 @@ pub mod access_log;
 pub mod log_budget;
 pub mod logger;
 pub mod metrics;
+pub mod otel;
 pub mod request_id;
+pub mod spans;
 pub mod trace;

@@ -10,6 +10,8 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub flags: u8,
+    /// The caller's span, when it sent a valid `traceparent`.
+    pub parent: Option<[u8; 8]>,
 }
 
 fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -27,7 +29,8 @@ fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn new_span() -> [u8; 8] {
+/// A new span id (never all zeros).
+pub fn new_span() -> [u8; 8] {
     loop {
         let id = crate::random::u64().to_be_bytes();
         if id != [0; 8] {
@@ -54,13 +57,14 @@ impl TraceContext {
                     && trace != [0; 16]
                     && parent != [0; 8]
                     && (version[0] != 0 || rest.is_none());
-                valid.then_some((trace, flags))
+                valid.then_some((trace, parent, flags))
             });
         match parsed {
-            Some((trace_id, flags)) => TraceContext {
+            Some((trace_id, parent, flags)) => TraceContext {
                 trace_id,
                 span_id: new_span(),
                 flags,
+                parent: Some(parent),
             },
             None => {
                 let mut trace_id = [0u8; 16];
@@ -71,6 +75,7 @@ impl TraceContext {
                     span_id: new_span(),
                     // A trace the gateway starts is recorded by those who choose to.
                     flags: 0x01,
+                    parent: None,
                 }
             }
         }
@@ -83,12 +88,22 @@ impl TraceContext {
         out
     }
 
+    /// Set the sampled flag to the gateway's own decision (other flags stay).
+    pub fn set_sampled(&mut self, sampled: bool) {
+        self.flags = (self.flags & !1) | u8::from(sampled);
+    }
+
     /// The `traceparent` sent upstream: same trace, the gateway's span as parent.
     pub fn header_value(&self) -> HeaderValue {
+        self.header_value_with(self.span_id)
+    }
+
+    /// The `traceparent` naming `span_id` (an upstream attempt's span) as the parent.
+    pub fn header_value_with(&self, span_id: [u8; 8]) -> HeaderValue {
         let mut v = [b'-'; 55];
         v[..2].copy_from_slice(b"00");
         hex_into_slice(&self.trace_id, &mut v[3..35]);
-        hex_into_slice(&self.span_id, &mut v[36..52]);
+        hex_into_slice(&span_id, &mut v[36..52]);
         hex_into_slice(&[self.flags], &mut v[53..55]);
         // Hex digits and dashes are always a valid header value.
         HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static(""))

@@ -107,6 +107,8 @@ pub struct PolicyState {
     /// A response body being gathered to check against the OpenAPI contract: which of the
     /// operation's responses, and the bytes so far.
     pub contract_body: Option<(usize, Vec<u8>)>,
+    /// What this request records for its spans, when it is traced.
+    pub trace: Option<Box<crate::observe::spans::Recorder>>,
     /// The mirror's draw has been made (it is made once per request).
     pub mirror_drawn: bool,
     /// The whole request body, when a policy had to read it before going upstream

@@ -3,6 +3,7 @@
 use super::{edge::is_tls, Ctx};
 use crate::observe::access_log::{self, AccessLog};
 use crate::observe::metrics::Finished;
+use crate::observe::spans;
 use crate::observe::trace::TraceContext;
 use crate::request_parts::request_host;
 use pingora_proxy::Session;
@@ -113,4 +114,34 @@ pub fn write_access_line(log: &AccessLog, session: &Session, ctx: &Ctx) {
         // Serializing plain fields into memory cannot fail.
         let _ = serde_json::to_writer(buf, &record);
     });
+}
+
+/// A traced request's spans, to the export queue.
+pub fn send_spans(session: &Session, ctx: &mut Ctx) {
+    let Some(rec) = ctx.policy.trace.take() else {
+        return;
+    };
+    let (Some(tracer), Some(trace)) = (&ctx.config.rt().tracer, &ctx.trace) else {
+        return;
+    };
+    let req = session.req_header();
+    let identity = ctx.policy.identity.as_deref();
+    let facts = spans::RequestFacts {
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        host: request_host(req),
+        route: ctx.route().map(|r| r.name.as_str()),
+        status: session.response_written().map_or(0, |r| r.status.as_u16()),
+        client: ctx.policy.client_ip.map(|ip| ip.to_string()),
+        request_id: ctx.request_id.as_str(),
+        protocol: match req.version {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        },
+        consumer: identity.and_then(|i| i.consumer.as_deref()),
+        auth_provider: identity.map(|i| i.provider.as_str()),
+        rate_limit: ctx.policy.rate_limit,
+    };
+    tracer.send(spans::spans(&rec, trace, &facts));
 }

@@ -21,6 +21,7 @@ use crate::forwarding;
 use crate::observe::access_log::LazyAccessLog;
 use crate::observe::log_budget::LogBudget;
 use crate::observe::request_id::RequestId;
+use crate::observe::spans::Recorder;
 use crate::observe::trace::TraceContext;
 use crate::policy::cors::Cors;
 use crate::request_parts::request_host;
@@ -75,7 +76,15 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let traceparent = session.req_header().headers.get("traceparent");
-        ctx.trace = Some(TraceContext::from_header(traceparent.map(|v| v.as_bytes())));
+        let mut trace = TraceContext::from_header(traceparent.map(|v| v.as_bytes()));
+        if let Some(tracer) = &ctx.config.rt().tracer {
+            let sampled = tracer.sampler.sampled(&trace);
+            trace.set_sampled(sampled);
+            if sampled {
+                ctx.policy.trace = Some(Recorder::new(ctx.times.start));
+            }
+        }
+        ctx.trace = Some(trace);
         Ok(())
     }
 
@@ -121,6 +130,9 @@ impl ProxyHttp for Gateway {
         if let Some(policy) = ctx.config.cache_policy() {
             let engine = ctx.config.rt().cache;
             cache_phases::enable(policy, engine, session, &mut ctx.cache);
+            if let Some(rec) = ctx.policy.trace.as_deref_mut() {
+                rec.cache_lookup_started();
+            }
         }
         Ok(())
     }
@@ -135,6 +147,9 @@ impl ProxyHttp for Gateway {
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
         cache_phases::miss(session, &mut ctx.cache);
+        if let Some(rec) = ctx.policy.trace.as_deref_mut() {
+            rec.cache_lookup_ended("miss");
+        }
     }
 
     async fn cache_hit_filter(
@@ -145,6 +160,9 @@ impl ProxyHttp for Gateway {
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
+        if let Some(rec) = ctx.policy.trace.as_deref_mut() {
+            rec.cache_lookup_ended(if is_fresh { "hit" } else { "stale" });
+        }
         let policy = ctx.config.cache_policy();
         Ok(cache_phases::hit(policy, &mut ctx.cache, meta, is_fresh))
     }
@@ -231,7 +249,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        attempt::peer(session, ctx).await
+        let peer = attempt::peer(session, ctx).await;
+        if let Some(rec) = ctx.policy.trace.as_deref_mut() {
+            rec.attempt_started(ctx.attempt.count, ctx.attempt.target);
+            if let (Err(e), Some(a)) = (&peer, rec.current_attempt()) {
+                a.error = Some(e.etype().as_str().to_string());
+            }
+        }
+        peer
     }
 
     fn fail_to_connect(
@@ -241,6 +266,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         e: Box<Error>,
     ) -> Box<Error> {
+        spans_attempt_failed(ctx, &e);
         attempt::connect_failed(session, ctx, e)
     }
 
@@ -253,6 +279,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let e = e.more_context(format!("Peer: {peer}"));
+        spans_attempt_failed(ctx, &e);
         attempt::proxy_failed(session, ctx, e, client_reused)
     }
 
@@ -275,6 +302,14 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(a) = ctx
+            .policy
+            .trace
+            .as_deref_mut()
+            .and_then(|r| r.current_attempt())
+        {
+            a.response = Some((Instant::now(), resp.status.as_u16()));
+        }
         attempt::answered(session, ctx, resp)?;
         cache_phases::upstream_response(session, &mut ctx.cache, resp);
         Ok(())
@@ -343,6 +378,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         attempt::connected(ctx, reused);
+        if let Some(a) = ctx
+            .policy
+            .trace
+            .as_deref_mut()
+            .and_then(|r| r.current_attempt())
+        {
+            a.connected = Some((Instant::now(), reused));
+        }
         Ok(())
     }
 
@@ -353,6 +396,7 @@ impl ProxyHttp for Gateway {
         if let Some(log) = self.access_log.as_ref().and_then(|l| l.get()) {
             logging::write_access_line(log, session, ctx);
         }
+        logging::send_spans(session, ctx);
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -407,5 +451,18 @@ impl ProxyHttp for Gateway {
         // connections): a few a second are logged, the access log has every one.
         static CLIENT_FAILURES: LogBudget = LogBudget::new(10);
         e.esource() == &ErrorSource::Downstream && !CLIENT_FAILURES.allow("client-side failures")
+    }
+}
+
+/// A traced request's current attempt ends with `e`.
+fn spans_attempt_failed(ctx: &mut Ctx, e: &Error) {
+    if let Some(a) = ctx
+        .policy
+        .trace
+        .as_deref_mut()
+        .and_then(|r| r.current_attempt())
+    {
+        a.error = Some(e.etype().as_str().to_string());
+        a.end = Some(Instant::now());
     }
 }

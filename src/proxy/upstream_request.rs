@@ -49,7 +49,13 @@ pub fn build(session: &Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> 
     forwarding::set_forwarded_headers(upstream, &client);
     upstream.insert_header(ctx.request_id.header.clone(), ctx.request_id.header_value())?;
     if let Some(t) = &ctx.trace {
-        upstream.insert_header("traceparent", t.header_value())?;
+        // A traced attempt is the upstream's parent; else the gateway's span is.
+        let attempt = ctx.policy.trace.as_ref().and_then(|r| r.attempts.last());
+        let value = match attempt {
+            Some(a) => t.header_value_with(a.span_id),
+            None => t.header_value(),
+        };
+        upstream.insert_header("traceparent", value)?;
     }
     // Identity headers come from the gateway only, never from the client.
     for name in &rt.auth.identity_headers {

@@ -52,9 +52,18 @@ macro_rules! route_policies {
             /// answer is sent).
             pub async fn request(&self, x: &mut Exchange<'_>) -> Result<bool> {
                 for p in &self.list {
+                    // Timed only for a traced request.
+                    let started = x.state.trace.is_some().then(std::time::Instant::now);
                     let decision = match p {
                         $(Policy::$kind(p) => p.request(x).await,)*
                     };
+                    if let (Some(t), Some(rec)) = (started, x.state.trace.as_deref_mut()) {
+                        let outcome = match &decision {
+                            Decision::Continue => "continue",
+                            Decision::Respond(r) => r.reason,
+                        };
+                        rec.policy(p.name(), t, outcome);
+                    }
                     if let Decision::Respond(r) = decision {
                         Box::pin(answer(x, p.name(), r)).await?;
                         return Ok(true);
