@@ -248,6 +248,10 @@ fn a_request_becomes_a_server_span_with_children_for_policies_cache_and_attempts
         attr(limit, "portico.rate_limit.result").as_deref(),
         Some("allowed")
     );
+    assert_eq!(
+        attr(limit, "portico.rate_limit.store").as_deref(),
+        Some("local")
+    );
     let attempt = named(&spans, "upstream attempt")[0];
     assert_eq!(attempt.kind, 3, "CLIENT");
     assert_eq!(attr(attempt, "portico.attempt").as_deref(), Some("1"));
@@ -408,4 +412,137 @@ routes:
         "every span of the 30 requests (a server span and an attempt each) is counted as lost: {}",
         lost()
     );
+}
+
+#[test]
+fn a_cluster_limit_decided_in_redis_says_so_in_its_span() {
+    let receiver = Receiver::start();
+    let redis = RedisServer::start();
+    let up = Upstream::start("api");
+    let gw = Gateway::start(&format!(
+        r#"redis: {{url: "{redis}", timeout: 2s}}
+tracing:
+  otlp: {{endpoint: "http://{receiver}", headers: {{x-tenant: edge-1}}}}
+upstreams:
+  - {{name: api, targets: [{{address: "{up}"}}]}}
+routes:
+  - name: fleet
+    upstream: api
+    rate_limits: [{{name: fleet, requests: 100, per: 1m, key: route, cluster: true}}]
+"#,
+        redis = redis.url(),
+        receiver = receiver.addr,
+        up = up.addr
+    ));
+    let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let r = send(
+        "GET",
+        &gw.url("/x"),
+        &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let spans = receiver.trace(trace_id);
+    let limit = named(&spans, "rate_limit");
+    assert_eq!(limit.len(), 1, "{spans:#?}");
+    assert_eq!(
+        attr(limit[0], "portico.rate_limit.store").as_deref(),
+        Some("redis")
+    );
+    assert_eq!(
+        attr(limit[0], "portico.rate_limit.result").as_deref(),
+        Some("allowed")
+    );
+}
+
+/// An OTLP/gRPC receiver on HTTP/2 (h2c): the `TraceService/Export` call, its message in
+/// gRPC framing, answered with an empty response and `grpc-status: 0`.
+fn grpc_receiver() -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<(String, Span)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let spans: Arc<Mutex<Vec<(String, Span)>>> = Arc::default();
+    let listener = rt()
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", free_port())))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept = spans.clone();
+    let task = rt().spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let Ok(mut h2) = h2::server::handshake(conn).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = h2.accept().await {
+                    let kept = kept.clone();
+                    tokio::spawn(async move {
+                        assert_eq!(
+                            req.uri().path(),
+                            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                        );
+                        assert_eq!(req.headers()["x-tenant"], "edge-1");
+                        let mut body = req.into_body();
+                        let mut raw = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            raw.extend_from_slice(&chunk);
+                        }
+                        // 1 byte compressed flag, 4 bytes length, the message.
+                        kept.lock().unwrap().extend(decode(&raw[5..]));
+                        let response = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut stream) = respond.send_response(response, false) else {
+                            return;
+                        };
+                        let _ =
+                            stream.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let _ = stream.send_trailers(trailers);
+                    });
+                }
+            });
+        }
+    });
+    (addr, spans, task)
+}
+
+#[test]
+fn spans_go_over_grpc_too() {
+    let (addr, spans, task) = grpc_receiver();
+    let up = Upstream::start("api");
+    let gw = Gateway::start(&format!(
+        r#"tracing:
+  otlp: {{endpoint: "http://{addr}", protocol: grpc, headers: {{x-tenant: edge-1}}}}
+upstreams:
+  - {{name: api, targets: [{{address: "{up}"}}]}}
+routes:
+  - {{name: all, upstream: api}}
+"#,
+        up = up.addr
+    ));
+    let trace_id = "7bf92f3577b34da6a3ce929d0e0e4736";
+    let r = send(
+        "GET",
+        &gw.url("/x"),
+        &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+    );
+    assert_eq!(r.status, 200);
+    let id = hex::decode(trace_id).unwrap();
+    assert!(eventually(Duration::from_secs(30), || {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, s)| s.trace_id == id && s.name == "GET all")
+    }));
+    let got = spans.lock().unwrap().clone();
+    assert!(got
+        .iter()
+        .any(|(service, s)| service == "portico" && s.name == "upstream attempt"));
+    task.abort();
 }

@@ -122,6 +122,8 @@ pub struct RequestFacts<'a> {
     pub consumer: Option<&'a str>,
     pub auth_provider: Option<&'a str>,
     pub rate_limit: Option<&'static str>,
+    /// Cluster limits were decided in Redis.
+    pub rate_limit_redis: bool,
 }
 
 fn scope() -> InstrumentationScope {
@@ -235,6 +237,8 @@ pub fn spans(rec: &Recorder, trace: &TraceContext, f: &RequestFacts<'_>) -> Vec<
                 if let Some(r) = f.rate_limit {
                     attributes.push(KeyValue::new("portico.rate_limit.result", r));
                 }
+                let store = if f.rate_limit_redis { "redis" } else { "local" };
+                attributes.push(KeyValue::new("portico.rate_limit.store", store));
             }
             _ => {}
         }

@@ -97,6 +97,8 @@ pub struct PolicyState {
     pub rate_headers: Option<(String, String)>,
     /// `allowed` or `limited` when the route has rate limits (for the access log).
     pub rate_limit: Option<&'static str>,
+    /// Its cluster limits were decided in Redis (for the trace).
+    pub rate_limit_redis: bool,
     /// The upstream a traffic split chose (else the route's), an index into the runtime's.
     pub upstream: Option<usize>,
     /// Request body bytes seen.

@@ -142,6 +142,7 @@ pub fn send_spans(session: &Session, ctx: &mut Ctx) {
         consumer: identity.and_then(|i| i.consumer.as_deref()),
         auth_provider: identity.map(|i| i.provider.as_str()),
         rate_limit: ctx.policy.rate_limit,
+        rate_limit_redis: ctx.policy.rate_limit_redis,
     };
     tracer.send(spans::spans(&rec, trace, &facts));
 }

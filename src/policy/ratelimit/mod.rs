@@ -436,6 +436,8 @@ impl RoutePolicy for RateLimits {
             consumer: x.state.consumer(),
         };
         let decided = decide(&self.limits, &self.store, self.redis.as_deref(), &request).await;
+        x.state.rate_limit_redis =
+            self.redis.is_some() && self.limits.iter().any(|l| l.cluster.is_some());
         if let Some((why, refuse)) = &decided.store_failed {
             x.metrics.rate_limit_store_error();
             log::warn!(
