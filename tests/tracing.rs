@@ -456,11 +456,7 @@ routes:
 
 /// An OTLP/gRPC receiver on HTTP/2 (h2c): the `TraceService/Export` call, its message in
 /// gRPC framing, answered with an empty response and `grpc-status: 0`.
-fn grpc_receiver() -> (
-    std::net::SocketAddr,
-    Arc<Mutex<Vec<(String, Span)>>>,
-    tokio::task::JoinHandle<()>,
-) {
+fn grpc_receiver() -> Receiver {
     let spans: Arc<Mutex<Vec<(String, Span)>>> = Arc::default();
     let listener = rt()
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", free_port())))
@@ -508,12 +504,13 @@ fn grpc_receiver() -> (
             });
         }
     });
-    (addr, spans, task)
+    Receiver { addr, spans, task }
 }
 
 #[test]
 fn spans_go_over_grpc_too() {
-    let (addr, spans, task) = grpc_receiver();
+    let receiver = grpc_receiver();
+    let addr = receiver.addr;
     let up = Upstream::start("api");
     let gw = Gateway::start(&format!(
         r#"tracing:
@@ -534,15 +531,13 @@ routes:
     assert_eq!(r.status, 200);
     let id = hex::decode(trace_id).unwrap();
     assert!(eventually(Duration::from_secs(30), || {
-        spans
-            .lock()
-            .unwrap()
+        receiver
+            .spans()
             .iter()
             .any(|(_, s)| s.trace_id == id && s.name == "GET all")
     }));
-    let got = spans.lock().unwrap().clone();
+    let got = receiver.spans();
     assert!(got
         .iter()
         .any(|(service, s)| service == "portico" && s.name == "upstream attempt"));
-    task.abort();
 }
