@@ -84,6 +84,58 @@ fn refusal(rt: &Runtime, session: &ServerSession) -> Option<Response<Vec<u8>>> {
         .map(|(status, message)| error(status, message))
 }
 
+/// A request body of at most 64 KiB, or the answer refusing it.
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, &e.to_string())),
+        }
+    }
+}
+
+/// What `POST /explain` accepts: the request as `portico explain` takes it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainRequest {
+    /// `METHOD URL`.
+    request: String,
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    client: Option<std::net::IpAddr>,
+}
+
+/// What the running config would do with a request (nothing is sent upstream).
+fn explain(rt: &Runtime, body: &[u8]) -> Response<Vec<u8>> {
+    let asked: ExplainRequest = match serde_json::from_slice(body) {
+        Ok(a) => a,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"request\": \"METHOD URL\", \"headers\": [\"Name: value\"], \"client\": IP}}: {e}"),
+            )
+        }
+    };
+    match crate::explain::request(&asked.request, &asked.headers) {
+        Ok(req) => {
+            let e = crate::explain::explain(rt, req, asked.client);
+            json(
+                StatusCode::OK,
+                serde_json::to_value(e).unwrap_or(Value::Null),
+            )
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
 /// What `POST /cache/purge` accepts.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -312,25 +364,25 @@ impl ServeHttp for AdminApi {
                 if let Some(refused) = refusal(&rt, session) {
                     return refused;
                 }
-                let mut body = Vec::new();
-                loop {
-                    match session.read_request_body().await {
-                        Ok(Some(chunk)) => {
-                            if body.len() + chunk.len() > MAX_BODY {
-                                return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB");
-                            }
-                            body.extend_from_slice(&chunk);
-                        }
-                        Ok(None) => break,
-                        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-                    }
+                match read_body(session).await {
+                    Ok(body) => purge(&rt, &body),
+                    Err(refused) => refused,
                 }
-                purge(&rt, &body)
+            }
+            ("POST", "/explain") => {
+                // The answer names routes, targets and policies: the token is required.
+                if let Some(refused) = refusal(&rt, session) {
+                    return refused;
+                }
+                match read_body(session).await {
+                    Ok(body) => explain(&rt, &body),
+                    Err(refused) => refused,
+                }
             }
             (
                 _,
                 "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/cache"
-                | "/cache/purge",
+                | "/cache/purge" | "/explain",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error_response;
+pub mod explain;
 pub mod forwarding;
 pub mod http_reply;
 pub mod lifecycle;

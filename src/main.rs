@@ -53,9 +53,32 @@ enum Command {
     /// Check the config, then list the routes it makes (hand-written and from OpenAPI
     /// documents): name, methods, hosts, path, upstream, policies.
     Routes(ConfigArg),
+    /// Check the config, then show what the gateway would do with a request, without
+    /// sending anything anywhere: its canonical form, every route and why it matches or
+    /// not, the chosen route, the policies that would run and what each needs, the
+    /// upstream and target, the cache key.
+    Explain(ExplainArgs),
     /// Print the JSON Schema of the config file (the one shipped as
     /// conf/portico.schema.json), for editors that complete and check YAML with it.
     Schema,
+}
+
+#[derive(Args, Debug)]
+struct ExplainArgs {
+    /// The YAML config file.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    conf: PathBuf,
+    /// The request: `METHOD URL`, e.g. 'GET https://api.example.com/v1/users/7'.
+    request: String,
+    /// A request header, `Name: value`; repeat for more.
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+    /// The client's address, for address rules and hash keys.
+    #[arg(long, default_value = "127.0.0.1")]
+    client: std::net::IpAddr,
+    /// Print JSON (as the admin's POST /explain answers) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -282,6 +305,33 @@ fn routes(args: ConfigArg) -> ExitCode {
     }
 }
 
+fn explain(args: ExplainArgs) -> ExitCode {
+    let rt = match runtime::load(&args.conf) {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let req = match portico::explain::request(&args.request, &args.headers) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let e = portico::explain::explain(&rt, req, Some(args.client));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&e).unwrap_or_else(|e| e.to_string())
+        );
+    } else {
+        print!("{}", portico::explain::render(&e));
+    }
+    ExitCode::SUCCESS
+}
+
 fn schema() -> ExitCode {
     match serde_json::to_string_pretty(&portico::config::json_schema::document()) {
         Ok(text) => {
@@ -307,6 +357,7 @@ fn main() -> ExitCode {
         Some(Command::HashKey(a)) => hash_key(a),
         Some(Command::Schema) => schema(),
         Some(Command::Routes(a)) => routes(a),
+        Some(Command::Explain(a)) => explain(a),
     }
 }
 

@@ -31,6 +31,65 @@ pub struct RouteMatcher {
     pub priority: i32,
 }
 
+impl RouteMatcher {
+    /// Why this route does not match a request, or `None` when it does (`host` normalized),
+    /// for `portico explain`. The router decides the same way, faster.
+    pub fn mismatch(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<String> {
+        let host_ok = self.hosts.is_empty()
+            || self.hosts.iter().any(|h| match h.strip_prefix('*') {
+                Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+                None => h == host,
+            });
+        if !host_ok {
+            return Some(format!(
+                "host {host} is not one of {}",
+                self.hosts.join(", ")
+            ));
+        }
+        let path_ok = match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => {
+                path == p
+                    || (path.starts_with(p.as_str())
+                        && (p.ends_with('/') || path.as_bytes().get(p.len()) == Some(&b'/')))
+            }
+            PathMatch::Regex(re) => re.is_match(path),
+        };
+        if !path_ok {
+            return Some(match &self.path {
+                PathMatch::Exact(p) => format!("path is not {p}"),
+                PathMatch::Prefix(p) => format!("path is not under {p}"),
+                PathMatch::Regex(re) => format!("path does not match {}", re.as_str()),
+                PathMatch::Any => String::new(),
+            });
+        }
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            let list: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+            return Some(format!("method {method} is not one of {}", list.join(", ")));
+        }
+        for (name, want) in &self.headers {
+            let ok = match want {
+                None => headers.contains_key(name),
+                Some(v) => headers.get_all(name).iter().any(|got| got == v),
+            };
+            if !ok {
+                return Some(match want {
+                    None => format!("no {name} header"),
+                    Some(v) => format!("{name} is not {}", String::from_utf8_lossy(v.as_bytes())),
+                });
+            }
+        }
+        None
+    }
+}
+
 /// The outcome of a lookup.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteLookup {

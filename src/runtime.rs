@@ -37,6 +37,8 @@ pub struct Runtime {
     /// Some listener redirects or sends HSTS: requests look up their listener.
     pub edge: bool,
     pub router: Router,
+    /// What each route matches, in `routes` order (for `portico explain`).
+    pub matchers: Vec<crate::router::RouteMatcher>,
     /// Same order as the config's routes; the router returns indexes into it.
     pub routes: Vec<RouteAction>,
     /// The metrics of requests no route took.
@@ -343,6 +345,7 @@ pub fn build_with(
     if !faults.is_empty() {
         return Err(faults);
     }
+    let kept_matchers = matchers.clone();
     let router = Router::new(matchers).map_err(|e| {
         vec![Fault::new(
             "routes",
@@ -364,6 +367,7 @@ pub fn build_with(
         https_port,
         edge,
         router,
+        matchers: kept_matchers,
         routes,
         unrouted: RouteMetrics::unrouted(metrics),
         upstreams,

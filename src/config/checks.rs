@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 pub struct AdminSettings {
     pub address: SocketAddr,
     pub token_sha256: Option<[u8; 32]>,
+    /// The header that asks for `Portico-Explain` (with the admin token as its value).
+    pub debug_header: Option<http::HeaderName>,
 }
 
 impl ServerSection {
@@ -136,9 +138,30 @@ impl AdminSection {
             ));
             return None;
         }
+        let debug_header = match &a.debug_header {
+            None => None,
+            Some(_) if token.is_none() => {
+                faults.push(Fault::new(
+                    "admin.debug_header",
+                    "needs admin.token or admin.token_file: its value is the token",
+                ));
+                return None;
+            }
+            Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    faults.push(Fault::new(
+                        "admin.debug_header",
+                        format!("{name:?} is not a header name"),
+                    ));
+                    return None;
+                }
+            },
+        };
         Some(AdminSettings {
             address,
             token_sha256: token.map(|(t, _)| sha2::Sha256::digest(t.as_bytes()).into()),
+            debug_header,
         })
     }
 }

@@ -952,6 +952,11 @@ pub struct AdminSection {
     pub token: Option<String>,
     #[serde(default)]
     pub token_file: Option<String>,
+    /// A request carrying this header with the admin token gets a `Portico-Explain`
+    /// response header: route, policies run and their decisions, timings. The header never
+    /// goes upstream. Off when unset.
+    #[serde(default)]
+    pub debug_header: Option<String>,
 }
 
 /// `requests` per `per`, admitting at most `burst` at once (GCRA).

@@ -14,6 +14,9 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
+/// The response header that explains a request to an operator who asked for it.
+pub const EXPLAIN_HEADER: &str = "portico-explain";
+
 pub struct PolicyRun {
     pub name: &'static str,
     pub start: Instant,
@@ -102,6 +105,55 @@ impl Recorder {
             error: None,
         });
         span_id
+    }
+
+    /// One line for `Portico-Explain`: the route, each policy with its decision and time,
+    /// the cache lookup, each attempt (target, status or error, connect and response
+    /// times), and the time so far.
+    pub fn summary(&self, route: Option<&str>) -> String {
+        use std::fmt::Write;
+        let ms = |d: Duration| millis(d);
+        let mut out = format!("route={}", route.unwrap_or("-"));
+        out.push_str("; policies=");
+        for (i, p) in self.policies.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(
+                out,
+                "{sep}{}:{}:{:.3}ms",
+                p.name,
+                p.outcome,
+                ms(p.end - p.start)
+            );
+        }
+        if self.policies.is_empty() {
+            out.push('-');
+        }
+        if let Some((start, end, status)) = self.cache {
+            let took = end.map_or(0.0, |e| ms(e - start));
+            let _ = write!(out, "; cache={status}:{took:.3}ms");
+        }
+        for a in &self.attempts {
+            let target = a.target.map_or_else(|| "-".to_string(), |t| t.to_string());
+            let _ = write!(out, "; attempt={}:{target}", a.number);
+            match (&a.error, a.response) {
+                (Some(e), _) => {
+                    let _ = write!(out, ":{e}");
+                }
+                (None, Some((_, status))) => {
+                    let _ = write!(out, ":{status}");
+                }
+                _ => {}
+            }
+            if let Some((at, reused)) = a.connected {
+                let how = if reused { "reused" } else { "new" };
+                let _ = write!(out, ":connect={:.3}ms({how})", ms(at - a.start));
+            }
+            if let Some((at, _)) = a.response {
+                let _ = write!(out, ":response={:.3}ms", ms(at - a.start));
+            }
+        }
+        let _ = write!(out, "; total={:.3}ms", ms(self.start.elapsed()));
+        out
     }
 
     pub fn current_attempt(&mut self) -> Option<&mut AttemptRun> {

@@ -171,6 +171,24 @@ impl AccessRule {
 impl RoutePolicy for AccessRule {
     const NAME: &'static str = "access";
 
+    fn describe(&self) -> String {
+        let providers: Vec<&str> = self.providers.iter().map(Provider::name).collect();
+        let mut out = format!("credentials from one of: {}", providers.join(", "));
+        if !self.scopes.is_empty() {
+            out.push_str(&format!("; scopes: {}", self.scopes.join(" ")));
+        }
+        if !self.groups.is_empty() {
+            out.push_str(&format!("; one of the groups: {}", self.groups.join(", ")));
+        }
+        if !self.consumers.is_empty() {
+            out.push_str(&format!("; only: {}", self.consumers.join(", ")));
+        }
+        if self.anonymous {
+            out.push_str("; anonymous callers pass");
+        }
+        out
+    }
+
     async fn request(&self, x: &mut Exchange<'_>) -> Decision {
         match self.check(x).await {
             Ok(identity) => {

@@ -19,6 +19,10 @@ impl BodyLimit {
 impl RoutePolicy for BodyLimit {
     const NAME: &'static str = "body_limit";
 
+    fn describe(&self) -> String {
+        format!("a body of at most {} bytes", self.max)
+    }
+
     async fn request(&self, x: &mut Exchange<'_>) -> Decision {
         if declared_length(&x.session.req_header().headers).is_none_or(|l| l <= self.max) {
             return Decision::Continue;

@@ -247,6 +247,10 @@ pub struct Violation {
 impl RoutePolicy for RequestValidation {
     const NAME: &'static str = "validation";
 
+    fn describe(&self) -> String {
+        "parameters and body checked against the OpenAPI operation".into()
+    }
+
     /// `validate.response: report`: the status and media type now, a JSON body as it ends.
     fn response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
         let Some(rules) = &self.contract.responses else {

@@ -61,6 +61,24 @@ impl IpFilter {
 impl RoutePolicy for IpFilter {
     const NAME: &'static str = "ip_filter";
 
+    fn describe(&self) -> String {
+        let list = |l: &[IpNet]| {
+            l.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (self.allow.is_empty(), self.deny.is_empty()) {
+            (false, true) => format!("client address in: {}", list(&self.allow)),
+            (true, false) => format!("client address not in: {}", list(&self.deny)),
+            _ => format!(
+                "client address in: {}; not in: {}",
+                list(&self.allow),
+                list(&self.deny)
+            ),
+        }
+    }
+
     async fn request(&self, x: &mut Exchange<'_>) -> Decision {
         if self.admits(x.state.effective_ip) {
             return Decision::Continue;

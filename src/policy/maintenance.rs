@@ -33,6 +33,10 @@ impl Maintenance {
 impl RoutePolicy for Maintenance {
     const NAME: &'static str = "maintenance";
 
+    fn describe(&self) -> String {
+        format!("answers 503 ({:?})", self.message)
+    }
+
     async fn request(&self, x: &mut Exchange<'_>) -> Decision {
         if self
             .allow

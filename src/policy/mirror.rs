@@ -114,6 +114,15 @@ fn head(req: &RequestHeader, host: &str, body_len: usize) -> Vec<u8> {
 impl RoutePolicy for Mirror {
     const NAME: &'static str = "mirror";
 
+    fn describe(&self) -> String {
+        format!(
+            "copies {}.{:02}% of requests to {}",
+            self.share / 100,
+            self.share % 100,
+            self.pool.name
+        )
+    }
+
     /// The request is finished for the upstream: copy it, once per request. A request
     /// without a body is sent at once, one with a body once the body is read.
     fn upstream_request(&self, x: &mut Exchange<'_>, upstream: &mut RequestHeader) -> Result<()> {

@@ -109,8 +109,10 @@ pub struct PolicyState {
     /// A response body being gathered to check against the OpenAPI contract: which of the
     /// operation's responses, and the bytes so far.
     pub contract_body: Option<(usize, Vec<u8>)>,
-    /// What this request records for its spans, when it is traced.
+    /// What this request records for its spans, when it is traced or explained.
     pub trace: Option<Box<crate::observe::spans::Recorder>>,
+    /// The request asked for `Portico-Explain` with the admin token.
+    pub explain: bool,
     /// The mirror's draw has been made (it is made once per request).
     pub mirror_drawn: bool,
     /// The whole request body, when a policy had to read it before going upstream
@@ -169,6 +171,11 @@ pub trait RoutePolicy {
     /// A response the gateway makes itself from upstream answers (composition).
     fn local_response(&self, _x: &mut Exchange<'_>, _resp: &mut ResponseHeader) -> Result<()> {
         Ok(())
+    }
+
+    /// What the policy needs of a request, in a line, for `portico explain`.
+    fn describe(&self) -> String {
+        String::new()
     }
 
     /// Each chunk of the response body on its way to the client.
@@ -239,6 +246,15 @@ impl Build<'_> {
     }
 }
 
+/// The `Portico-Explain` value for a request that asked for it.
+pub fn explain_value(state: &PolicyState, route: Option<&str>) -> Option<String> {
+    if !state.explain {
+        return None;
+    }
+    let rec = state.trace.as_deref()?;
+    Some(rec.summary(route))
+}
+
 /// Turn a policy's `Respond` into the answer, its log line and its metric.
 pub async fn answer(x: &mut Exchange<'_>, policy: &'static str, r: Box<Respond>) -> Result<()> {
     x.metrics.refused(policy, r.reason);
@@ -252,6 +268,15 @@ pub async fn answer(x: &mut Exchange<'_>, policy: &'static str, r: Box<Respond>)
     );
     if r.close {
         x.session.set_keepalive(None);
+    }
+    let mut r = r;
+    if let Some(summary) = explain_value(x.state, Some(x.route)) {
+        if let (Some(relay), Ok(v)) = (&mut r.relay, http::HeaderValue::from_str(&summary)) {
+            let name = http::HeaderName::from_static(crate::observe::spans::EXPLAIN_HEADER);
+            relay.headers.push((name, v));
+        }
+        r.headers
+            .push((crate::observe::spans::EXPLAIN_HEADER, summary));
     }
     if let Some(relay) = r.relay {
         return error_response::relay(

@@ -1,5 +1,6 @@
 //! What the listener a request came in on, and its route, ask of it: plain HTTP
-//! redirected to HTTPS, HSTS on HTTPS, the idle limit of an upgraded connection.
+//! redirected to HTTPS, HSTS on HTTPS, the idle limit of an upgraded connection; and
+//! whether an operator asked (with the admin token) to have the request explained.
 
 use super::Ctx;
 use crate::error_response;
@@ -99,4 +100,25 @@ async fn redirect_https(session: &mut Session, ctx: &Ctx) -> Result<bool> {
     )
     .await?;
     Ok(true)
+}
+
+/// Whether the request carries the debug header with the admin token. The header is
+/// removed either way: it holds a secret and never goes upstream.
+pub fn explain_asked(session: &mut Session, rt: &crate::runtime::Runtime) -> bool {
+    let Some(admin) = &rt.admin else {
+        return false;
+    };
+    let (Some(name), Some(expected)) = (&admin.debug_header, &admin.token_sha256) else {
+        return false;
+    };
+    let req = session.req_header_mut();
+    let Some(value) = req.headers.get(name) else {
+        return false;
+    };
+    use sha2::Digest;
+    // Digests compare in fixed length, so timing says nothing about the token.
+    let digest: [u8; 32] = sha2::Sha256::digest(value.as_bytes().trim_ascii()).into();
+    let asked = &digest == expected;
+    req.remove_header(name);
+    asked
 }

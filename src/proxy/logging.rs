@@ -124,6 +124,10 @@ pub fn send_spans(session: &Session, ctx: &mut Ctx) {
     let (Some(tracer), Some(trace)) = (&ctx.config.rt().tracer, &ctx.trace) else {
         return;
     };
+    // Recorded only to explain the request to an operator: not a sampled trace.
+    if trace.flags & 1 == 0 {
+        return;
+    }
     let req = session.req_header();
     let identity = ctx.policy.identity.as_deref();
     let facts = spans::RequestFacts {

@@ -34,16 +34,20 @@ pub async fn find_route(session: &mut Session, ctx: &Ctx) -> Result<Option<usize
                 )
             }
         };
-    let extra: &[(&str, &str)] = match &allow {
-        Some(a) => &[("allow", a.as_str())],
-        None => &[],
-    };
+    let explain = crate::policy::pipeline::explain_value(&ctx.policy, None);
+    let mut extra: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = &allow {
+        extra.push(("allow", a.as_str()));
+    }
+    if let Some(e) = &explain {
+        extra.push((crate::observe::spans::EXPLAIN_HEADER, e.as_str()));
+    }
     Box::pin(error_response::send(
         session,
         status,
         &message,
         &ctx.request_id,
-        extra,
+        &extra,
     ))
     .await?;
     Ok(None)

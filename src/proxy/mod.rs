@@ -77,14 +77,20 @@ impl ProxyHttp for Gateway {
             .map(|a| a.ip());
         let traceparent = session.req_header().headers.get("traceparent");
         let mut trace = TraceContext::from_header(traceparent.map(|v| v.as_bytes()));
-        if let Some(tracer) = &ctx.config.rt().tracer {
-            let sampled = tracer.sampler.sampled(&trace);
+        let sampled = ctx
+            .config
+            .rt()
+            .tracer
+            .as_ref()
+            .map(|t| t.sampler.sampled(&trace));
+        if let Some(sampled) = sampled {
             trace.set_sampled(sampled);
-            if sampled {
-                ctx.policy.trace = Some(Recorder::new(ctx.times.start));
-            }
         }
         ctx.trace = Some(trace);
+        ctx.policy.explain = edge::explain_asked(session, ctx.config.rt());
+        if sampled == Some(true) || ctx.policy.explain {
+            ctx.policy.trace = Some(Recorder::new(ctx.times.start));
+        }
         Ok(())
     }
 
@@ -340,6 +346,12 @@ impl ProxyHttp for Gateway {
             }
         }
         resp.insert_header(ctx.request_id.header.clone(), ctx.request_id.header_value())?;
+        let route = ctx.route().map(|r| r.name.as_str());
+        if let Some(summary) = crate::policy::pipeline::explain_value(&ctx.policy, route) {
+            if let Ok(v) = http::HeaderValue::from_str(&summary) {
+                resp.insert_header(crate::observe::spans::EXPLAIN_HEADER, v)?;
+            }
+        }
         if let Some(v) = ctx.hsts.take() {
             resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v)?;
         }

@@ -34,9 +34,20 @@ macro_rules! route_policies {
                     $(Policy::$kind(_) => <$kind as RoutePolicy>::NAME,)*
                 }
             }
+
+            pub fn describe(&self) -> String {
+                match self {
+                    $(Policy::$kind(p) => p.describe(),)*
+                }
+            }
         }
 
         impl Pipeline {
+            /// Each policy in the order it runs, with what it needs of a request.
+            pub fn describe(&self) -> Vec<(&'static str, String)> {
+                self.list.iter().map(|p| (p.name(), p.describe())).collect()
+            }
+
             /// Compile every policy the route's config asks for, in list order.
             pub fn from_config(b: &mut Build<'_>) -> Pipeline {
                 let mut list = Vec::new();

@@ -429,6 +429,24 @@ impl RateLimits {
 impl RoutePolicy for RateLimits {
     const NAME: &'static str = "rate_limit";
 
+    fn describe(&self) -> String {
+        let limits: Vec<String> = self
+            .limits
+            .iter()
+            .map(|l| {
+                let mut d = format!("{} ({})", l.name, l.policy);
+                if l.cluster.is_some() {
+                    d.push_str(", shared in Redis");
+                }
+                if l.dry_run {
+                    d.push_str(", dry run");
+                }
+                d
+            })
+            .collect();
+        format!("limits: {}", limits.join("; "))
+    }
+
     async fn request(&self, x: &mut Exchange<'_>) -> Decision {
         let request = Request {
             header: x.session.req_header(),
