@@ -396,6 +396,8 @@ Try these in another terminal:
   curl -s http://{address}/metrics | grep ^portico_requests_total   # Prometheus metrics per route, method, status
   curl -s http://{address}/cache                   # admin: cache entries, bytes, budget, evictions
   curl -s -X POST -H 'Authorization: Bearer {token}' http://{address}/cache/purge -d '{{\"prefix\": \"{g}/api/catalog\"}}'
+  curl -s -o /dev/null -D - -H 'portico-debug: {token}' -H 'x-api-key: demo-key-123' {g}/api/orders | grep -i portico-explain   # route, policies, attempt, timings
+  curl -s -X POST -H 'Authorization: Bearer {token}' http://{address}/explain -d '{{\"request\": \"GET {g}/api/products/2\"}}'   # what the gateway would do, nothing sent
 "
         ));
     }

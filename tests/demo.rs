@@ -141,6 +141,22 @@ fn demo_starts_and_answers() {
         printed.iter().any(|l| l.contains("Bearer staff-token")),
         "{printed:?}"
     );
+    // The printed debug-header example: the request explained in a response header.
+    let token = "demo-admin-token-change-me";
+    let explained = send(
+        "GET",
+        &format!("{url}/api/orders"),
+        &[("portico-debug", token), ("x-api-key", "demo-key-123")],
+    );
+    let line = explained.header("portico-explain").unwrap_or_default();
+    assert!(
+        line.starts_with("route=orders; policies=access:continue:"),
+        "{explained:?}"
+    );
+    assert!(
+        printed.iter().any(|l| l.contains("portico-debug")),
+        "{printed:?}"
+    );
     // The printed --path-as-is examples: decided on the canonical path.
     let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let dotted = raw(
