@@ -541,3 +541,66 @@ routes:
         .iter()
         .any(|(service, s)| service == "portico" && s.name == "upstream attempt"));
 }
+
+#[test]
+fn a_failed_attempt_and_its_retry_are_two_client_spans() {
+    let receiver = Receiver::start();
+    let up = Upstream::start("api");
+    let dead = free_port();
+    let gw = Gateway::start(&format!(
+        r#"tracing:
+  otlp: {{endpoint: "http://{receiver}", headers: {{x-tenant: edge-1}}}}
+upstreams:
+  - name: api
+    algorithm: round_robin
+    targets: [{{address: "127.0.0.1:{dead}"}}, {{address: "{up}"}}]
+routes:
+  - {{name: all, upstream: api, retry: {{attempts: 2}}}}
+"#,
+        receiver = receiver.addr,
+        up = up.addr
+    ));
+    // Round robin: of two requests, at least one starts at the dead target and is retried.
+    let ids = [
+        "8bf92f3577b34da6a3ce929d0e0e4736",
+        "9bf92f3577b34da6a3ce929d0e0e4736",
+    ];
+    for id in ids {
+        let r = send(
+            "GET",
+            &gw.url("/x"),
+            &[("traceparent", &format!("00-{id}-b7ad6b7169203331-01"))],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let retried: Vec<Vec<Span>> = ids
+        .iter()
+        .map(|id| receiver.trace(id))
+        .filter(|spans| named(spans, "upstream attempt").len() == 2)
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "one of the two started at the dead target"
+    );
+    let attempts = named(&retried[0], "upstream attempt");
+    let first = attempts
+        .iter()
+        .find(|a| attr(a, "portico.attempt").as_deref() == Some("1"))
+        .unwrap();
+    let second = attempts
+        .iter()
+        .find(|a| attr(a, "portico.attempt").as_deref() == Some("2"))
+        .unwrap();
+    assert_eq!(attr(first, "server.port"), Some(dead.to_string()));
+    assert!(attr(first, "error.type").is_some(), "{first:#?}");
+    assert_eq!(first.status.as_ref().map(|s| s.code), Some(2), "ERROR");
+    assert_eq!(
+        attr(second, "server.port"),
+        Some(up.addr.port().to_string())
+    );
+    assert_eq!(
+        attr(second, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert!(second.start_time_unix_nano >= first.end_time_unix_nano);
+}

@@ -8,7 +8,9 @@
 #   benches/load/run.sh -m IDLE [TARGET...]
 #
 # Targets (default: all but metrics and accesslog): nginx haproxy control plain routes1000 hs256
-# rs256 ratelimit metrics accesslog observe (both) chain cachehit openapi (routes from
+# rs256 ratelimit metrics accesslog observe (both) chain cachehit trace0 trace1 trace100
+# (OpenTelemetry spans sampled at 0%, 1%, 100% to an OTLP sink, with the admin listener on
+# like metrics) openapi (routes from
 # tests/fixtures/storefront.openapi.yaml; POST /v2/orders with a 1 KB JSON body) validate (the
 # same with validate.request: every request checked) resilient (outlier
 # detection, breaker, retry policy, deadline, concurrency limits). Each round runs every target once, interleaved (A B C A B C ...), so slow
@@ -141,6 +143,28 @@ EOF
 taskset -c 1 nginx -c "$WORK/origin/nginx.conf" -e "$WORK/origin/error.log" &
 PIDS+=($!)
 wait_port "$ORIGIN"
+
+# ---- an OTLP/HTTP sink on CPU 1 for the tracing targets: takes every export, answers 200 --
+OTLP=$(free_port)
+if printf '%s\n' "${TARGETS[@]}" | grep -q '^trace'; then
+  cat >"$WORK/otlp_sink.py" <<'PY'
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+  taskset -c 1 python3 "$WORK/otlp_sink.py" "$OTLP" &
+  PIDS+=($!)
+  wait_port "$OTLP"
+fi
 
 # ---- proxies (started in $(...): their output must not hold its pipe open) --------------------------------------------------------------------------
 declare -A PORT PID
@@ -276,6 +300,14 @@ EOF
       ;;
     cachehit)
       printf 'cache: {memory: 16MiB}\nroutes:\n  - name: all\n    upstream: origin\n    cache: {default_ttl: 60s}\n' ;;
+    trace0|trace1|trace100)
+      # Spans to the sink; the admin listener (metrics on, like the metrics target) shows
+      # what was exported and dropped.
+      local ratio=0.0
+      [ "$target" = trace1 ] && ratio=0.01
+      [ "$target" = trace100 ] && ratio=1.0
+      printf 'tracing:\n  otlp: {endpoint: "http://127.0.0.1:%s"}\n  sample: {ratio: %s}\n' "$OTLP" "$ratio"
+      printf 'admin: {address: "127.0.0.1:%s"}\nroutes:\n  - name: all\n    upstream: origin\n' "$(free_port)" ;;
   esac
 }
 
@@ -519,4 +551,11 @@ for t in targets:
         line += f"  x plain {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
     print(line)
 EOF
+for t in "${TARGETS[@]}"; do
+  case ${t%@*} in
+    trace*)
+      admin=$(sed -n 's/^admin: {address: "\(.*\)"}$/\1/p' "$WORK/$t/portico.yaml")
+      echo "$t spans: $(curl -s "http://$admin/metrics" | grep '^portico_trace_spans_total' | tr '\n' ' ')" ;;
+  esac
+done
 echo "raw results: $RESULTS"

@@ -74,6 +74,13 @@ impl Compression {
 impl RoutePolicy for Compression {
     const NAME: &'static str = "compression";
 
+    fn describe(&self) -> String {
+        format!(
+            "compresses responses of {} bytes or more when the client accepts it",
+            self.min_size
+        )
+    }
+
     fn response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
         if self.wants(resp) {
             switch_on(x.session, self.level)?;

@@ -205,6 +205,14 @@ impl Cors {
 impl RoutePolicy for Cors {
     const NAME: &'static str = "cors";
 
+    fn describe(&self) -> String {
+        if self.any_origin {
+            "CORS headers for any origin".into()
+        } else {
+            format!("CORS headers for {}", self.origins.join(", "))
+        }
+    }
+
     fn response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
         self.respond(x.session.req_header(), resp)
     }

@@ -167,6 +167,20 @@ impl Split {
 impl RoutePolicy for Split {
     const NAME: &'static str = "split";
 
+    fn describe(&self) -> String {
+        let mut out = format!(
+            "sends shares of traffic to {} other upstream(s)",
+            self.sides.len()
+        );
+        if !self.pins.is_empty() {
+            out.push_str(&format!("; {} pin(s) by header or cookie", self.pins.len()));
+        }
+        if self.sticky.is_some() {
+            out.push_str("; sticky per client");
+        }
+        out
+    }
+
     async fn request(&self, x: &mut Exchange<'_>) -> Decision {
         let consumer = x.state.consumer();
         let upstream = self.choose(x.session.req_header(), x.state.client_ip, consumer);

@@ -99,6 +99,24 @@ impl RouteTransforms {
 impl RoutePolicy for RouteTransforms {
     const NAME: &'static str = "transform";
 
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.path.is_some() {
+            parts.push("path");
+        }
+        if self.request_json.is_some() {
+            parts.push("request JSON");
+        }
+        if self.response_json.is_some() {
+            parts.push("response JSON");
+        }
+        if parts.is_empty() {
+            "rewrites headers or the query".into()
+        } else {
+            format!("rewrites headers, query and the {}", parts.join(", "))
+        }
+    }
+
     fn upstream_request(&self, x: &mut Exchange<'_>, upstream: &mut RequestHeader) -> Result<()> {
         let vars = Vars::of(x);
         if self.rewrites_uri() {
