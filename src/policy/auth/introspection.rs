@@ -260,7 +260,7 @@ impl Introspector {
         let mut identity = self.mapping.identity(&self.name, m);
         // Without `exp`, the answer itself is what bounds the token's use.
         identity.expires_at =
-            exp.unwrap_or(now.saturating_add(self.cache_ttl.as_secs()).max(now + 1));
+            exp.unwrap_or_else(|| now.saturating_add(self.cache_ttl.as_secs().max(1)));
         Ok(identity)
     }
 }
