@@ -5,12 +5,14 @@
 use crate::cache::purge;
 use crate::clock;
 use crate::error_response;
+use crate::fleet::{self, Purge};
 use crate::http_reply::{self, json};
 use crate::lifecycle;
 use crate::observe::request_id::RequestId;
 use crate::observe::{access_log, metrics};
 use crate::reload::Reloader;
 use crate::request_parts::request_host;
+use crate::router::normalize_host;
 use crate::runtime::Runtime;
 use crate::upstream::breaker;
 use arc_swap::ArcSwap;
@@ -162,11 +164,20 @@ pub async fn purge_request(
     }
     let host = request_host(req).unwrap_or_default();
     let n = purge::url(rt, host, req.uri.path(), req.uri.query(), &req.headers);
-    let body = json!({"purged": n, "request_id": request_id.as_str()}).to_string();
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{}{target}", normalize_host(host));
+    let mut answer = json!({"purged": n, "request_id": request_id.as_str()});
+    match fleet::publish(rt, &Purge::Url(url)).await {
+        None => {}
+        Some(Ok(())) => answer["fleet"] = json!("published"),
+        Some(Err(e)) => answer["fleet"] = json!(format!("not published: {e}")),
+    }
+    let body = answer.to_string();
     error_response::reply(session, 200, body.into(), request_id, &[]).await
 }
 
-fn purge(rt: &Runtime, body: &[u8]) -> Response<Vec<u8>> {
+/// A purge here, then on every gateway sharing the Redis.
+async fn purge(rt: &Runtime, body: &[u8]) -> Response<Vec<u8>> {
     let req: PurgeRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -178,36 +189,10 @@ fn purge(rt: &Runtime, body: &[u8]) -> Response<Vec<u8>> {
             )
         }
     };
-    let store = rt.cache.store;
-    let purged = match (req.url, req.prefix, req.all) {
-        (Some(url), None, false) => match purge::split_absolute(&url) {
-            Some((host, path, query)) => {
-                purge::url(rt, &host, &path, query.as_deref(), &http::HeaderMap::new())
-            }
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "url must be an absolute http(s) URL",
-                )
-            }
-        },
-        (None, Some(prefix), false) => match purge::split_absolute(&prefix) {
-            Some((host, path, query)) => {
-                let mut p = format!("{host}{path}");
-                if let Some(q) = query {
-                    p.push('?');
-                    p.push_str(&q);
-                }
-                store.purge_prefix(&p)
-            }
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "prefix must be an absolute http(s) URL",
-                )
-            }
-        },
-        (None, None, true) => store.purge_all(),
+    let what = match (req.url, req.prefix, req.all) {
+        (Some(url), None, false) => Purge::Url(url),
+        (None, Some(prefix), false) => Purge::Prefix(prefix),
+        (None, None, true) => Purge::All,
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -215,7 +200,17 @@ fn purge(rt: &Runtime, body: &[u8]) -> Response<Vec<u8>> {
             )
         }
     };
-    json(StatusCode::OK, json!({"purged": purged}))
+    let purged = match fleet::apply(rt, &what) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let mut answer = json!({ "purged": purged });
+    match fleet::publish(rt, &what).await {
+        None => {}
+        Some(Ok(())) => answer["fleet"] = json!("published"),
+        Some(Err(e)) => answer["fleet"] = json!(format!("not published: {e}")),
+    }
+    json(StatusCode::OK, answer)
 }
 
 /// What runs: version, state, which config, and every upstream target's health.
@@ -365,7 +360,7 @@ impl ServeHttp for AdminApi {
                     return refused;
                 }
                 match read_body(session).await {
-                    Ok(body) => purge(&rt, &body),
+                    Ok(body) => purge(&rt, &body).await,
                     Err(refused) => refused,
                 }
             }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod demo;
 pub mod error_response;
 pub mod explain;
+pub mod fleet;
 pub mod forwarding;
 pub mod http_reply;
 pub mod lifecycle;

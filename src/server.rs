@@ -77,6 +77,8 @@ impl BackgroundService for BackgroundTasks {
         if let Some(t) = &rt.tracer {
             crate::observe::otel::spawn_export(t);
         }
+        // Purges from the other gateways sharing the Redis (idle without one).
+        tokio::spawn(crate::fleet::subscribe(self.runtime.clone()));
         if let Some(log) = self.access_log.clone() {
             // Started here, after any daemonizing fork; SIGUSR1 reopens it for logrotate.
             log.get();

@@ -1080,6 +1080,14 @@ pub struct RedisSection {
     /// URL.
     #[serde(default)]
     pub password_file: Option<String>,
+    /// The channel cache purges are published on, so that they reach every gateway
+    /// sharing this Redis.
+    #[serde(default = "default_purge_channel")]
+    pub purge_channel: String,
+}
+
+fn default_purge_channel() -> String {
+    "portico:purge".into()
 }
 
 fn default_redis_timeout() -> Dur {

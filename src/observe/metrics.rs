@@ -42,6 +42,7 @@ pub struct Families {
     jwt_verifications: IntCounterVec,
     auth_calls: IntCounterVec,
     trace_spans: IntCounterVec,
+    fleet_purges: IntCounterVec,
     cert_expiry: IntGaugeVec,
     target_healthy: IntGaugeVec,
     auth: IntCounterVec,
@@ -253,6 +254,12 @@ impl Families {
                 "portico_auth_calls_total",
                 "What providers that ask a service did per credential: call, cache_hit, coalesced (joined a call in flight), timeout, error, discovery_failed",
                 &["provider", "outcome"],
+            ),
+            fleet_purges: counter(
+                reg,
+                "portico_fleet_purges_total",
+                "Cache purges from the fleet's channel: applied (from another gateway), resubscribed (everything purged after a lost subscription)",
+                &["outcome"],
             ),
             trace_spans: counter(
                 reg,
@@ -720,6 +727,11 @@ pub fn auth_call(provider: &str, outcome: &str) {
         .inc();
 }
 
+/// One purge from the fleet's channel.
+pub fn fleet_purge(outcome: &str) {
+    families().fleet_purges.with_label_values(&[outcome]).inc();
+}
+
 /// The span counter of one outcome.
 pub fn trace_spans_counter(outcome: &str) -> prometheus::IntCounter {
     families().trace_spans.with_label_values(&[outcome])
@@ -786,6 +798,7 @@ mod tests {
             &f.jwt_verifications,
             &f.auth_calls,
             &f.trace_spans,
+            &f.fleet_purges,
             &f.cert_expiry,
             &f.target_healthy,
             &f.auth,

@@ -64,6 +64,8 @@ pub struct RedisLimiter {
     pub timeout: Duration,
     pub fail_open: bool,
     pub key_prefix: String,
+    /// The channel cache purges are published on for the other gateways.
+    pub purge_channel: String,
     /// Decisions that Redis could not make (errors and timeouts).
     pub failures: AtomicU64,
     /// What the connection was made from, to keep it over a reload that changes neither.
@@ -102,6 +104,7 @@ impl RedisLimiter {
             timeout,
             fail_open,
             key_prefix,
+            purge_channel: "portico:purge".into(),
             failures: AtomicU64::new(0),
             source: None,
         })
@@ -142,6 +145,7 @@ impl RedisLimiter {
         ) {
             Ok(mut l) => {
                 l.source = Some(source);
+                l.purge_channel = r.purge_channel.clone();
                 Some(Arc::new(l))
             }
             Err(e) => {
@@ -149,6 +153,34 @@ impl RedisLimiter {
                 None
             }
         }
+    }
+
+    /// Publish `message` on `channel` (within the timeout the limits use, at least a
+    /// second: a purge is rarer and matters more than one decision).
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), String> {
+        let deadline = self.timeout.max(Duration::from_secs(1));
+        let send = async {
+            let mut conn = self.connection().await?;
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(deadline, send)
+            .await
+            .map_err(|_| format!("no answer within {deadline:?}"))?
+    }
+
+    /// A connection of its own for subscribing (a subscribed connection can do nothing else).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, String> {
+        let deadline = self.timeout.max(Duration::from_secs(1));
+        tokio::time::timeout(deadline, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| format!("no connection within {deadline:?}"))?
+            .map_err(|e| e.to_string())
     }
 
     /// A connection to Redis failed less than a second ago: answer at once instead of
