@@ -118,7 +118,10 @@ fn introspection_server() -> Upstream {
     idp
 }
 
-fn introspection_gateway(up: &Upstream, idp_addr: &str, admin: u16) -> Gateway {
+/// `timeout` is how long the gateway waits for the endpoint: generous where the endpoint is
+/// meant to answer (a loaded machine must not turn an answer into a 503), short where the
+/// test holds it on purpose.
+fn introspection_gateway(up: &Upstream, idp_addr: &str, admin: u16, timeout: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap().keep();
     let secret = dir.join("client-secret");
     std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
@@ -134,13 +137,13 @@ auth:
       issuer: https://id.test
       audiences: [portico]
       cache_ttl: 60s
-      timeout: 400ms
+      timeout: {timeout}
       forward_claims: {{email: x-user-email}}
     - name: lenient
       endpoint: http://{idp_addr}/oauth2/introspect
       client_id: portico
       client_secret_file: {secret}
-      timeout: 400ms
+      timeout: {timeout}
       on_failure: allow
 upstreams:
   - {{name: api, targets: [{{address: "{up}"}}]}}
@@ -163,7 +166,7 @@ fn introspection_admits_active_tokens_refuses_the_rest_and_keeps_answers() {
     let up = Upstream::start("api");
     let idp = introspection_server();
     let admin = free_port();
-    let gw = introspection_gateway(&up, &idp.addr.to_string(), admin);
+    let gw = introspection_gateway(&up, &idp.addr.to_string(), admin, "60s");
     let url = gw.url("/orders/7");
 
     let r = send(
@@ -243,7 +246,7 @@ fn introspection_stampede_makes_one_call() {
     let gate = Gate::new(usize::MAX);
     idp.set_gate(gate.clone());
     let admin = free_port();
-    let gw = introspection_gateway(&up, &idp.addr.to_string(), admin);
+    let gw = introspection_gateway(&up, &idp.addr.to_string(), admin, "60s");
     let url = gw.url("/orders/1");
     let opener = {
         let gate = gate.clone();
@@ -282,7 +285,7 @@ fn introspection_slow_or_down_answers_503_or_lets_through_as_configured() {
     let up = Upstream::start("api");
     let idp = introspection_server();
     let admin = free_port();
-    let gw = introspection_gateway(&up, &idp.addr.to_string(), admin);
+    let gw = introspection_gateway(&up, &idp.addr.to_string(), admin, "2s");
 
     // Slow: the endpoint holds its answer until the test has the gateway's.
     let gate = Gate::new(usize::MAX);
@@ -389,14 +392,15 @@ fn authz_server() -> Upstream {
     authz
 }
 
-fn forward_auth_gateway(up: &Upstream, authz: &str, admin: u16) -> Gateway {
+/// `timeout`: as for [`introspection_gateway`].
+fn forward_auth_gateway(up: &Upstream, authz: &str, admin: u16, timeout: &str) -> Gateway {
     Gateway::start(&format!(
         r#"admin: {{address: 127.0.0.1:{admin}}}
 auth:
   external:
     - name: authz
       url: http://{authz}/check
-      timeout: 400ms
+      timeout: {timeout}
       forward_headers: [authorization]
       upstream_headers: [x-user-id]
       consumer_header: x-user-name
@@ -405,11 +409,11 @@ auth:
       url: http://{authz}/check-body
       forward_headers: [authorization]
       forward_body: {{max: 16B}}
-      timeout: 400ms
+      timeout: {timeout}
     - name: authz-open
       url: http://{authz}/check
       forward_headers: [authorization]
-      timeout: 400ms
+      timeout: {timeout}
       on_failure: allow
 upstreams:
   - {{name: api, targets: [{{address: "{up}"}}]}}
@@ -427,7 +431,7 @@ fn forward_auth_admits_copies_headers_and_relays_refusals() {
     let up = Upstream::start("api");
     let authz = authz_server();
     let admin = free_port();
-    let gw = forward_auth_gateway(&up, &authz.addr.to_string(), admin);
+    let gw = forward_auth_gateway(&up, &authz.addr.to_string(), admin, "60s");
 
     // Admitted: the service saw the canonical path, the client's address and the listed
     // header; the upstream sees the copied header and the consumer, never a client's own.
@@ -522,7 +526,7 @@ fn forward_auth_admits_copies_headers_and_relays_refusals() {
 fn forward_auth_sends_the_body_it_decides_on_and_the_upstream_gets_it_too() {
     let up = Upstream::start("api");
     let authz = authz_server();
-    let gw = forward_auth_gateway(&up, &authz.addr.to_string(), free_port());
+    let gw = forward_auth_gateway(&up, &authz.addr.to_string(), free_port(), "60s");
     let r = send_body(
         "POST",
         &gw.url("/uploads"),
@@ -557,7 +561,7 @@ fn forward_auth_stampede_makes_one_call() {
     let gate = Gate::new(usize::MAX);
     authz.set_gate(gate.clone());
     let admin = free_port();
-    let gw = forward_auth_gateway(&up, &authz.addr.to_string(), admin);
+    let gw = forward_auth_gateway(&up, &authz.addr.to_string(), admin, "60s");
     let opener = {
         let gate = gate.clone();
         std::thread::spawn(move || {
@@ -594,7 +598,7 @@ fn forward_auth_slow_or_down_answers_503_or_lets_through_as_configured() {
     let up = Upstream::start("api");
     let authz = authz_server();
     let admin = free_port();
-    let gw = forward_auth_gateway(&up, &authz.addr.to_string(), admin);
+    let gw = forward_auth_gateway(&up, &authz.addr.to_string(), admin, "2s");
     let gate = Gate::new(usize::MAX);
     authz.set_gate(gate.clone());
     let r = send(
