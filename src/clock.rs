@@ -23,6 +23,13 @@ fn fallback_ms() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
+/// Seconds since the Unix epoch (0 before it), for token lifetimes (`exp`, `nbf`).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

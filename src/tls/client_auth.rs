@@ -122,6 +122,16 @@ pub fn build_verifier(
     builder.build().map_err(|e| format!("{ca_file:?}: {e}"))
 }
 
+impl ClientVerifier {
+    /// The verifier in use; none means no certificate is asked for, so none can arrive.
+    fn installed(&self) -> Result<Arc<dyn ClientCertVerifier>, RusTlsError> {
+        self.current
+            .load_full()
+            .map(|v| Arc::clone(&*v))
+            .ok_or_else(|| RusTlsError::General("client certificates are not asked for".into()))
+    }
+}
+
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         self.current.load().is_some()
@@ -145,12 +155,8 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, RusTlsError> {
-        match self.current.load().as_ref() {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
-            None => Err(RusTlsError::General(
-                "client certificates are not asked for".into(),
-            )),
-        }
+        self.installed()?
+            .verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -159,12 +165,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<pingora_rustls::HandshakeSignatureValid, RusTlsError> {
-        match self.current.load().as_ref() {
-            Some(v) => v.verify_tls12_signature(message, cert, dss),
-            None => Err(RusTlsError::General(
-                "client certificates are not asked for".into(),
-            )),
-        }
+        self.installed()?.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -173,12 +174,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<pingora_rustls::HandshakeSignatureValid, RusTlsError> {
-        match self.current.load().as_ref() {
-            Some(v) => v.verify_tls13_signature(message, cert, dss),
-            None => Err(RusTlsError::General(
-                "client certificates are not asked for".into(),
-            )),
-        }
+        self.installed()?.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// An introspection answer larger than this is not one.
 const MAX_ANSWER: usize = 64 << 10;
@@ -46,11 +46,7 @@ pub struct Introspector {
     counters: CallCounters,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_secs as now;
 
 /// RFC 6749 §2.3.1: the client id and secret are form-encoded, then joined for Basic.
 fn basic(client_id: &str, secret: &str) -> Option<HeaderValue> {

@@ -15,7 +15,7 @@ use pingora_memory_cache::MemoryCache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Verified tokens kept per provider.
 const CACHE_ENTRIES: usize = 65_536;
@@ -59,11 +59,7 @@ pub struct ProviderSpec {
 
 const SPEC_CLAIMS: [&str; 5] = ["exp", "nbf", "aud", "iss", "sub"];
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_secs as now;
 
 fn reject_for(kind: &ErrorKind) -> Reject {
     match kind {

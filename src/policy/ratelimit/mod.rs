@@ -404,6 +404,8 @@ pub struct RateLimits {
     limits: Vec<Limit>,
     store: Arc<GcraStore>,
     redis: Option<Arc<RedisLimiter>>,
+    /// Some limit is decided in Redis (for the trace), known at load.
+    in_redis: bool,
 }
 
 impl RateLimits {
@@ -418,10 +420,13 @@ impl RateLimits {
         let route = (b.route.name.as_str(), b.path_match);
         let have_redis = b.src.config.redis.is_some();
         let limits = compile(&path, limits, route, have_redis, b.faults);
+        let redis = b.src.redis.cloned();
+        let in_redis = redis.is_some() && limits.iter().any(|l| l.cluster.is_some());
         (!limits.is_empty()).then(|| RateLimits {
             limits,
             store: b.src.limiter.clone(),
-            redis: b.src.redis.cloned(),
+            redis,
+            in_redis,
         })
     }
 }
@@ -454,8 +459,7 @@ impl RoutePolicy for RateLimits {
             consumer: x.state.consumer(),
         };
         let decided = decide(&self.limits, &self.store, self.redis.as_deref(), &request).await;
-        x.state.rate_limit_redis =
-            self.redis.is_some() && self.limits.iter().any(|l| l.cluster.is_some());
+        x.state.rate_limit_redis = self.in_redis;
         if let Some((why, refuse)) = &decided.store_failed {
             x.metrics.rate_limit_store_error();
             log::warn!(
