@@ -324,6 +324,7 @@ auth:
     - name: authz
       url: http://authz.example.com/check?x=1
       forward_body: {max: 1MiB}
+      client_headers: [content-type, transfer-encoding]
       cache: {ttl: 30s, key: [bogus, \"header:bad header\"]}
 upstreams:
   - name: u
@@ -346,6 +347,7 @@ routes:
         "auth.external[0].url: the request's own query is sent",
         "auth.external[0].forward_body.max: between 1 byte and 64KiB",
         "auth.external[0].cache.key[0]: \"bogus\" is not a key part",
+        "auth.external[0].client_headers[1]: \"transfer-encoding\" frames the message",
         "auth.external[0].cache.key[1]: \"bad header\" is not a valid header name",
         "routes[0].access.providers[2]: no provider named \"nobody\"",
     ] {

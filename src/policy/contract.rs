@@ -6,10 +6,8 @@
 //! Pingora's 64 KiB retry buffer, which then sends it on), and only for operations that
 //! declare a JSON body.
 
-use super::pipeline::{
-    body_too_large, read_request_body, Build, Decision, Exchange, Respond, RoutePolicy,
-};
-use crate::request_parts::{declared_length, is_json_media, media_type};
+use super::pipeline::{read_request_body, Build, Decision, Exchange, Respond, RoutePolicy};
+use crate::request_parts::{is_json_media, media_type};
 use bytes::Bytes;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -381,7 +379,6 @@ impl RequestValidation {
     ) -> Result<(), Box<Respond>> {
         let headers = &x.session.req_header().headers;
         let declared = media_type(headers.get(http::header::CONTENT_TYPE));
-        let length = declared_length(headers);
         let has_body = !x.session.is_body_empty();
         if !has_body {
             if body.required {
@@ -413,10 +410,6 @@ impl RequestValidation {
         }
         if body.json.is_none() || !is_json_media(&media) {
             return Ok(());
-        }
-        if length.is_some_and(|l| l > self.contract.max_body) {
-            // Refused before a byte of it is read.
-            return Err(body_too_large(self.contract.max_body));
         }
         let raw = read_request_body(x, self.contract.max_body).await?;
         self.contract.check_json_body(&raw, found);

@@ -307,6 +307,11 @@ pub async fn read_request_body(x: &mut Exchange<'_>, limit: u64) -> Result<Bytes
         }
         return Ok(body.clone());
     }
+    let declared = crate::request_parts::declared_length(&x.session.req_header().headers);
+    if declared.is_some_and(|l| l > limit) {
+        // Refused before a byte of it is read.
+        return Err(body_too_large(limit));
+    }
     x.session.as_mut().enable_retry_buffering();
     let mut raw = Vec::new();
     loop {

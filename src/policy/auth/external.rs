@@ -57,11 +57,34 @@ pub struct ExternalAuth {
     counters: CallCounters,
 }
 
+/// Headers that frame or route a message: the gateway sets them itself, so a service's
+/// copies are never passed on, either way.
+const FRAMING: [&str; 8] = [
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 fn headers(path: String, names: &[String], faults: &mut Vec<Fault>) -> Vec<HeaderName> {
     names
         .iter()
         .enumerate()
-        .filter_map(|(i, n)| super::claims::header_name(format!("{path}[{i}]"), n, faults))
+        .filter_map(|(i, n)| {
+            let h = super::claims::header_name(format!("{path}[{i}]"), n, faults)?;
+            if FRAMING.contains(&h.as_str()) {
+                faults.push(Fault::new(
+                    format!("{path}[{i}]"),
+                    format!("{n:?} frames the message; the gateway sets it itself"),
+                ));
+                return None;
+            }
+            Some(h)
+        })
         .collect()
 }
 
@@ -335,6 +358,13 @@ impl ExternalAuth {
             }
         };
         let status = reply.status();
+        if status < 200 {
+            // Not a decision (Pingora reads past 100 Continue; a 101 or another 1xx here
+            // cannot be passed on as an answer).
+            self.counters.error.inc();
+            log::warn!("external auth {}: answered {status}", self.name);
+            return Outcome::Unavailable;
+        }
         let h = &reply.header.headers;
         if (200..300).contains(&status) {
             let consumer = self
