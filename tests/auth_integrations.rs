@@ -37,13 +37,32 @@ fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Script {
     }
 }
 
-/// One sample of a metric from the admin listener (0 when absent).
-fn metric(admin: u16, name: &str, labels: &str) -> f64 {
-    let text = admin_get(admin, "/metrics").body;
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// 100 concurrent requests with one credential while `service` holds its answer until 99
+/// of them have joined the first one's call (the gateway's `coalesced` count says so):
+/// their statuses, once the gate opened.
+fn stampede(
+    service: &Upstream,
+    admin: u16,
+    provider: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Vec<u16> {
+    let gate = Gate::new(usize::MAX);
+    service.set_gate(gate.clone());
+    let labels = format!("outcome=\"coalesced\",provider=\"{provider}\"");
+    let opener = std::thread::spawn(move || {
+        let joined = eventually(Duration::from_secs(60), || {
+            metric(admin, "portico_auth_calls_total", &labels) >= 99.0
+        });
+        gate.open();
+        joined
+    });
+    let statuses = concurrently(100, url, headers);
+    assert!(
+        opener.join().unwrap(),
+        "99 requests joined the call in flight"
+    );
+    statuses
 }
 
 /// Send `n` requests at once, each from its own thread; their statuses.
@@ -242,31 +261,10 @@ fn introspection_admits_active_tokens_refuses_the_rest_and_keeps_answers() {
 fn introspection_stampede_makes_one_call() {
     let up = Upstream::start("api");
     let idp = introspection_server();
-    // Hold the endpoint's answer until every request but the first has joined its call.
-    let gate = Gate::new(usize::MAX);
-    idp.set_gate(gate.clone());
     let admin = free_port();
     let gw = introspection_gateway(&up, &idp.addr.to_string(), admin, "60s");
-    let url = gw.url("/orders/1");
-    let opener = {
-        let gate = gate.clone();
-        std::thread::spawn(move || {
-            let joined = eventually(Duration::from_secs(60), || {
-                metric(
-                    admin,
-                    "portico_auth_calls_total",
-                    "outcome=\"coalesced\",provider=\"opaque\"",
-                ) >= 99.0
-            });
-            gate.open();
-            joined
-        })
-    };
-    let statuses = concurrently(100, &url, &[("authorization", "Bearer good-stampede")]);
-    assert!(
-        opener.join().unwrap(),
-        "99 requests joined the call in flight"
-    );
+    let auth = [("authorization", "Bearer good-stampede")];
+    let statuses = stampede(&idp, admin, "opaque", &gw.url("/orders/1"), &auth);
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         100,
@@ -558,39 +556,17 @@ fn forward_auth_sends_the_body_it_decides_on_and_the_upstream_gets_it_too() {
 fn forward_auth_stampede_makes_one_call() {
     let up = Upstream::start("api");
     let authz = authz_server();
-    let gate = Gate::new(usize::MAX);
-    authz.set_gate(gate.clone());
     let admin = free_port();
     let gw = forward_auth_gateway(&up, &authz.addr.to_string(), admin, "60s");
-    let opener = {
-        let gate = gate.clone();
-        std::thread::spawn(move || {
-            let joined = eventually(Duration::from_secs(60), || {
-                metric(
-                    admin,
-                    "portico_auth_calls_total",
-                    "outcome=\"coalesced\",provider=\"authz\"",
-                ) >= 99.0
-            });
-            gate.open();
-            joined
-        })
-    };
-    let statuses = concurrently(
-        100,
-        &gw.url("/orders/1"),
-        &[("authorization", "Bearer let-me-in")],
-    );
-    assert!(
-        opener.join().unwrap(),
-        "99 requests joined the call in flight"
-    );
+    let auth = [("authorization", "Bearer let-me-in")];
+    let statuses = stampede(&authz, admin, "authz", &gw.url("/orders/1"), &auth);
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         100,
         "{statuses:?}"
     );
     assert_eq!(authz.count(), 1, "one call for 100 concurrent requests");
+    assert_eq!(up.count(), 100);
 }
 
 #[test]

@@ -96,9 +96,21 @@ async fn serve(mut conn: tokio::net::TcpStream, spans: Arc<Mutex<Vec<(String, Sp
     }
 }
 
+type Kept = Arc<Mutex<Vec<(String, Span)>>>;
+
 impl Receiver {
+    /// OTLP over HTTP/1.1.
     fn start() -> Receiver {
-        let spans: Arc<Mutex<Vec<(String, Span)>>> = Arc::default();
+        Receiver::listen(serve)
+    }
+
+    /// A receiver on a free port whose connections `serve` takes.
+    fn listen<F, Fut>(serve: F) -> Receiver
+    where
+        F: Fn(tokio::net::TcpStream, Kept) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let spans: Kept = Arc::default();
         let listener = rt()
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", free_port())))
             .unwrap();
@@ -400,13 +412,7 @@ routes:
         assert_eq!(send("GET", &gw.url("/x"), &[]).status, 200);
     }
     assert_eq!(up.count(), 30);
-    let lost = || {
-        let text = admin_get(admin, "/metrics").body;
-        text.lines()
-            .filter(|l| l.starts_with("portico_trace_spans_total") && l.contains("dropped"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let lost = || metric(admin, "portico_trace_spans_total", "dropped");
     assert!(
         eventually(Duration::from_secs(60), || lost() >= 60.0),
         "every span of the 30 requests (a server span and an attempt each) is counted as lost: {}",
@@ -457,54 +463,43 @@ routes:
 /// An OTLP/gRPC receiver on HTTP/2 (h2c): the `TraceService/Export` call, its message in
 /// gRPC framing, answered with an empty response and `grpc-status: 0`.
 fn grpc_receiver() -> Receiver {
-    let spans: Arc<Mutex<Vec<(String, Span)>>> = Arc::default();
-    let listener = rt()
-        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", free_port())))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let kept = spans.clone();
-    let task = rt().spawn(async move {
-        while let Ok((conn, _)) = listener.accept().await {
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let Ok(mut h2) = h2::server::handshake(conn).await else {
-                    return;
-                };
-                while let Some(Ok((req, mut respond))) = h2.accept().await {
-                    let kept = kept.clone();
-                    tokio::spawn(async move {
-                        assert_eq!(
-                            req.uri().path(),
-                            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-                        );
-                        assert_eq!(req.headers()["x-tenant"], "edge-1");
-                        let mut body = req.into_body();
-                        let mut raw = Vec::new();
-                        while let Some(Ok(chunk)) = body.data().await {
-                            let _ = body.flow_control().release_capacity(chunk.len());
-                            raw.extend_from_slice(&chunk);
-                        }
-                        // 1 byte compressed flag, 4 bytes length, the message.
-                        kept.lock().unwrap().extend(decode(&raw[5..]));
-                        let response = http::Response::builder()
-                            .status(200)
-                            .header("content-type", "application/grpc")
-                            .body(())
-                            .unwrap();
-                        let Ok(mut stream) = respond.send_response(response, false) else {
-                            return;
-                        };
-                        let _ =
-                            stream.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
-                        let _ = stream.send_trailers(trailers);
-                    });
-                }
-            });
-        }
-    });
-    Receiver { addr, spans, task }
+    Receiver::listen(serve_grpc)
+}
+
+async fn serve_grpc(conn: tokio::net::TcpStream, kept: Kept) {
+    let Ok(mut h2) = h2::server::handshake(conn).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = h2.accept().await {
+        let kept = kept.clone();
+        tokio::spawn(async move {
+            assert_eq!(
+                req.uri().path(),
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            );
+            assert_eq!(req.headers()["x-tenant"], "edge-1");
+            let mut body = req.into_body();
+            let mut raw = Vec::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                raw.extend_from_slice(&chunk);
+            }
+            // 1 byte compressed flag, 4 bytes length, the message.
+            kept.lock().unwrap().extend(decode(&raw[5..]));
+            let response = http::Response::builder()
+                .status(200)
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            let Ok(mut stream) = respond.send_response(response, false) else {
+                return;
+            };
+            let _ = stream.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let _ = stream.send_trailers(trailers);
+        });
+    }
 }
 
 #[test]

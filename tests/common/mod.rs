@@ -962,6 +962,17 @@ pub fn admin_get(port: u16, path: &str) -> Resp {
     get(&format!("http://127.0.0.1:{port}{path}"))
 }
 
+/// The sum of the samples of metric `name` whose labels contain `labels`, from the admin
+/// listener on `admin` (0 when there is none).
+pub fn metric(admin: u16, name: &str, labels: &str) -> f64 {
+    admin_get(admin, "/metrics")
+        .body
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn get(url: &str) -> Resp {
     send("GET", url, &[])
 }
