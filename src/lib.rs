@@ -23,6 +23,7 @@ pub mod periodic;
 pub mod policy;
 pub mod proxy;
 pub mod random;
+pub mod redis_link;
 pub mod reload;
 pub mod request_parts;
 pub mod route;

@@ -1063,12 +1063,23 @@ impl Default for Sampling {
     }
 }
 
-/// The Redis server that keeps cluster-wide rate limits.
+/// The Redis deployment the fleet shares: cluster-wide rate limits and cache purges.
 #[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
-    /// `redis://[:password@]host:port[/db]`.
-    pub url: String,
+    /// `standalone` (one server at `url`), `cluster` (a Redis Cluster reached through any of
+    /// `urls`) or `sentinel` (the master of `master_name`, as the Sentinels at `urls` name it).
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// `redis://[:password@]host:port[/db]`, for `standalone`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Seed nodes of a cluster, or the Sentinels; any one reachable is enough.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// The master's name as the Sentinels know it (`sentinel` mode).
+    #[serde(default)]
+    pub master_name: Option<String>,
     /// Longest wait for a decision before `on_failure` applies.
     #[serde(default = "default_redis_timeout")]
     pub timeout: Dur,
@@ -1095,6 +1106,16 @@ fn default_redis_timeout() -> Dur {
 }
 fn default_redis_prefix() -> String {
     "portico:rl:".into()
+}
+
+/// How the gateway finds its Redis.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Cluster,
+    Sentinel,
 }
 
 /// What cluster limits do when Redis cannot decide.

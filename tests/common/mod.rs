@@ -2,6 +2,7 @@
 //! upstream HTTP servers in this process, and a real HTTP client.
 #![allow(dead_code)]
 
+pub mod redis_deployments;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -837,9 +838,25 @@ impl RedisServer {
 
     /// With more `redis-server` arguments, e.g. `--requirepass`.
     pub fn start_with(port: u16, args: &[&str]) -> RedisServer {
+        Self::spawn(port, None, args)
+    }
+
+    /// A Sentinel (Redis in sentinel mode) with `config`; it rewrites its file, so the file
+    /// lives in the server's own directory.
+    pub fn start_sentinel(port: u16, config: &str) -> RedisServer {
+        Self::spawn(port, Some(config), &["--sentinel"])
+    }
+
+    fn spawn(port: u16, config: Option<&str>, args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("redis.log");
-        let mut child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(text) = config {
+            let file = dir.path().join("redis.conf");
+            std::fs::write(&file, text).expect("redis config");
+            command.arg(file);
+        }
+        let mut child = command
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path())
@@ -866,11 +883,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Kill it, as a crash would.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = &self.log;
     }
 }
 

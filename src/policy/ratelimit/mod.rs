@@ -38,12 +38,32 @@ pub struct Limit {
     key: LimitKey,
     pub dry_run: bool,
     pub headers_on_success: bool,
-    /// Counted in Redis, shared by every gateway, under `route:limit`.
-    cluster: Option<String>,
+    /// Counted in Redis, shared by every gateway.
+    cluster: Option<ClusterScope>,
     /// `"name";q=10;w=1`, ready for RateLimit-Policy.
     policy: String,
     /// IPv6 clients are keyed by their network of this length.
     ipv6_prefix: u8,
+}
+
+/// Where a cluster limit's counters live in Redis.
+#[derive(Debug, Clone)]
+struct ClusterScope {
+    route: String,
+    limit: String,
+    tag: SlotTag,
+}
+
+/// How a route's cluster-limit keys share one hash slot of a Redis Cluster, so that all
+/// cluster limits of a request are still decided by one atomic script.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SlotTag {
+    /// Every cluster limit of the route counts by the same key: the tag is the route and
+    /// the key's value, so different clients' counters spread over the masters.
+    RouteAndValue,
+    /// The limits count by different keys: the tag is the route, so all of its counters
+    /// live on one master.
+    Route,
 }
 
 /// What a request sees of the route's limits.
@@ -108,13 +128,27 @@ fn key_parts<'a>(
 
 impl Limit {
     /// The Redis key: readable scope, then a digest of the value (bounded length, no
-    /// control characters from clients).
-    fn redis_key(&self, prefix: &str, scope: &str, req: &Request) -> String {
+    /// control characters from clients). On a Redis Cluster the key carries a hash tag
+    /// (`{...}`) that every key of the request shares.
+    fn redis_key(
+        &self,
+        prefix: &str,
+        scope: &ClusterScope,
+        clustered: bool,
+        req: &Request,
+    ) -> String {
         use sha2::{Digest, Sha256};
         let mut scratch = [0u8; 16];
         let (kind, value) = key_parts(&self.key, self.ipv6_prefix, req, &mut scratch);
-        let digest = Sha256::digest(value);
-        format!("{prefix}{scope}:{kind}:{}", hex::encode(&digest[..16]))
+        let value = hex::encode(&Sha256::digest(value)[..16]);
+        let ClusterScope { route, limit, tag } = scope;
+        match (clustered, tag) {
+            (false, _) => format!("{prefix}{route}:{limit}:{kind}:{value}"),
+            (true, SlotTag::Route) => format!("{prefix}{{{route}}}:{limit}:{kind}:{value}"),
+            (true, SlotTag::RouteAndValue) => {
+                format!("{prefix}{{{route}:{kind}:{value}}}:{limit}")
+            }
+        }
     }
 
     fn store_key(&self, store: &GcraStore, req: &Request) -> u64 {
@@ -174,9 +208,14 @@ pub async fn decide(
                 .iter()
                 .map(|&i| {
                     let l = &limits[i];
-                    let scope = l.cluster.as_deref().unwrap_or_default();
+                    let key = match &l.cluster {
+                        Some(scope) => {
+                            l.redis_key(&redis.key_prefix, scope, redis.clustered(), req)
+                        }
+                        None => String::new(),
+                    };
                     redis::Check {
-                        key: l.redis_key(&redis.key_prefix, scope, req),
+                        key,
                         interval_us: (l.gcra.interval / 1000).max(1),
                         tolerance_us: l.gcra.tolerance / 1000,
                         enforce: !l.dry_run,
@@ -391,10 +430,23 @@ pub fn compile(
             key,
             dry_run: l.dry_run,
             headers_on_success: l.headers_on_success,
-            cluster: l.cluster.then(|| format!("{route_name}:{}", l.name)),
+            cluster: l.cluster.then(|| ClusterScope {
+                route: route_name.to_string(),
+                limit: l.name.clone(),
+                tag: SlotTag::RouteAndValue,
+            }),
             policy: policy(&l.name, l.requests, l.per.0, burst),
             ipv6_prefix: l.ipv6_prefix,
         });
+    }
+    // One request's cluster keys must share a slot; they can share the value's only when
+    // every cluster limit counts by the same key.
+    let mut keys = limits.iter().filter(|l| l.cluster).map(|l| &l.key);
+    let same_key = keys.next().is_none_or(|first| keys.all(|k| k == first));
+    if !same_key {
+        for scope in out.iter_mut().filter_map(|l| l.cluster.as_mut()) {
+            scope.tag = SlotTag::Route;
+        }
     }
     out
 }
@@ -514,5 +566,64 @@ impl RoutePolicy for RateLimits {
 
     fn local_response(&self, x: &mut Exchange<'_>, resp: &mut ResponseHeader) -> Result<()> {
         self.response(x, resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(name: &str, key: &str) -> config::RateLimit {
+        serde_yaml::from_str(&format!(
+            "{{name: {name}, requests: 10, per: 1s, key: {key}, cluster: true}}"
+        ))
+        .expect("a limit")
+    }
+
+    /// The hash tag: what Redis Cluster hashes, the text between the first `{` and `}`.
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').expect("a hash tag");
+        let close = key[open..].find('}').expect("a closed hash tag");
+        &key[open + 1..open + close]
+    }
+
+    fn keys(limits: &[config::RateLimit], ip: [u8; 4], clustered: bool) -> Vec<String> {
+        let mut faults = Vec::new();
+        let compiled = compile("r", limits, ("api", &PathMatch::Any), true, &mut faults);
+        assert!(faults.is_empty(), "{faults:?}");
+        let header = RequestHeader::build("GET", b"/", None).expect("a request");
+        let req = Request {
+            header: &header,
+            client_ip: Some(IpAddr::from(ip)),
+            consumer: None,
+        };
+        compiled
+            .iter()
+            .map(|l| {
+                let scope = l.cluster.as_ref().expect("a cluster limit");
+                l.redis_key("rl:", scope, clustered, &req)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_requests_cluster_keys_share_one_hash_slot() {
+        // Same key for every limit: the tag holds the client, so clients spread.
+        let same = [limit("second", "client_ip"), limit("minute", "client_ip")];
+        let a = keys(&same, [10, 0, 0, 1], true);
+        assert_eq!(tag(&a[0]), tag(&a[1]));
+        assert!(tag(&a[0]).starts_with("api:ip:"), "{a:?}");
+        let b = keys(&same, [10, 0, 0, 2], true);
+        assert_ne!(tag(&a[0]), tag(&b[0]), "two clients, two slots");
+        assert_ne!(a[0], a[1], "two limits, two counters");
+        // Different keys: the route is the tag, for every client.
+        let mixed = [limit("per-ip", "client_ip"), limit("total", "route")];
+        let c = keys(&mixed, [10, 0, 0, 1], true);
+        assert_eq!(tag(&c[0]), "api");
+        assert_eq!(tag(&c[1]), "api");
+        // Standalone keys stay as they were (a rolling upgrade keeps counting the same).
+        let plain = keys(&same, [10, 0, 0, 1], false);
+        assert!(plain[0].starts_with("rl:api:second:ip:"), "{plain:?}");
+        assert!(!plain[0].contains('{'));
     }
 }

@@ -8,16 +8,15 @@
 //!
 //! When Redis fails or answers later than `timeout`, the configured policy applies:
 //! `fail_open` admits the request (cluster limits are skipped), `fail_closed` answers 503.
-//! Either way the failure is logged and counted; after a failed connect no new connection
-//! is tried for a second, so an outage costs no more than a check per request.
+//! Either way the failure is logged and counted. How Redis is reached (one server, a
+//! Cluster, Sentinel) is `redis_link`'s business.
 
 use super::local::Verdict;
-use crate::config::Fault;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::config::{Fault, RedisMode};
+use crate::redis_link::{Op, RedisLink};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
@@ -57,9 +56,7 @@ pub struct Check {
 }
 
 pub struct RedisLimiter {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
-    last_connect_failure: Mutex<Option<Instant>>,
+    pub link: RedisLink,
     script: redis::Script,
     pub timeout: Duration,
     pub fail_open: bool,
@@ -69,7 +66,7 @@ pub struct RedisLimiter {
     /// Decisions that Redis could not make (errors and timeouts).
     pub failures: AtomicU64,
     /// What the connection was made from, to keep it over a reload that changes neither.
-    source: Option<RedisSource>,
+    source: RedisSource,
 }
 
 /// The `redis` section and the digest of its password file: a changed password counts as a
@@ -81,35 +78,6 @@ pub struct RedisSource {
 }
 
 impl RedisLimiter {
-    pub fn new(
-        url: &str,
-        password: Option<String>,
-        timeout: Duration,
-        fail_open: bool,
-        key_prefix: String,
-    ) -> Result<Self, String> {
-        use redis::IntoConnectionInfo;
-        let mut info = url
-            .into_connection_info()
-            .map_err(|e| format!("not a Redis URL: {e}"))?;
-        if password.is_some() {
-            info.redis.password = password;
-        }
-        let client = redis::Client::open(info).map_err(|e| format!("not a Redis URL: {e}"))?;
-        Ok(RedisLimiter {
-            client,
-            conn: tokio::sync::Mutex::new(None),
-            last_connect_failure: Mutex::new(None),
-            script: redis::Script::new(SCRIPT),
-            timeout,
-            fail_open,
-            key_prefix,
-            purge_channel: "portico:purge".into(),
-            failures: AtomicU64::new(0),
-            source: None,
-        })
-    }
-
     /// The `redis` section, or the running limiter when it is unchanged.
     pub fn from_config(
         section: Option<&crate::config::RedisSection>,
@@ -129,103 +97,64 @@ impl RedisLimiter {
                 .as_ref()
                 .map(|p| sha2::Sha256::digest(p.as_bytes()).into()),
         };
-        if let Some(running) = running.filter(|l| l.source.as_ref() == Some(&source)) {
+        if let Some(running) = running.filter(|l| l.source == source) {
             return Some(running.clone());
         }
         if r.timeout.0.is_zero() {
             faults.push(Fault::new("redis.timeout", "must be longer than 0s"));
         }
-        let fail_open = r.on_failure == crate::config::FailurePolicy::FailOpen;
-        match RedisLimiter::new(
-            &r.url,
-            password,
-            r.timeout.0,
-            fail_open,
-            r.key_prefix.clone(),
-        ) {
-            Ok(mut l) => {
-                l.source = Some(source);
-                l.purge_channel = r.purge_channel.clone();
-                Some(Arc::new(l))
-            }
-            Err(e) => {
-                faults.push(Fault::new("redis.url", e));
+        if r.mode == RedisMode::Cluster && r.key_prefix.contains(['{', '}']) {
+            // The hash tag that keeps one request's keys in one slot must be the key's first.
+            faults.push(Fault::new(
+                "redis.key_prefix",
+                "cannot hold { or } in cluster mode (keys carry their own hash tag)",
+            ));
+        }
+        match RedisLink::new(r, password, r.timeout.0) {
+            Ok(link) => Some(Arc::new(RedisLimiter {
+                link,
+                script: redis::Script::new(SCRIPT),
+                timeout: r.timeout.0,
+                fail_open: r.on_failure == crate::config::FailurePolicy::FailOpen,
+                key_prefix: r.key_prefix.clone(),
+                purge_channel: r.purge_channel.clone(),
+                failures: AtomicU64::new(0),
+                source,
+            })),
+            Err((path, e)) => {
+                faults.push(Fault::new(path, e));
                 None
             }
         }
+    }
+
+    /// Whether keys must carry a hash tag (one request's keys in one slot).
+    pub fn clustered(&self) -> bool {
+        self.link.mode == RedisMode::Cluster
     }
 
     /// Publish `message` on `channel` (within the timeout the limits use, at least a
     /// second: a purge is rarer and matters more than one decision).
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), String> {
         let deadline = self.timeout.max(Duration::from_secs(1));
-        let send = async {
-            let mut conn = self.connection().await?;
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(message)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
+        let send = self.link.exec::<i64>(Op::Cmd(&cmd));
         tokio::time::timeout(deadline, send)
             .await
             .map_err(|_| format!("no answer within {deadline:?}"))?
+            .map(drop)
     }
 
     /// A connection of its own for subscribing (a subscribed connection can do nothing else).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, String> {
         let deadline = self.timeout.max(Duration::from_secs(1));
-        tokio::time::timeout(deadline, self.client.get_async_pubsub())
+        tokio::time::timeout(deadline, self.link.pubsub())
             .await
             .map_err(|_| format!("no connection within {deadline:?}"))?
-            .map_err(|e| e.to_string())
-    }
-
-    /// A connection to Redis failed less than a second ago: answer at once instead of
-    /// making every request wait for another attempt.
-    fn backing_off(&self) -> bool {
-        let last = self
-            .last_connect_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        last.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-    }
-
-    fn note_connection_failure(&self) {
-        *self
-            .last_connect_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        match ConnectionManager::new_with_config(self.client.clone(), config).await {
-            Ok(c) => {
-                *slot = Some(c.clone());
-                Ok(c)
-            }
-            Err(e) => {
-                self.note_connection_failure();
-                Err(format!("cannot connect: {e}"))
-            }
-        }
     }
 
     async fn run(&self, checks: &[Check]) -> Result<Vec<(i64, i64)>, String> {
-        if self.backing_off() {
-            return Err("Redis unreachable (trying again once a second)".into());
-        }
-        let mut conn = self.connection().await?;
         let mut inv = self.script.prepare_invoke();
         for c in checks {
             inv.key(&c.key)
@@ -233,24 +162,7 @@ impl RedisLimiter {
                 .arg(c.tolerance_us)
                 .arg(if c.enforce { "1" } else { "0" });
         }
-        let lost = |e: &redis::RedisError| {
-            e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
-        };
-        match inv.invoke_async(&mut conn).await {
-            Ok(v) => Ok(v),
-            // A connection Redis dropped (it restarted): the manager reconnects, and one
-            // more try decides the request instead of failing it.
-            Err(e) if lost(&e) => match inv.invoke_async(&mut conn).await {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    if lost(&e) {
-                        self.note_connection_failure();
-                    }
-                    Err(e.to_string())
-                }
-            },
-            Err(e) => Err(e.to_string()),
-        }
+        self.link.exec(Op::Script(&inv)).await
     }
 
     /// Decide every check in one round trip, or say why Redis could not.
@@ -260,9 +172,8 @@ impl RedisLimiter {
             Err(_) => {
                 // Still connecting when time ran out: Redis is unreachable, so the next
                 // requests do not each wait for a new attempt.
-                let connected = self.conn.try_lock().is_ok_and(|c| c.is_some());
-                if !connected {
-                    self.note_connection_failure();
+                if !self.link.connected() {
+                    self.link.note_connection_failure();
                 }
                 Err(format!("no answer within {:?}", self.timeout))
             }
