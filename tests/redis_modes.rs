@@ -282,7 +282,9 @@ fn redis_cluster_shares_limits_and_purges_and_survives_a_master_failover() {
         .find(|k| k.contains(":fleet:"))
         .expect("the fleet limit's key")
         .clone();
-    let dead = cluster.master_of(&key).expect("a master holds the counters");
+    let dead = cluster
+        .master_of(&key)
+        .expect("a master holds the counters");
     let cluster = Mutex::new(cluster);
     master_killed_under_load(
         &gateways,
@@ -348,15 +350,27 @@ fn check_names_the_redis_field_at_fault() {
         ("{mode: ring, url: \"redis://127.0.0.1:1\"}", "redis.mode"),
         ("{mode: cluster}", "redis.urls"),
         ("{mode: cluster, url: \"redis://127.0.0.1:1\"}", "redis.url"),
-        ("{mode: cluster, urls: [\"redis://127.0.0.1:1\", \"http://x\"]}", "redis.urls[1]"),
+        (
+            "{mode: cluster, urls: [\"redis://127.0.0.1:1\", \"http://x\"]}",
+            "redis.urls[1]",
+        ),
         (
             "{mode: cluster, urls: [\"redis://127.0.0.1:1\"], key_prefix: \"rl:{a}:\"}",
             "redis.key_prefix",
         ),
-        ("{mode: sentinel, urls: [\"redis://127.0.0.1:1\"]}", "redis.master_name"),
+        (
+            "{mode: sentinel, urls: [\"redis://127.0.0.1:1\"]}",
+            "redis.master_name",
+        ),
         ("{mode: sentinel, master_name: m}", "redis.urls"),
-        ("{url: \"redis://127.0.0.1:1\", master_name: m}", "redis.master_name"),
-        ("{url: \"redis://127.0.0.1:1\", urls: [\"redis://127.0.0.1:2\"]}", "redis.urls"),
+        (
+            "{url: \"redis://127.0.0.1:1\", master_name: m}",
+            "redis.master_name",
+        ),
+        (
+            "{url: \"redis://127.0.0.1:1\", urls: [\"redis://127.0.0.1:2\"]}",
+            "redis.urls",
+        ),
     ];
     for (section, path) in cases {
         let config = format!(
