@@ -2,6 +2,7 @@
 //! upstream HTTP servers in this process, and a real HTTP client.
 #![allow(dead_code)]
 
+pub mod phased_load;
 pub mod redis_deployments;
 pub mod tls;
 
