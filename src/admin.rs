@@ -295,6 +295,11 @@ fn status(rt: &Runtime) -> Value {
         },
         "upstreams": upstreams,
         "tls": tls,
+        "redis": rt.redis.as_ref().map(|r| json!({
+            "mode": r.link.mode,
+            "connected": r.link.connected(),
+            "failed_decisions": r.failures.load(std::sync::atomic::Ordering::Relaxed),
+        })),
     })
 }
 

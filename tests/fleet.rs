@@ -165,6 +165,11 @@ fn a_fleet_of_three_shares_limits_and_purges_rolls_out_and_rides_out_a_master_fa
 
     // 3. A config change rolled out host by host: each host's /status shows the digest of
     //    the file it runs, and the fleet answers throughout.
+    for a in &admins {
+        let redis = &admin_get(*a, "/status").json()["redis"];
+        assert_eq!(redis["mode"], "cluster", "{redis}");
+        assert_eq!(redis["connected"], true, "{redis}");
+    }
     let old: Vec<String> = admins.iter().map(|a| status_digest(*a)).collect();
     for (gw, digest) in fleet.iter().zip(&old) {
         assert_eq!(*digest, file_digest(&gw.conf), "each host runs its file");
@@ -258,11 +263,21 @@ fn a_fleet_of_three_shares_limits_and_purges_rolls_out_and_rides_out_a_master_fa
         .iter()
         .map(|a| metric(*a, "portico_rate_limit_store_errors_total", ""))
         .sum();
-    println!("store errors counted by the gateways: {store_errors}");
+    let failed: u64 = admins
+        .iter()
+        .map(|a| {
+            admin_get(*a, "/status").json()["redis"]["failed_decisions"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    println!("store errors counted by the gateways: {store_errors} (/status: {failed})");
+
     assert!(
         store_errors > 0.0,
         "the gap is counted where an operator sees it"
     );
+    assert!(failed > 0, "/status counts the gap too");
     drop(_stop_new);
     fleet.clear();
 }

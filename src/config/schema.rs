@@ -4,7 +4,7 @@
 
 use super::duration::Dur;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::ops::RangeInclusive;
 
 #[derive(Debug, Clone, Default)]
@@ -1109,7 +1109,7 @@ fn default_redis_prefix() -> String {
 }
 
 /// How the gateway finds its Redis.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisMode {
     #[default]
