@@ -97,7 +97,11 @@ fn master_killed_under_load(
         describe()
     );
     load.enter(2);
-    let resumed = eventually(Duration::from_secs(30), || load.deciding(100));
+    // Resumed: a run of decisions, and among them both answers of a working limit.
+    let resumed = eventually(Duration::from_secs(30), || {
+        let t = load.tally(2);
+        load.deciding(100) && t.ok > 0 && t.limited > 0
+    });
     let tallies = load.finish();
     println!(
         "failover: before {:?}; until a replica took over {:?}; after {:?}",
