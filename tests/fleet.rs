@@ -20,7 +20,7 @@ const BURST: f64 = 30.0;
 fn config(cluster: &RedisCluster, services: &Services, admin: u16) -> String {
     format!(
         r#"admin: {{address: 127.0.0.1:{admin}, token: {TOKEN}}}
-redis: {{mode: cluster, urls: {urls}, timeout: 250ms, on_failure: fail_open}}
+redis: {{mode: cluster, urls: {urls}, password_file: {pw}, timeout: 250ms, on_failure: fail_open}}
 upstreams:
   - {{name: catalog, targets: [{{address: "{catalog}"}}]}}
   - {{name: orders, targets: [{{address: "{orders}"}}]}}
@@ -41,6 +41,7 @@ routes:
       - {{name: per-client, requests: 10000, per: 1s, key: client_ip, cluster: true}}
 "#,
         urls = cluster.urls(),
+        pw = cluster.secret.file.display(),
         catalog = services.catalog.addr,
         orders = services.orders.addr,
     )

@@ -172,7 +172,11 @@ fn purge_reaches_all(gateways: &[&Gateway], subscribers: impl Fn() -> i64, from:
 fn redis_cluster_shares_limits_and_purges_and_survives_a_master_failover() {
     let cluster = RedisCluster::start();
     let up = Upstream::start("api");
-    let redis = format!("mode: cluster, urls: {}", cluster.urls());
+    let redis = format!(
+        "mode: cluster, urls: {}, password_file: {}",
+        cluster.urls(),
+        cluster.secret.file.display()
+    );
     let admins = [free_port(), free_port()];
     let a = gateway(&redis, &up, admins[0]);
     let b = gateway(&redis, &up, admins[1]);
@@ -230,9 +234,10 @@ fn sentinel_shares_limits_and_purges_and_follows_the_promoted_master() {
     let sentinels = RedisSentinels::start();
     let up = Upstream::start("api");
     let redis = format!(
-        "mode: sentinel, master_name: {}, urls: {}",
+        "mode: sentinel, master_name: {}, urls: {}, password_file: {}",
         common::redis_deployments::MASTER_NAME,
-        sentinels.urls()
+        sentinels.urls(),
+        sentinels.secret.file.display()
     );
     let admins = [free_port(), free_port()];
     let a = gateway(&redis, &up, admins[0]);

@@ -1,12 +1,42 @@
 //! Real Redis deployments on loopback: a Redis Cluster of three masters with a replica each,
-//! and a master with a replica watched by three Sentinels.
+//! and a master with a replica watched by three Sentinels. The data nodes require a
+//! password, as production ones do; the gateway reads it from [`Secret::file`].
 
 use super::{eventually, free_port, RedisServer};
+use std::path::PathBuf;
 use std::time::Duration;
 
+/// The data nodes' password (Sentinels themselves take none here).
+pub const PASSWORD: &str = "fleet-redis-password";
+
+/// The password in a file, for `redis.password_file`.
+pub struct Secret {
+    pub file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Secret {
+    fn new() -> Secret {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("redis-password");
+        std::fs::write(&file, format!("{PASSWORD}\n")).expect("password file");
+        Secret { file, _dir: dir }
+    }
+}
+
+/// The `redis-server` arguments that make a data node require the password (and use it
+/// towards its master once it is a replica).
+const AUTH: [&str; 4] = ["--requirepass", PASSWORD, "--masterauth", PASSWORD];
+
+/// A data node answers with the password.
 fn query(port: u16, args: &[&str]) -> Result<redis::Value, String> {
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    query_as(port, Some(PASSWORD), args)
+}
+
+fn query_as(port: u16, password: Option<&str>, args: &[&str]) -> Result<redis::Value, String> {
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?;
     let mut conn = client
         .get_connection_with_timeout(Duration::from_secs(2))
         .map_err(|e| e.to_string())?;
@@ -18,7 +48,15 @@ fn query(port: u16, args: &[&str]) -> Result<redis::Value, String> {
 }
 
 fn text(port: u16, args: &[&str]) -> String {
-    match query(port, args) {
+    as_text(query(port, args))
+}
+
+fn sentinel_text(port: u16, args: &[&str]) -> String {
+    as_text(query_as(port, None, args))
+}
+
+fn as_text(answer: Result<redis::Value, String>) -> String {
+    match answer {
         Ok(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
         Ok(redis::Value::VerbatimString { text, .. }) => text,
         Ok(other) => format!("{other:?}"),
@@ -41,6 +79,7 @@ pub fn purge_subscribers(port: u16) -> i64 {
 /// node timeout (one second).
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    pub secret: Secret,
 }
 
 impl RedisCluster {
@@ -61,6 +100,10 @@ impl RedisCluster {
                         "1000",
                         "--repl-diskless-sync-delay",
                         "0",
+                        AUTH[0],
+                        AUTH[1],
+                        AUTH[2],
+                        AUTH[3],
                     ],
                 )
             })
@@ -73,6 +116,7 @@ impl RedisCluster {
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["-a", PASSWORD, "--no-auth-warning"])
             .output()
             .expect("redis-cli must be installed (apt-get install redis-tools)");
         assert!(
@@ -80,7 +124,10 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            secret: Secret::new(),
+        };
         assert!(
             eventually(Duration::from_secs(30), || {
                 cluster
@@ -190,17 +237,18 @@ pub struct RedisSentinels {
     pub master: RedisServer,
     pub replica: RedisServer,
     pub sentinels: Vec<RedisServer>,
+    pub secret: Secret,
 }
 
 pub const MASTER_NAME: &str = "portico";
 
 impl RedisSentinels {
     pub fn start() -> RedisSentinels {
-        let master = RedisServer::start();
-        let replica = RedisServer::start_with(
-            free_port(),
-            &["--replicaof", "127.0.0.1", &master.port.to_string()],
-        );
+        let master = RedisServer::start_with(free_port(), &AUTH);
+        let master_port = master.port.to_string();
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
+        replica_args.extend(AUTH);
+        let replica = RedisServer::start_with(free_port(), &replica_args);
         assert!(
             eventually(Duration::from_secs(30), || {
                 text(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
@@ -213,6 +261,7 @@ impl RedisSentinels {
                     free_port(),
                     &format!(
                         "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+                         sentinel auth-pass {MASTER_NAME} {PASSWORD}\n\
                          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                          sentinel failover-timeout {MASTER_NAME} 5000\n",
                         master.port
@@ -224,11 +273,12 @@ impl RedisSentinels {
             master,
             replica,
             sentinels,
+            secret: Secret::new(),
         };
         assert!(
             eventually(Duration::from_secs(30), || {
                 deployment.sentinels.iter().all(|s| {
-                    let info = text(s.port, &["INFO", "sentinel"]);
+                    let info = sentinel_text(s.port, &["INFO", "sentinel"]);
                     info.contains("slaves=1") && info.contains("sentinels=3")
                 })
             }),
@@ -257,9 +307,10 @@ impl RedisSentinels {
         let s = self
             .sentinels
             .iter()
-            .find(|s| query(s.port, &["PING"]).is_ok())?;
-        match query(
+            .find(|s| query_as(s.port, None, &["PING"]).is_ok())?;
+        match query_as(
             s.port,
+            None,
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME],
         ) {
             Ok(redis::Value::Array(v)) => match v.get(1) {
