@@ -416,6 +416,8 @@ Try these in another terminal:
         "
 Every answer carries X-Request-Id; upstreams also receive X-Forwarded-For, Forwarded and,
 for authenticated calls, X-Consumer (and X-User-Id from the token).
+More gateways sharing a Redis (one server, a Cluster or Sentinel) share rate limits and
+cache purges: see 'Running a fleet' in README.md.
 Press Ctrl-C to stop.
 ",
     );
