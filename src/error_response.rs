@@ -54,14 +54,7 @@ pub async fn reply(
     for (name, value) in extra {
         resp.insert_header(*name, *value)?;
     }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    write(session, resp, body).await
 }
 
 /// Pass on another service's answer: its status, the given headers and its body, with
@@ -80,6 +73,11 @@ pub async fn relay(
     resp.insert_header("content-length", body.len())?;
     resp.insert_header(request_id.header.clone(), request_id.header_value())?;
     resp.insert_header("cache-control", "no-store")?;
+    write(session, resp, body).await
+}
+
+/// Send `resp` and `body` (no body to HEAD, and none when it is empty), ending the response.
+async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
     session
         .write_response_header(Box::new(resp), head_only)

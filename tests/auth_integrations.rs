@@ -26,17 +26,6 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Script {
-    Script {
-        status,
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        body: body.to_string(),
-    }
-}
-
 /// 100 concurrent requests with one credential while `service` holds its answer until 99
 /// of them have joined the first one's call (the gateway's `coalesced` count says so):
 /// their statuses, once the gate opened.
@@ -57,33 +46,12 @@ fn stampede(
         gate.open();
         joined
     });
-    let statuses = concurrently(100, url, headers);
+    let statuses = at_once(100, url, headers);
     assert!(
         opener.join().unwrap(),
         "99 requests joined the call in flight"
     );
     statuses
-}
-
-/// Send `n` requests at once, each from its own thread; their statuses.
-fn concurrently(n: usize, url: &str, headers: &[(&str, &str)]) -> Vec<u16> {
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let url = url.to_string();
-            let headers: Vec<(String, String)> = headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            std::thread::spawn(move || {
-                let h: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                send("GET", &url, &h).status
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -105,7 +73,7 @@ fn introspection_server() -> Upstream {
             )
         );
         if r.method != "POST" || r.header("authorization") != Some(expected.as_str()) {
-            return reply(
+            return Script::new(
                 401,
                 &[("content-type", "application/json")],
                 r#"{"error":"invalid_client"}"#,
@@ -128,7 +96,7 @@ fn introspection_server() -> Upstream {
                                 "iss": "https://id.test", "aud": "portico"}),
             _ => json!({"active": false}),
         };
-        reply(
+        Script::new(
             200,
             &[("content-type", "application/json")],
             &body.to_string(),
@@ -364,7 +332,7 @@ fn introspection_slow_or_down_answers_503_or_lets_through_as_configured() {
 fn authz_server() -> Upstream {
     let authz = Upstream::start("authz");
     authz.respond_with(|r| match r.header("authorization") {
-        Some("Bearer let-me-in") => reply(
+        Some("Bearer let-me-in") => Script::new(
             200,
             &[
                 ("x-user-id", "u-42"),
@@ -373,11 +341,11 @@ fn authz_server() -> Upstream {
             ],
             "",
         ),
-        Some("Bearer login") => reply(302, &[("location", "https://login.test/?next=1")], ""),
+        Some("Bearer login") => Script::new(302, &[("location", "https://login.test/?next=1")], ""),
         Some("Bearer chatty") => {
-            reply(403, &[("content-type", "text/plain")], &"x".repeat(100_000))
+            Script::new(403, &[("content-type", "text/plain")], &"x".repeat(100_000))
         }
-        _ => reply(
+        _ => Script::new(
             401,
             &[
                 ("content-type", "application/json"),
@@ -660,18 +628,18 @@ fn issuer_server(keys: Arc<Mutex<String>>, doc_issuer: Arc<Mutex<Option<String>>
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "authorization_endpoint": format!("{own}/authorize"),
             });
-            reply(
+            Script::new(
                 200,
                 &[("content-type", "application/json")],
                 &doc.to_string(),
             )
         }
-        "/keys/current" => reply(
+        "/keys/current" => Script::new(
             200,
             &[("content-type", "application/json")],
             &keys.lock().unwrap(),
         ),
-        _ => reply(404, &[], ""),
+        _ => Script::new(404, &[], ""),
     });
     idp
 }

@@ -191,27 +191,7 @@ routes:
 /// Send `n` requests at once (each on its own connection, released together) with
 /// `headers`; how many were admitted.
 fn admitted_at_once(gw: &Gateway, n: usize, headers: &[(&str, &str)]) -> usize {
-    let url = gw.url("/");
-    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let url = url.clone();
-            let start = start.clone();
-            let headers: Vec<(String, String)> = headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            std::thread::spawn(move || {
-                let h: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                start.wait();
-                send("GET", &url, &h).status
-            })
-        })
-        .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let statuses = at_once(n, &gw.url("/"), headers);
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 429),
         "{statuses:?}"

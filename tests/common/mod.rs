@@ -132,6 +132,19 @@ pub struct Script {
     pub body: String,
 }
 
+impl Script {
+    pub fn new(status: u16, headers: &[(&str, &str)], body: &str) -> Script {
+        Script {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_string(),
+        }
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -573,14 +586,7 @@ impl Upstream {
 
     /// Answer requests for `target` (a path, or path and query) as scripted.
     pub fn script(&self, target: &str, status: u16, headers: &[(&str, &str)], body: &str) {
-        let script = Script {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: body.to_string(),
-        };
+        let script = Script::new(status, headers, body);
         self.state
             .scripts
             .lock()
@@ -997,6 +1003,33 @@ pub fn metric(admin: u16, name: &str, labels: &str) -> f64 {
 
 pub fn get(url: &str) -> Resp {
     send("GET", url, &[])
+}
+
+/// Send `n` GETs with `headers` at once, each on its own connection from its own thread,
+/// released together; their statuses.
+pub fn at_once(n: usize, url: &str, headers: &[(&str, &str)]) -> Vec<u16> {
+    let start = Arc::new(std::sync::Barrier::new(n));
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, start, headers) = (url.to_string(), start.clone(), headers.clone());
+            std::thread::spawn(move || {
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                start.wait();
+                send("GET", &url, &h).status
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("a client thread"))
+        .collect()
 }
 
 /// Send raw bytes on a fresh connection and return everything the server sent back

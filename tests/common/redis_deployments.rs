@@ -64,6 +64,12 @@ fn as_text(answer: Result<redis::Value, String>) -> String {
     }
 }
 
+/// The servers' URLs as a YAML list.
+fn yaml_urls(servers: &[RedisServer]) -> String {
+    let urls: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.url())).collect();
+    format!("[{}]", urls.join(", "))
+}
+
 /// Subscribers of the purge channel on the server at `port`.
 pub fn purge_subscribers(port: u16) -> i64 {
     match query(port, &["PUBSUB", "NUMSUB", "portico:purge"]) {
@@ -142,12 +148,7 @@ impl RedisCluster {
 
     /// `redis.urls` for the gateway: every node is a seed.
     pub fn urls(&self) -> String {
-        let urls: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("\"{}\"", n.url()))
-            .collect();
-        format!("[{}]", urls.join(", "))
+        yaml_urls(&self.nodes)
     }
 
     /// The node now serving `key` as master (asked of any live node), if one does.
@@ -289,12 +290,7 @@ impl RedisSentinels {
 
     /// `redis.urls` for the gateway: the Sentinels.
     pub fn urls(&self) -> String {
-        let urls: Vec<String> = self
-            .sentinels
-            .iter()
-            .map(|s| format!("\"{}\"", s.url()))
-            .collect();
-        format!("[{}]", urls.join(", "))
+        yaml_urls(&self.sentinels)
     }
 
     /// Purge subscribers on the current master.
